@@ -1,0 +1,237 @@
+//! Helpers for the end-to-end tests: run the real `tracer` binary (built by
+//! `cargo xtask test`, passed in TRACER_BIN) as root against real processes,
+//! and read what it reports.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, ChildStderr, Command, Output, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the workspace")
+        .to_path_buf()
+}
+
+/// The tracer binary under test. Fails (does not skip) without root: these
+/// tests exist to load the real eBPF programs.
+pub fn tracer() -> Command {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "the end-to-end tests load eBPF programs: run them as root (`cargo xtask test`)"
+    );
+    let bin = std::env::var_os("TRACER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/release/tracer"));
+    assert!(
+        bin.exists(),
+        "{} does not exist: run the tests through `cargo xtask test`",
+        bin.display()
+    );
+    Command::new(bin)
+}
+
+pub fn workload(name: &str) -> PathBuf {
+    root().join("tests/workloads").join(name)
+}
+
+/// Debian's python3.11: libpython linked into the executable, stripped, LTO,
+/// no frame pointers.
+pub const DEBIAN_PYTHON: &str = "/usr/bin/python3.11";
+
+/// A pyenv CPython (shared libpython, unstripped).
+pub fn pyenv_python(version: &str) -> PathBuf {
+    let root = std::env::var_os("PYENV_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root/.pyenv"));
+    let dir = root.join("versions").join(version).join("bin");
+    let minor: String = version.split('.').take(2).collect::<Vec<_>>().join(".");
+    let python = dir.join(format!("python{minor}"));
+    assert!(python.exists(), "{} is missing", python.display());
+    python
+}
+
+/// The line number of the line of `file` that contains `marker`.
+pub fn line_of(file: &Path, marker: &str) -> u64 {
+    let text = std::fs::read_to_string(file).expect("read workload");
+    let index = text
+        .lines()
+        .position(|l| l.contains(marker))
+        .unwrap_or_else(|| panic!("{marker} not in {}", file.display()));
+    index as u64 + 1
+}
+
+/// What a tracer run left: its output and its report.json.
+pub struct Recorded {
+    pub output: Output,
+    pub report: Value,
+    pub dir: tempfile::TempDir,
+}
+
+impl Recorded {
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.output.stdout).into_owned()
+    }
+
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.output.stderr).into_owned()
+    }
+
+    pub fn entries(&self, report: &str) -> &[Value] {
+        self.report[report]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+
+    pub fn counter(&self, name: &str) -> u64 {
+        self.report["counters"][name].as_u64().expect("counter")
+    }
+}
+
+/// Runs `tracer record -o DIR ARGS` to the end and reads DIR/report.json.
+pub fn record(args: &[&str]) -> Recorded {
+    let child = spawn_record(args);
+    finish(child)
+}
+
+/// A tracer started in the background, with its output directory.
+pub struct Running {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+    /// Lines of stderr read so far (through `wait_for`).
+    pub stderr_lines: mpsc::Receiver<String>,
+}
+
+pub fn spawn_record(args: &[&str]) -> Running {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = tracer()
+        .arg("record")
+        .arg("-o")
+        .arg(dir.path())
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start tracer");
+    let stderr_lines = forward_lines(child.stderr.take().expect("stderr"));
+    Running {
+        child,
+        dir,
+        stderr_lines,
+    }
+}
+
+fn forward_lines(stderr: ChildStderr) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+impl Running {
+    /// Waits until tracer prints a stderr line containing `text`; returns
+    /// the lines read so far.
+    pub fn wait_for(&self, text: &str, timeout: Duration) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        let mut seen = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.stderr_lines.recv_timeout(left) {
+                Ok(line) => {
+                    let found = line.contains(text);
+                    seen.push(line);
+                    if found {
+                        return seen;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        panic!(
+            "tracer did not print {text:?} within {timeout:?}; stderr so far:\n{}",
+            seen.join("\n")
+        );
+    }
+}
+
+/// Waits for a background tracer and reads its report.
+pub fn finish(running: Running) -> Recorded {
+    let Running {
+        child,
+        dir,
+        stderr_lines,
+    } = running;
+    let mut output = child.wait_with_output().expect("wait for tracer");
+    let rest: Vec<String> = stderr_lines.iter().collect();
+    output.stderr = rest.join("\n").into_bytes();
+    assert!(
+        output.status.success(),
+        "tracer failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let json =
+        std::fs::read_to_string(dir.path().join("report.json")).expect("report.json written");
+    let report = serde_json::from_str(&json).expect("report.json is JSON");
+    Recorded {
+        output,
+        report,
+        dir,
+    }
+}
+
+/// Whether any frame of `entry` is `function`.
+pub fn has_function(entry: &Value, function: &str) -> bool {
+    frames(entry).iter().any(|f| f["function"] == function)
+}
+
+pub fn frames(entry: &Value) -> &[Value] {
+    entry["stack"].as_array().map(Vec::as_slice).unwrap_or(&[])
+}
+
+/// Whether a frame of `entry` is at `file` (by file name) and `line`.
+pub fn has_line(entry: &Value, file: &str, line: u64) -> bool {
+    frames(entry).iter().any(|f| {
+        f["line"].as_u64() == Some(line)
+            && f["file"]
+                .as_str()
+                .is_some_and(|p| Path::new(p).file_name() == Path::new(file).file_name())
+    })
+}
+
+/// Builds a C program from tests/workloads into `dir`.
+pub fn compile_c(source: &str, dir: &Path, flags: &[&str]) -> PathBuf {
+    let src = workload(source);
+    let out = dir.join(source.trim_end_matches(".c"));
+    let status = Command::new("gcc")
+        .args(flags)
+        .arg("-o")
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .expect("run gcc");
+    assert!(status.success(), "gcc failed on {}", src.display());
+    out
+}
+
+/// Percentage difference of `got` from `expected`.
+pub fn off_by_percent(got: u64, expected: u64) -> f64 {
+    (got as f64 - expected as f64).abs() * 100.0 / expected as f64
+}

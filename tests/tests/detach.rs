@@ -1,0 +1,75 @@
+//! Killing the tracer with SIGKILL mid-run leaves the target running,
+//! its output unchanged, and no tracer program loaded in the kernel.
+
+use std::{
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use tests::{DEBIAN_PYTHON, spawn_record, workload};
+
+const ROUNDS: &str = "150";
+
+/// Names of tracer's eBPF programs (tracer-ebpf/src/main.rs) that
+/// `bpftool prog list` shows.
+const PROGRAMS: [&str; 4] = ["malloc_entry", "free_entry", "alloc_return", "mmap_enter"];
+
+fn loaded_tracer_programs() -> usize {
+    let out = Command::new("bpftool")
+        .args(["prog", "list"])
+        .output()
+        .expect("bpftool (installed by cargo xtask setup)");
+    assert!(out.status.success(), "bpftool prog list failed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .filter(|l| PROGRAMS.iter().any(|p| l.contains(&format!(" name {p} "))))
+        .count()
+}
+
+#[test]
+fn sigkill_leaves_the_target_untouched() {
+    let untraced = Command::new(DEBIAN_PYTHON)
+        .arg(workload("steady.py"))
+        .arg(ROUNDS)
+        .output()
+        .expect("untraced run");
+    assert!(untraced.status.success());
+
+    let target = Command::new(DEBIAN_PYTHON)
+        .arg(workload("steady.py"))
+        .arg(ROUNDS)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start target");
+    let mut tracer = spawn_record(&["--pid", &target.id().to_string()]);
+    tracer.wait_for("tracer: recording", Duration::from_secs(30));
+    assert!(
+        loaded_tracer_programs() >= PROGRAMS.len(),
+        "programs not loaded while tracing"
+    );
+    thread::sleep(Duration::from_millis(700));
+    tracer.child.kill().expect("SIGKILL tracer");
+    tracer.child.wait().expect("reap tracer");
+
+    let traced = target.wait_with_output().expect("target runs to its end");
+    assert!(
+        traced.status.success(),
+        "target ended with {}",
+        traced.status
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&traced.stdout),
+        String::from_utf8_lossy(&untraced.stdout),
+        "target output changed"
+    );
+    // Program teardown after the last descriptor closes is asynchronous.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while loaded_tracer_programs() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "tracer programs still loaded after SIGKILL"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}

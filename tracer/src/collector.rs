@@ -1,0 +1,270 @@
+//! From ring buffer records to heap events: parses each record, interns its
+//! stack, and applies it to the heap model.
+
+use tracer_common::{AllocRecord, FreeRecord, Header, MAX_STACK_DEPTH, exiting, flags, func, kind};
+
+use crate::{
+    heap::{ExitReason, HeapEvent, HeapModel},
+    stacks::{RawStack, StackTable},
+};
+
+/// Something the session must act on besides the heap model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Notice {
+    /// The process replaced its image: its new libraries need probes.
+    Exec(u32),
+    /// The process began to exit.
+    Exiting(u32),
+}
+
+#[derive(Default)]
+pub struct Collector {
+    pub stacks: StackTable,
+    pub heap: HeapModel,
+    /// Records too short for their kind: a tracer bug if ever non-zero.
+    pub malformed: u64,
+    frames: Vec<u64>,
+}
+
+fn read<T: Copy>(bytes: &[u8]) -> Option<T> {
+    if bytes.len() < size_of::<T>() {
+        return None;
+    }
+    // SAFETY: the length is checked; T is plain old data from tracer-common.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+impl Collector {
+    pub fn apply(&mut self, bytes: &[u8]) -> Option<Notice> {
+        let Some(header) = read::<Header>(bytes) else {
+            self.malformed += 1;
+            return None;
+        };
+        let pid = header.pid;
+        let event = match header.kind {
+            kind::ALLOC => self.alloc_event(bytes)?,
+            kind::FREE | kind::MUNMAP => {
+                let Some(rec) = read::<FreeRecord>(bytes) else {
+                    self.malformed += 1;
+                    return None;
+                };
+                if header.kind == kind::FREE {
+                    HeapEvent::Free {
+                        pid,
+                        ts_ns: header.ts_ns,
+                        addr: rec.addr,
+                    }
+                } else {
+                    HeapEvent::Unmap {
+                        pid,
+                        ts_ns: header.ts_ns,
+                        addr: rec.addr,
+                        len: rec.len,
+                    }
+                }
+            }
+            kind::EXITING => {
+                let reason = if header.flags == exiting::PY_FINALIZE {
+                    ExitReason::PyFinalize
+                } else {
+                    ExitReason::LibcExit
+                };
+                // Its libraries may be unmapped soon: keep its map as it is now.
+                self.stacks.refresh_maps(pid);
+                self.heap.apply(&HeapEvent::Exiting {
+                    pid,
+                    ts_ns: header.ts_ns,
+                    reason,
+                });
+                return Some(Notice::Exiting(pid));
+            }
+            kind::EXEC => {
+                self.stacks.refresh_maps(pid);
+                return Some(Notice::Exec(pid));
+            }
+            _ => {
+                self.malformed += 1;
+                return None;
+            }
+        };
+        self.heap.apply(&event);
+        None
+    }
+
+    fn alloc_event(&mut self, bytes: &[u8]) -> Option<HeapEvent> {
+        let fixed = bytes.get(..AllocRecord::FIXED_LEN);
+        // Read the fixed part through a zero-padded record: the stack array
+        // is only partly sent.
+        let Some(fixed) = fixed else {
+            self.malformed += 1;
+            return None;
+        };
+        let mut buf = [0u8; size_of::<AllocRecord>()];
+        buf[..fixed.len()].copy_from_slice(fixed);
+        let rec = read::<AllocRecord>(&buf)?;
+        let n = (rec.stack_len as usize).min(MAX_STACK_DEPTH);
+        let Some(frame_bytes) = bytes.get(AllocRecord::FIXED_LEN..AllocRecord::wire_len(n)) else {
+            self.malformed += 1;
+            return None;
+        };
+        self.frames.clear();
+        self.frames.extend(
+            frame_bytes
+                .chunks_exact(8)
+                .map(|c| u64::from_ne_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])),
+        );
+        let h = rec.header;
+        let stack = self.stacks.intern(
+            h.pid,
+            RawStack {
+                func: rec.func,
+                frames: &self.frames,
+                caller: (h.flags & flags::CALLER_LOST == 0).then_some(rec.caller),
+                lost: h.flags & flags::STACK_LOST != 0,
+                full: h.flags & flags::STACK_FULL != 0,
+            },
+        );
+        let (pid, tid, ts_ns) = (h.pid, h.tid, h.ts_ns);
+        Some(match rec.func {
+            func::REALLOC | func::REALLOCARRAY if rec.old_addr != 0 => HeapEvent::Realloc {
+                pid,
+                tid,
+                ts_ns,
+                old_addr: rec.old_addr,
+                addr: rec.addr,
+                size: rec.size,
+                stack,
+            },
+            func::MMAP => HeapEvent::Map {
+                pid,
+                tid,
+                ts_ns,
+                addr: rec.addr,
+                len: rec.size,
+                stack,
+            },
+            func::MREMAP => HeapEvent::Remap {
+                pid,
+                tid,
+                ts_ns,
+                old_addr: rec.old_addr,
+                old_len: rec.old_len,
+                addr: rec.addr,
+                len: rec.size,
+                stack,
+            },
+            _ => HeapEvent::Alloc {
+                pid,
+                tid,
+                ts_ns,
+                addr: rec.addr,
+                size: rec.size,
+                stack,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes_of<T: Copy>(value: &T, len: usize) -> Vec<u8> {
+        // SAFETY: T is plain old data; len <= size_of::<T>().
+        unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), len) }.to_vec()
+    }
+
+    fn alloc_record(func: u32, addr: u64, size: u64, old_addr: u64) -> AllocRecord {
+        AllocRecord {
+            header: Header {
+                kind: kind::ALLOC,
+                pid: 9,
+                tid: 9,
+                flags: flags::CALLER_LOST,
+                ts_ns: 5,
+            },
+            func,
+            nesting: 0,
+            size,
+            addr,
+            old_addr,
+            old_len: 0,
+            out_ptr: 0,
+            caller: 0,
+            stack_len: 0,
+            _pad: 0,
+            stack: [0; MAX_STACK_DEPTH],
+        }
+    }
+
+    #[test]
+    fn alloc_realloc_free_round_trip() {
+        let mut c = Collector::default();
+        let a = alloc_record(func::MALLOC, 0x1000, 64, 0);
+        assert_eq!(c.apply(&bytes_of(&a, AllocRecord::wire_len(0))), None);
+        let r = alloc_record(func::REALLOC, 0x2000, 128, 0x1000);
+        c.apply(&bytes_of(&r, AllocRecord::wire_len(0)));
+        let f = FreeRecord {
+            header: Header {
+                kind: kind::FREE,
+                pid: 9,
+                tid: 9,
+                flags: 0,
+                ts_ns: 6,
+            },
+            addr: 0x2000,
+            len: 0,
+        };
+        c.apply(&bytes_of(&f, size_of::<FreeRecord>()));
+        let t = *c.heap.process(9).expect("pid 9").totals();
+        assert_eq!(
+            (t.allocs, t.frees, t.bytes_allocated, t.live_bytes),
+            (2, 2, 192, 0)
+        );
+        assert_eq!(c.malformed, 0);
+    }
+
+    #[test]
+    fn short_and_unknown_records_are_counted() {
+        let mut c = Collector::default();
+        c.apply(&[1, 2, 3]);
+        let mut a = alloc_record(func::MALLOC, 0x1000, 64, 0);
+        a.stack_len = 3;
+        // Says 3 frames, carries none.
+        c.apply(&bytes_of(&a, AllocRecord::wire_len(0)));
+        let h = Header {
+            kind: 99,
+            ..Header::default()
+        };
+        c.apply(&bytes_of(&h, size_of::<Header>()));
+        assert_eq!(c.malformed, 3);
+    }
+
+    #[test]
+    fn markers_become_notices() {
+        let mut c = Collector::default();
+        let exec = Header {
+            kind: kind::EXEC,
+            pid: 4_000_000,
+            ..Header::default()
+        };
+        assert_eq!(c.apply(&bytes_of(&exec, 24)), Some(Notice::Exec(4_000_000)));
+        let exit = Header {
+            kind: kind::EXITING,
+            pid: 4_000_000,
+            flags: exiting::PY_FINALIZE,
+            ..Header::default()
+        };
+        assert_eq!(
+            c.apply(&bytes_of(&exit, 24)),
+            Some(Notice::Exiting(4_000_000))
+        );
+        assert!(
+            c.heap
+                .process(4_000_000)
+                .expect("pid")
+                .exit_snapshot()
+                .is_some()
+        );
+    }
+}

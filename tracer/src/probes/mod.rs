@@ -1,0 +1,141 @@
+//! The loaded eBPF programs and their maps: which processes are traced,
+//! where uprobes are attached, and the counters of what could not be recorded.
+
+mod attach;
+mod placement;
+
+use std::path::Path;
+
+use anyhow::{Context as _, Result};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::{TracePoint, UProbe, uprobe::UProbeScope},
+};
+use tracer_common::counter;
+
+pub use attach::AttachedFiles;
+pub use placement::{How, Placement};
+
+/// The eBPF object built by build.rs from tracer-ebpf.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
+
+/// Syscall and scheduler tracepoints, attached once at load: they fire for
+/// every process and return at once for untraced ones.
+const TRACEPOINTS: [(&str, &str, &str); 6] = [
+    ("mmap_enter", "syscalls", "sys_enter_mmap"),
+    ("mmap_exit", "syscalls", "sys_exit_mmap"),
+    ("mremap_enter", "syscalls", "sys_enter_mremap"),
+    ("mremap_exit", "syscalls", "sys_exit_mremap"),
+    ("munmap_enter", "syscalls", "sys_enter_munmap"),
+    ("process_exec", "sched", "sched_process_exec"),
+];
+
+pub struct Probes {
+    ebpf: Ebpf,
+    traced: HashMap<MapData, u32, u8>,
+    counters: PerCpuArray<MapData, u64>,
+}
+
+/// What the kernel side could not record, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct KernelCounters {
+    pub events: u64,
+    pub lost_events: u64,
+    pub lost_stacks: u64,
+    pub in_flight_full: u64,
+    pub nested_calls: u64,
+    pub stale_in_flight: u64,
+    pub unmatched_returns: u64,
+}
+
+impl Probes {
+    /// Loads every program (the verifier runs here) and attaches the tracepoints.
+    /// `ring_bytes` must be a power of two multiple of the page size.
+    pub fn load(ring_bytes: u32) -> Result<Self> {
+        // The programs' debug! calls cost nothing unless debug logging is on.
+        let log_level: u8 = if log::max_level() >= log::LevelFilter::Debug {
+            aya_log_common::Level::Debug as u8
+        } else {
+            0
+        };
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries("EVENTS", ring_bytes)
+            .override_global(aya_log::LEVEL, &log_level, true)
+            .load(EBPF_OBJECT)
+            .context("loading the eBPF programs")?;
+        for (name, program) in ebpf.programs_mut() {
+            match program {
+                aya::programs::Program::UProbe(p) => p.load(),
+                aya::programs::Program::TracePoint(p) => p.load(),
+                _ => continue,
+            }
+            .with_context(|| format!("the kernel rejected eBPF program {name}"))?;
+        }
+        for (program, category, event) in TRACEPOINTS {
+            let tp: &mut TracePoint = ebpf
+                .program_mut(program)
+                .with_context(|| format!("eBPF program {program} missing"))?
+                .try_into()?;
+            tp.attach(category, event)
+                .with_context(|| format!("attaching to tracepoint {category}/{event}"))?;
+        }
+        let traced = HashMap::try_from(ebpf.take_map("TRACED").context("map TRACED missing")?)?;
+        let counters =
+            PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("map COUNTERS missing")?)?;
+        Ok(Self {
+            ebpf,
+            traced,
+            counters,
+        })
+    }
+
+    /// The ring buffer of records; taken once by the collector.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
+        let map = self.ebpf.take_map("EVENTS").context("map EVENTS missing")?;
+        Ok(RingBuf::try_from(map)?)
+    }
+
+    /// The reader of aya-log records from the programs.
+    pub fn take_logger(&mut self) -> Result<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        aya_log::EbpfLogger::init(&mut self.ebpf).context("initialising eBPF logging")
+    }
+
+    /// Starts recording the allocations of process `pid`.
+    pub fn trace_pid(&mut self, pid: u32) -> Result<()> {
+        self.traced
+            .insert(pid, 1, 0)
+            .with_context(|| format!("adding pid {pid} to the traced set"))
+    }
+
+    /// Attaches `program` to `offset` in `file` for every process (the
+    /// programs filter by the traced set).
+    /// Whether it is an entry or a return probe is the program's own kind.
+    pub fn attach(&mut self, program: &str, file: &Path, offset: u64) -> Result<()> {
+        let probe: &mut UProbe = self
+            .ebpf
+            .program_mut(program)
+            .with_context(|| format!("eBPF program {program} missing"))?
+            .try_into()?;
+        probe
+            .attach(offset, file, UProbeScope::AllProcesses)
+            .with_context(|| format!("attaching {program} to {}+{offset:#x}", file.display()))?;
+        Ok(())
+    }
+
+    pub fn counters(&self) -> Result<KernelCounters> {
+        let sum = |index: u32| -> Result<u64> {
+            let values = self.counters.get(&index, 0)?;
+            Ok(values.iter().sum())
+        };
+        Ok(KernelCounters {
+            events: sum(counter::EVENTS)?,
+            lost_events: sum(counter::LOST_EVENTS)?,
+            lost_stacks: sum(counter::LOST_STACKS)?,
+            in_flight_full: sum(counter::PENDING_FULL)?,
+            nested_calls: sum(counter::NESTED_CALLS)?,
+            stale_in_flight: sum(counter::STALE_PENDING)?,
+            unmatched_returns: sum(counter::UNMATCHED_RETURNS)?,
+        })
+    }
+}

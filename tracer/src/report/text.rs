@@ -1,0 +1,235 @@
+//! The report as text tables for a terminal.
+
+use std::fmt::Write as _;
+
+use super::{Entry, Report};
+use crate::{heap::ExitReason, symbolize::Frame};
+
+/// Bytes with a binary unit, e.g. `97.66 MiB`.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.2} {}", UNITS[unit])
+    }
+}
+
+/// An integer with thousands separators, e.g. `1,234,567`.
+pub fn grouped(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn location(frame: &Frame) -> String {
+    match (&frame.file, frame.line, frame.offset) {
+        (Some(file), Some(line), _) => format!("{file}:{line}"),
+        (Some(file), None, _) => file.clone(),
+        (None, _, Some(offset)) => format!("{}+{offset:#x}", frame.module_name()),
+        (None, _, None) => frame.module_name().to_owned(),
+    }
+}
+
+fn write_entry(out: &mut String, rank: usize, e: &Entry, what: &str) {
+    let _ = writeln!(
+        out,
+        "  #{rank:<3} {} in {} {what}, pid {}",
+        human_bytes(e.bytes),
+        grouped(e.count),
+        e.pid
+    );
+    let width = e
+        .stack
+        .iter()
+        .map(|f| f.function.len())
+        .max()
+        .unwrap_or(0)
+        .min(48);
+    for f in &e.stack {
+        let mut line = format!("        {:<width$}  {}", f.function, location(f));
+        if f.file.is_some() {
+            let _ = write!(line, "  [{}]", f.module_name());
+        }
+        if f.inlined {
+            line.push_str("  (inlined)");
+        }
+        if let Some(why) = &f.unknown {
+            let _ = write!(line, "  ({why})");
+        }
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
+    if e.truncated {
+        let _ = writeln!(
+            out,
+            "        ... (truncated: outer frames could not be unwound)"
+        );
+    }
+}
+
+pub fn render(report: &Report, top: usize) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "tracer: recorded {:.2} s, {} process{}",
+        report.duration_s,
+        report.processes.len(),
+        if report.processes.len() == 1 {
+            ""
+        } else {
+            "es"
+        }
+    );
+    for p in &report.processes {
+        let mut line = format!("  pid {}  {}", p.pid, p.command);
+        match p.exit {
+            Some((reason, at)) => {
+                let what = match reason {
+                    ExitReason::PyFinalize => "Py_FinalizeEx",
+                    ExitReason::LibcExit => "exit()",
+                };
+                let _ = write!(line, "  (leaks taken at {what}, {at:.2} s)");
+            }
+            None => line.push_str("  (leaks taken at the end of the recording)"),
+        }
+        if let Some(status) = &p.exit_status {
+            let _ = write!(line, "; {status}");
+        }
+        let _ = writeln!(out, "{line}");
+    }
+    let t = &report.totals;
+    let c = &report.counters;
+    let _ = writeln!(
+        out,
+        "  allocations {} ({}), frees {} ({}), leaked {}",
+        grouped(t.allocs),
+        human_bytes(t.bytes_allocated),
+        grouped(t.frees),
+        human_bytes(t.bytes_freed),
+        human_bytes(t.live_bytes)
+    );
+    let _ = writeln!(
+        out,
+        "  events {}, lost events {}, lost stacks {}, unmatched frees {}, truncated stacks {}",
+        grouped(c.events),
+        grouped(c.lost_events),
+        grouped(c.lost_stacks),
+        grouped(c.unmatched_frees),
+        grouped(c.truncated_stacks)
+    );
+    let _ = writeln!(out);
+
+    let age = if report.min_age_s > 0.0 {
+        format!(", at least {} s old", report.min_age_s)
+    } else {
+        String::new()
+    };
+    let _ = writeln!(
+        out,
+        "Top {} leaks (live when the process began to exit, or at the end{age}):",
+        top.min(report.leaks.len())
+    );
+    if report.leaks.is_empty() {
+        let _ = writeln!(out, "  none");
+    }
+    for (i, e) in report.leaks.iter().take(top).enumerate() {
+        write_entry(&mut out, i + 1, e, "live allocations");
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "Top {} hotspots (allocated during the recording):",
+        top.min(report.hotspots.len())
+    );
+    if report.hotspots.is_empty() {
+        let _ = writeln!(out, "  none");
+    }
+    for (i, e) in report.hotspots.iter().take(top).enumerate() {
+        write_entry(&mut out, i + 1, e, "allocations");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        report::{Counters, ProcessInfo, Totals},
+        symbolize::FrameKind,
+    };
+
+    #[test]
+    fn formats_numbers() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(1536), "1.50 KiB");
+        assert_eq!(human_bytes(100 * 1024 * 1024), "100.00 MiB");
+        assert_eq!(grouped(0), "0");
+        assert_eq!(grouped(999), "999");
+        assert_eq!(grouped(1234567), "1,234,567");
+    }
+
+    #[test]
+    fn renders_entries_with_locations() {
+        let frame = |function: &str, file: Option<&str>, line| Frame {
+            kind: FrameKind::Native,
+            function: function.into(),
+            module: "/usr/lib/x86_64-linux-gnu/libc.so.6".into(),
+            file: file.map(str::to_owned),
+            line,
+            offset: Some(0x98930),
+            inlined: false,
+            unknown: None,
+        };
+        let report = Report {
+            duration_s: 1.5,
+            processes: vec![ProcessInfo {
+                pid: 42,
+                command: "python3 leak.py".into(),
+                exit: Some((ExitReason::PyFinalize, 1.25)),
+                exit_status: Some("exited with status 0".into()),
+            }],
+            totals: Totals {
+                allocs: 3,
+                frees: 1,
+                bytes_allocated: 3072,
+                bytes_freed: 1024,
+                live_bytes: 2048,
+            },
+            counters: Counters::default(),
+            min_age_s: 0.0,
+            leaks: vec![Entry {
+                pid: 42,
+                bytes: 2048,
+                count: 2,
+                stack: vec![
+                    frame("malloc", None, None),
+                    frame("make", Some("leak.c"), Some(7)),
+                ],
+                truncated: true,
+            }],
+            hotspots: vec![],
+        };
+        let text = render(&report, 10);
+        assert!(text.contains("pid 42  python3 leak.py  (leaks taken at Py_FinalizeEx, 1.25 s); exited with status 0"), "{text}");
+        assert!(
+            text.contains("#1   2.00 KiB in 2 live allocations, pid 42"),
+            "{text}"
+        );
+        assert!(text.contains("malloc  libc.so.6+0x98930"), "{text}");
+        assert!(text.contains("make    leak.c:7  [libc.so.6]"), "{text}");
+        assert!(text.contains("(truncated"), "{text}");
+        assert!(text.contains("Top 0 hotspots"), "{text}");
+    }
+}

@@ -1,0 +1,271 @@
+//! Native stacks: from the raw addresses the kernel captured to interned,
+//! checked stacks of (module, file offset) frames.
+//!
+//! The kernel walks frame pointers from the probed function's entry, where
+//! the return address into the caller sits at the stack pointer and is not
+//! part of any frame record yet: the walk yields [probe address, caller's
+//! caller, ...]. The recorded `caller` is put back in second place. Code
+//! built without frame pointers (Debian's python3 and glibc, pyenv builds)
+//! leaves arbitrary values in rbp, so every walked frame must look like a
+//! return address — inside an executable mapping, right after a call
+//! instruction — or the stack is cut there and marked truncated.
+
+use std::{
+    collections::HashMap,
+    hash::{BuildHasher as _, Hash as _, Hasher as _},
+    time::{Duration, Instant},
+};
+
+use iced_x86::{Decoder, DecoderOptions, FlowControl};
+
+use crate::{
+    modules::{ModuleId, Modules},
+    proc_maps::ProcessMaps,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StackId(pub u32);
+
+/// A frame of a native stack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum NativeFrame {
+    /// An address in a mapped file.
+    Module { module: ModuleId, file_offset: u64 },
+    /// An address outside any file mapping known for the process (JIT code,
+    /// or a library mapped and unmapped between two reads of the map).
+    Unmapped { addr: u64 },
+}
+
+/// A checked stack, innermost frame first.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Stack {
+    /// The allocation function (`tracer_common::func`); the first frame is
+    /// where it was probed.
+    pub func: u32,
+    pub frames: Vec<NativeFrame>,
+    /// Why the stack may be missing outer frames, if it may.
+    pub cut: Option<Cut>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Cut {
+    /// The kernel could not capture a stack at all.
+    Lost,
+    /// A walked frame did not look like a return address (no frame pointers).
+    NotAReturnAddress,
+    /// The walk reached the depth limit.
+    DepthLimit,
+}
+
+/// A stack as the kernel recorded it.
+#[derive(Clone, Copy, Debug)]
+pub struct RawStack<'a> {
+    /// The allocation function (`tracer_common::func`).
+    pub func: u32,
+    /// `bpf_get_stack` frames, innermost (the probed instruction) first.
+    pub frames: &'a [u64],
+    /// The return address at the stack pointer, if it could be read.
+    pub caller: Option<u64>,
+    pub lost: bool,
+    pub full: bool,
+}
+
+/// Raw stack keys (pid and flags, then frames) sharing one hash.
+type RawKeys = Vec<(Box<[u64]>, StackId)>;
+
+/// Interns stacks: equal raw stacks of a process map to one id without
+/// being checked again, and equal checked stacks share one id.
+#[derive(Default)]
+pub struct StackTable {
+    /// Hash of (pid, raw stack) -> the raw stacks with that hash.
+    raw: HashMap<u64, RawKeys>,
+    ids: HashMap<Stack, StackId>,
+    stacks: Vec<Stack>,
+    pub modules: Modules,
+    maps: HashMap<u32, PidMaps>,
+    is_return: HashMap<(ModuleId, u64), bool>,
+    hasher: std::hash::RandomState,
+}
+
+struct PidMaps {
+    maps: ProcessMaps,
+    read_at: Instant,
+}
+
+/// A process's map is re-read on a miss at most this often: a frame in a
+/// library loaded since the last read is a miss once, but addresses that are
+/// in no mapping at all must not cause a read per event.
+const MAPS_REREAD_INTERVAL: Duration = Duration::from_millis(50);
+
+impl StackTable {
+    pub fn get(&self, id: StackId) -> &Stack {
+        &self.stacks[id.0 as usize]
+    }
+
+    /// Reads `pid`'s memory map now and opens its executable files, which
+    /// a process that exits soon would take with it (its `/proc/PID/root`).
+    /// A process that is gone keeps its last map.
+    pub fn refresh_maps(&mut self, pid: u32) {
+        if let Ok(maps) = ProcessMaps::read(pid) {
+            for m in maps.iter().filter(|m| m.executable && m.is_file()) {
+                self.modules.get_or_open(pid, &maps, m);
+            }
+            self.maps.insert(
+                pid,
+                PidMaps {
+                    maps,
+                    read_at: Instant::now(),
+                },
+            );
+        }
+    }
+
+    pub fn intern(&mut self, pid: u32, raw: RawStack<'_>) -> StackId {
+        let key_head = [
+            u64::from(pid) | u64::from(raw.func) << 32,
+            raw.caller.unwrap_or(0),
+            u64::from(raw.lost) | u64::from(raw.full) << 1 | u64::from(raw.caller.is_some()) << 2,
+        ];
+        let mut h = self.hasher.build_hasher();
+        key_head.hash(&mut h);
+        raw.frames.hash(&mut h);
+        let hash = h.finish();
+        if let Some(bucket) = self.raw.get(&hash) {
+            for (key, id) in bucket {
+                if key[..3] == key_head && key[3..] == *raw.frames {
+                    return *id;
+                }
+            }
+        }
+        let stack = self.check(pid, raw);
+        let next = StackId(self.stacks.len() as u32);
+        let id = *self.ids.entry(stack.clone()).or_insert(next);
+        if id == next {
+            self.stacks.push(stack);
+        }
+        let key: Box<[u64]> = key_head.iter().chain(raw.frames).copied().collect();
+        self.raw.entry(hash).or_default().push((key, id));
+        id
+    }
+
+    fn check(&mut self, pid: u32, raw: RawStack<'_>) -> Stack {
+        if raw.lost {
+            return Stack {
+                func: raw.func,
+                frames: Vec::new(),
+                cut: Some(Cut::Lost),
+            };
+        }
+        let mut frames = Vec::with_capacity(raw.frames.len() + 1);
+        let mut cut = raw.full.then_some(Cut::DepthLimit);
+        let Some((&probed, walked)) = raw.frames.split_first() else {
+            return Stack {
+                func: raw.func,
+                frames,
+                cut: Some(Cut::Lost),
+            };
+        };
+        frames.push(self.locate(pid, probed));
+        // Without the caller there is a gap right away: nothing walked can follow.
+        let mut complete = raw.caller.is_some();
+        let returns = raw
+            .caller
+            .map(|caller| std::iter::once(caller).chain(walked.iter().copied()));
+        for addr in returns.into_iter().flatten() {
+            let frame = self.locate(pid, addr);
+            if !self.is_return_address(frame) {
+                // Frames past a gap would read as its callers: stop here.
+                complete = false;
+                break;
+            }
+            frames.push(frame);
+        }
+        if !complete {
+            cut = Some(Cut::NotAReturnAddress);
+        }
+        Stack {
+            func: raw.func,
+            frames,
+            cut,
+        }
+    }
+
+    fn locate(&mut self, pid: u32, addr: u64) -> NativeFrame {
+        let stale = self.maps.get(&pid).is_none_or(|m| {
+            m.maps.find(addr).is_none() && m.read_at.elapsed() > MAPS_REREAD_INTERVAL
+        });
+        if stale {
+            self.refresh_maps(pid);
+        }
+        let Some(pid_maps) = self.maps.get(&pid) else {
+            return NativeFrame::Unmapped { addr };
+        };
+        match pid_maps.maps.find(addr) {
+            Some(m) if m.is_file() => {
+                let file_offset = m.file_offset(addr);
+                let module = self.modules.get_or_open(pid, &pid_maps.maps, m);
+                NativeFrame::Module {
+                    module,
+                    file_offset,
+                }
+            }
+            _ => NativeFrame::Unmapped { addr },
+        }
+    }
+
+    /// Whether the instruction before `frame` is a call of the length that
+    /// ends exactly there.
+    fn is_return_address(&mut self, frame: NativeFrame) -> bool {
+        let NativeFrame::Module {
+            module,
+            file_offset,
+        } = frame
+        else {
+            return false;
+        };
+        if let Some(known) = self.is_return.get(&(module, file_offset)) {
+            return *known;
+        }
+        let verdict = self.modules.get(module).elf.as_ref().is_ok_and(|elf| {
+            follows_call(elf.bytes_at(file_offset.saturating_sub(7), 7.min(file_offset as usize)))
+        });
+        self.is_return.insert((module, file_offset), verdict);
+        verdict
+    }
+}
+
+/// Whether `before` (the bytes just before a return address) ends with a
+/// complete call instruction. x86-64 calls are 2 to 7 bytes long.
+fn follows_call(before: &[u8]) -> bool {
+    (2..=before.len()).any(|len| {
+        let code = &before[before.len() - len..];
+        let mut decoder = Decoder::with_ip(64, code, 0, DecoderOptions::NONE);
+        let ins = decoder.decode();
+        !ins.is_invalid()
+            && ins.len() == len
+            && matches!(
+                ins.flow_control(),
+                FlowControl::Call | FlowControl::IndirectCall
+            )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_calls_before_return_addresses() {
+        // call rel32
+        assert!(follows_call(&[0x90, 0x90, 0xe8, 0x10, 0x20, 0x30, 0x40]));
+        // call rax
+        assert!(follows_call(&[0x01, 0x02, 0x03, 0x04, 0x05, 0xff, 0xd0]));
+        // call qword ptr [rip+disp32]
+        assert!(follows_call(&[0x00, 0xff, 0x15, 0x01, 0x02, 0x03, 0x04]));
+        // call qword ptr [rbx+8]
+        assert!(follows_call(&[0, 0, 0, 0, 0xff, 0x53, 0x08]));
+        // mov rbx, rdi; pop rbp... not a call
+        assert!(!follows_call(&[0x48, 0x89, 0xfb, 0x5d, 0xc3, 0x90, 0x90]));
+        assert!(!follows_call(&[]));
+    }
+}

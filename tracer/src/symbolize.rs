@@ -1,0 +1,269 @@
+//! Stacks in the reports' terms: function, module, file and line per frame,
+//! with blazesym for native code. Symbols are cached per (module, offset),
+//! whole stacks per stack id.
+
+use std::collections::HashMap;
+
+use blazesym::symbolize::{
+    self, Input, Symbolized,
+    source::{Elf, Source},
+};
+
+use tracer_common::func;
+
+use crate::{
+    modules::ModuleId,
+    stacks::{Cut, NativeFrame, StackId, StackTable},
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FrameKind {
+    Native,
+}
+
+/// One frame of a report's stack.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct Frame {
+    pub kind: FrameKind,
+    pub function: String,
+    /// The module's path as the traced process names it.
+    pub module: String,
+    pub file: Option<String>,
+    pub line: Option<u32>,
+    /// Native frames: the offset in the module's file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// Compiled into its caller: shares the caller's address.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub inlined: bool,
+    /// Why the frame has no function name, if it has none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unknown: Option<String>,
+}
+
+impl Frame {
+    pub const UNKNOWN_FUNCTION: &str = "[unknown]";
+
+    fn unknown(module: String, offset: u64, why: String) -> Self {
+        Frame {
+            kind: FrameKind::Native,
+            function: Self::UNKNOWN_FUNCTION.to_owned(),
+            module,
+            file: None,
+            line: None,
+            offset: Some(offset),
+            inlined: false,
+            unknown: Some(why),
+        }
+    }
+
+    /// Where the frame is, as a reader sees it: the offset only counts
+    /// when there is no line to tell frames apart.
+    pub fn place(&self) -> String {
+        let offset = if self.line.is_none() {
+            self.offset
+        } else {
+            None
+        };
+        format!(
+            "{:?} {} {} {:?}:{:?} {} {:?}",
+            self.kind, self.function, self.module, self.file, self.line, self.inlined, offset
+        )
+    }
+
+    /// The module's file name.
+    pub fn module_name(&self) -> &str {
+        self.module.rsplit('/').next().unwrap_or(&self.module)
+    }
+}
+
+/// A symbolized stack, innermost frame first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SymbolizedStack {
+    pub frames: Vec<Frame>,
+    /// The stack may be missing outer frames: it was cut, or it does not end
+    /// in a thread's entry function.
+    pub truncated: bool,
+}
+
+/// Functions a complete stack ends in: where the kernel starts a process or
+/// a thread.
+const ROOT_FUNCTIONS: [&str; 8] = [
+    "_start",
+    "__libc_start_main",
+    "__libc_start_call_main",
+    "start_thread",
+    "clone",
+    "clone3",
+    "__clone",
+    "__clone3",
+];
+
+pub struct Symbolizer {
+    blazesym: symbolize::Symbolizer,
+    frames: HashMap<(ModuleId, u64), Vec<Frame>>,
+    stacks: HashMap<StackId, SymbolizedStack>,
+}
+
+impl Default for Symbolizer {
+    fn default() -> Self {
+        Self {
+            blazesym: symbolize::Symbolizer::builder()
+                .enable_code_info(true)
+                .enable_inlined_fns(true)
+                .enable_demangling(true)
+                .build(),
+            frames: HashMap::new(),
+            stacks: HashMap::new(),
+        }
+    }
+}
+
+impl Symbolizer {
+    pub fn stack(&mut self, table: &StackTable, id: StackId) -> &SymbolizedStack {
+        if !self.stacks.contains_key(&id) {
+            let stack = table.get(id);
+            let mut frames = Vec::with_capacity(stack.frames.len() + 4);
+            if let Some((probed, callers)) = stack.frames.split_first() {
+                frames.push(allocator_frame(table, stack.func, *probed));
+                for frame in callers {
+                    // Return addresses point after the call: look up the call itself.
+                    frames.extend(self.native(table, *frame, 1));
+                }
+            }
+            let reached_root = frames
+                .last()
+                .is_some_and(|f| ROOT_FUNCTIONS.contains(&f.function.as_str()));
+            let truncated = stack.cut.is_some() || !reached_root;
+            if stack.cut == Some(Cut::Lost) {
+                frames.push(Frame::unknown(
+                    String::new(),
+                    0,
+                    "stack not captured".into(),
+                ));
+            }
+            self.stacks
+                .insert(id, SymbolizedStack { frames, truncated });
+        }
+        &self.stacks[&id]
+    }
+
+    /// The frames (several if inlined) at a native frame, innermost first.
+    fn native(&mut self, table: &StackTable, frame: NativeFrame, back: u64) -> Vec<Frame> {
+        let (module, file_offset) = match frame {
+            NativeFrame::Module {
+                module,
+                file_offset,
+            } => (module, file_offset),
+            NativeFrame::Unmapped { addr } => {
+                return vec![Frame::unknown(
+                    "[anonymous]".into(),
+                    addr,
+                    "address in no file mapping".into(),
+                )];
+            }
+        };
+        if let Some(frames) = self.frames.get(&(module, file_offset)) {
+            return frames.clone();
+        }
+        let m = table.modules.get(module);
+        let frames = match &m.elf {
+            Err(err) => vec![Frame::unknown(m.path.clone(), file_offset, err.clone())],
+            Ok(_) => {
+                let src = Source::Elf(Elf::new(&m.symbolize_path));
+                let query = file_offset.saturating_sub(back);
+                match self
+                    .blazesym
+                    .symbolize_single(&src, Input::FileOffset(query))
+                {
+                    Ok(Symbolized::Sym(sym)) => frames_of(&sym, &m.path, file_offset),
+                    Ok(Symbolized::Unknown(reason)) => {
+                        vec![Frame::unknown(
+                            m.path.clone(),
+                            file_offset,
+                            reason.to_string(),
+                        )]
+                    }
+                    Err(err) => vec![Frame::unknown(m.path.clone(), file_offset, err.to_string())],
+                }
+            }
+        };
+        self.frames.insert((module, file_offset), frames.clone());
+        frames
+    }
+}
+
+/// The probed allocation function, named as its callers call it (libc's
+/// own symbol there is often an internal alias such as `__GI___libc_malloc`).
+fn allocator_frame(table: &StackTable, func: u32, probed: NativeFrame) -> Frame {
+    let (module, offset) = match probed {
+        NativeFrame::Module {
+            module,
+            file_offset,
+        } => (table.modules.get(module).path.clone(), file_offset),
+        NativeFrame::Unmapped { addr } => ("[anonymous]".to_owned(), addr),
+    };
+    Frame {
+        kind: FrameKind::Native,
+        function: allocator_name(func).to_owned(),
+        module,
+        file: None,
+        line: None,
+        offset: Some(offset),
+        inlined: false,
+        unknown: None,
+    }
+}
+
+pub fn allocator_name(func: u32) -> &'static str {
+    match func {
+        func::MALLOC => "malloc",
+        func::CALLOC => "calloc",
+        func::REALLOC => "realloc",
+        func::REALLOCARRAY => "reallocarray",
+        func::POSIX_MEMALIGN => "posix_memalign",
+        func::MEMALIGN => "memalign",
+        func::VALLOC => "valloc",
+        func::PVALLOC => "pvalloc",
+        func::MMAP => "mmap",
+        func::MREMAP => "mremap",
+        _ => "[allocation]",
+    }
+}
+
+fn frames_of(sym: &symbolize::Sym<'_>, module: &str, offset: u64) -> Vec<Frame> {
+    let location = |info: Option<&symbolize::CodeInfo<'_>>| {
+        info.map_or((None, None), |ci| {
+            (Some(ci.to_path().display().to_string()), ci.line)
+        })
+    };
+    let mut frames = Vec::with_capacity(1 + sym.inlined.len());
+    // blazesym lists inlined calls outermost first; each one's location is
+    // inside it, and the symbol's own location is where the first is called.
+    for inl in sym.inlined.iter().rev() {
+        let (file, line) = location(inl.code_info.as_ref());
+        frames.push(Frame {
+            kind: FrameKind::Native,
+            function: inl.name.to_string(),
+            module: module.to_owned(),
+            file,
+            line,
+            offset: Some(offset),
+            inlined: true,
+            unknown: None,
+        });
+    }
+    let (file, line) = location(sym.code_info.as_deref());
+    frames.push(Frame {
+        kind: FrameKind::Native,
+        function: sym.name.to_string(),
+        module: module.to_owned(),
+        file,
+        line,
+        offset: Some(offset),
+        inlined: false,
+        unknown: None,
+    });
+    frames
+}

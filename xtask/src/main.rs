@@ -1,0 +1,266 @@
+//! Project tasks: `cargo xtask setup|build|run|test`.
+//!
+//! Every task installs what it needs first (idempotently): the pinned
+//! nightly with rust-src, bpf-linker, and the Debian packages the tests use.
+//! A second run finds everything in place and does nothing.
+
+use std::{
+    env,
+    ffi::OsString,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+/// bpf-linker release known to work with the pinned nightly (it loads the
+/// nightly's own libLLVM).
+const BPF_LINKER_VERSION: &str = "0.10.4";
+
+/// Debian packages: `bpftool` lists loaded programs in the detach test,
+/// `gcc` builds the C test programs, `patchelf` points unpacked interpreters
+/// at their own glibc, `python3.11-dbg` carries the debug symbols of
+/// Debian's stripped python3.11 (found by build-id).
+const DEBIAN_PACKAGES: [(&str, &str); 4] = [
+    ("bpftool", "/usr/sbin/bpftool"),
+    ("gcc", "/usr/bin/gcc"),
+    ("patchelf", "/usr/bin/patchelf"),
+    ("python3.11-dbg", "/usr/bin/python3.11-dbg"),
+];
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the toolchain and packages that are missing.
+    Setup,
+    /// Build tracer (and its eBPF programs) in release mode.
+    Build,
+    /// Build, then run tracer as root. Without arguments: record the demo
+    /// workload, `record -- python3 tests/workloads/demo_service.py`.
+    Run {
+        #[arg(last = true)]
+        args: Vec<OsString>,
+    },
+    /// Lint, unit tests, then end-to-end tests with the real eBPF programs
+    /// (as root; fails rather than skips without it).
+    Test {
+        /// Extra arguments for the test harness, e.g. a test name filter.
+        #[arg(last = true)]
+        args: Vec<OsString>,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse().task) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(task: Task) -> Result<()> {
+    let root = workspace_root()?;
+    env::set_current_dir(&root)?;
+    match task {
+        Task::Setup => setup(),
+        Task::Build => {
+            setup()?;
+            build()
+        }
+        Task::Run { args } => {
+            setup()?;
+            build()?;
+            let args = if args.is_empty() {
+                ["record", "--", "python3", "tests/workloads/demo_service.py"]
+                    .map(OsString::from)
+                    .to_vec()
+            } else {
+                args
+            };
+            let tracer = root.join("target/release/tracer");
+            let mut cmd = as_root(&tracer);
+            cmd.args(&args);
+            let status = cmd.status().context("running tracer")?;
+            if !status.success() {
+                bail!("tracer {status}");
+            }
+            Ok(())
+        }
+        Task::Test { args } => {
+            setup()?;
+            test(&root, &args)
+        }
+    }
+}
+
+fn workspace_root() -> Result<PathBuf> {
+    let manifest = env::var_os("CARGO_MANIFEST_DIR").context("run this through `cargo xtask`")?;
+    Ok(Path::new(&manifest)
+        .parent()
+        .context("xtask has no parent directory")?
+        .to_path_buf())
+}
+
+fn nightly() -> Result<String> {
+    let text = std::fs::read_to_string("tracer-ebpf/toolchain")
+        .context("reading tracer-ebpf/toolchain")?;
+    Ok(text.trim().to_owned())
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A command that runs `program` as root: directly when already root,
+/// else through sudo keeping the environment (cargo, rustup paths).
+fn as_root(program: &Path) -> Command {
+    if is_root() {
+        Command::new(program)
+    } else {
+        let mut cmd = Command::new("sudo");
+        cmd.arg("-E").arg(program);
+        cmd
+    }
+}
+
+fn succeeds(cmd: &mut Command) -> bool {
+    cmd.output().is_ok_and(|o| o.status.success())
+}
+
+fn output(cmd: &mut Command) -> Option<String> {
+    let o = cmd.output().ok()?;
+    o.status
+        .success()
+        .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+fn check(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn setup() -> Result<()> {
+    let toolchain = nightly()?;
+    // rust-src builds core for the BPF target; clippy lints the eBPF crate.
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        &toolchain,
+    ]))
+    .unwrap_or_default();
+    let missing: Vec<&str> = ["rust-src", "clippy"]
+        .into_iter()
+        .filter(|c| !installed.lines().any(|l| l.starts_with(c)))
+        .collect();
+    if !missing.is_empty() {
+        eprintln!(
+            "xtask: installing Rust {toolchain} with {} (for the eBPF programs)",
+            missing.join(", ")
+        );
+        let mut cmd = Command::new("rustup");
+        cmd.args(["toolchain", "install", &toolchain, "--profile", "minimal"]);
+        for c in &missing {
+            cmd.args(["--component", c]);
+        }
+        check(&mut cmd)?;
+    }
+    let linker = output(Command::new("bpf-linker").arg("--version")).unwrap_or_default();
+    if !linker.contains(BPF_LINKER_VERSION) {
+        eprintln!("xtask: installing bpf-linker {BPF_LINKER_VERSION}");
+        check(Command::new("cargo").args([
+            "install",
+            &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+            "--locked",
+            "--force",
+        ]))?;
+    }
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .filter(|(_, path)| !Path::new(path).exists())
+        .map(|(pkg, _)| *pkg)
+        .collect();
+    if !missing.is_empty() {
+        eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
+        let apt = |args: &[&str]| {
+            let mut cmd = as_root(Path::new("apt-get"));
+            cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+            cmd
+        };
+        // The package lists of a fresh image may be stale: refresh once.
+        if !succeeds(apt(&["install", "-y", "-q"]).args(&missing)) {
+            check(&mut apt(&["update", "-q"]))?;
+            check(apt(&["install", "-y", "-q"]).args(&missing))?;
+        }
+    }
+    Ok(())
+}
+
+fn build() -> Result<()> {
+    check(Command::new("cargo").args(["build", "--release", "--package", "tracer"]))
+}
+
+fn test(root: &Path, harness_args: &[OsString]) -> Result<()> {
+    if !is_root() {
+        bail!(
+            "the end-to-end tests load eBPF programs and need root: run `sudo -E cargo xtask test`"
+        );
+    }
+    check(Command::new("cargo").args(["fmt", "--all", "--check"]))?;
+    check(Command::new("cargo").args([
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "tracer-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    check(
+        Command::new("rustup")
+            .args(["run", &nightly()?, "cargo", "clippy"])
+            .args([
+                "--package",
+                "tracer-ebpf",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+                "--release",
+                "--",
+                "-D",
+                "warnings",
+            ]),
+    )?;
+    build()?;
+    // Unit tests of every crate; the end-to-end tests run next, one at a
+    // time (they measure whole processes on a 2-core machine).
+    check(Command::new("cargo").args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "tracer-ebpf",
+        "--exclude",
+        "tests",
+    ]))?;
+    let mut e2e = Command::new("cargo");
+    e2e.args(["test", "--package", "tests", "--", "--test-threads=1"])
+        .args(harness_args)
+        .env("TRACER_BIN", root.join("target/release/tracer"));
+    check(&mut e2e)
+}
