@@ -184,7 +184,9 @@ fn enter<C: EbpfContext>(ctx: &C, id: u64, sp: u64, call: Call) {
     rec.old_addr = call.old_addr;
     rec.old_len = call.old_len;
     rec.out_ptr = call.out_ptr;
-    if IN_FLIGHT.insert(id, *rec, 0).is_err() {
+    // By reference: a by-value record would be copied onto the 512-byte stack.
+    let rec: &AllocRecord = rec;
+    if IN_FLIGHT.insert(id, rec, 0).is_err() {
         count(counter::PENDING_FULL);
     }
 }
