@@ -31,12 +31,14 @@ fn assert_top_leak(r: &Recorded) {
         r.stdout()
     );
     assert!(top["count"].as_u64().expect("count") >= COUNT);
-    let symbolized = frames(top)
+    // The first frame is the probed allocator, named by tracer; a caller
+    // must be symbolized from the binary (Debian's through python3.11-dbg).
+    assert_eq!(frames(top)[0]["function"], "malloc");
+    let symbolized = frames(top)[1..]
         .iter()
         .filter(|f| f["kind"] == "native" && f["function"] != "[unknown]")
         .count();
-    assert!(symbolized >= 1, "no symbolized native frame in {top}");
-    assert_eq!(frames(top)[0]["function"], "malloc");
+    assert!(symbolized >= 1, "no symbolized native caller in {top}");
     assert_eq!(r.counter("lost_events"), 0);
     // The leak set is the one taken when finalization began, not after teardown.
     assert_eq!(r.report["processes"][0]["leaks_taken_at"], "py_finalize");

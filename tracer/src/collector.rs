@@ -79,7 +79,7 @@ impl Collector {
                 return Some(Notice::Exiting(pid));
             }
             kind::EXEC => {
-                self.stacks.refresh_maps(pid);
+                self.stacks.exec(pid);
                 return Some(Notice::Exec(pid));
             }
             _ => {
@@ -117,6 +117,7 @@ impl Collector {
         let stack = self.stacks.intern(
             h.pid,
             RawStack {
+                ts_ns: h.ts_ns,
                 func: rec.func,
                 frames: &self.frames,
                 caller: (h.flags & flags::CALLER_LOST == 0).then_some(rec.caller),

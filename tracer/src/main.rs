@@ -4,6 +4,7 @@
 //! symbolizer -> reports. See docs/ for the hard parts.
 
 mod cli;
+mod clock;
 mod collector;
 mod elf;
 mod heap;

@@ -21,6 +21,7 @@ use tokio::{
 
 use crate::{
     cli::RecordArgs,
+    clock::monotonic_ns,
     collector::{Collector, Notice},
     host,
     launch::{self, Stage},
@@ -54,12 +55,6 @@ fn command_line(pid: u32) -> String {
                 .join(" ")
         })
         .unwrap_or_default()
-}
-
-fn monotonic_ns() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map(|ts| ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64)
-        .unwrap_or(0)
 }
 
 /// Registers an owned descriptor with the runtime for readability.
@@ -212,6 +207,10 @@ pub async fn record(args: RecordArgs) -> Result<()> {
             _ = sigterm.recv() => break "terminated",
             _ = sleep_until(deadline.unwrap_or(started)), if deadline.is_some() => break "duration reached",
             Some(pid) = exit_rx.recv() => {
+                // Its last events are queued already; a new process may reuse the pid.
+                if let Err(err) = probes.untrace_pid(pid) {
+                    debug!("{err:#}");
+                }
                 if let Some(t) = targets.iter_mut().find(|t| t.pid == pid) {
                     t.exited = true;
                     if let Some(child) = &mut t.child {

@@ -13,12 +13,12 @@
 use std::{
     collections::HashMap,
     hash::{BuildHasher as _, Hash as _, Hasher as _},
-    time::{Duration, Instant},
 };
 
 use iced_x86::{Decoder, DecoderOptions, FlowControl};
 
 use crate::{
+    clock::monotonic_ns,
     modules::{ModuleId, Modules},
     proc_maps::ProcessMaps,
 };
@@ -60,6 +60,8 @@ pub enum Cut {
 /// A stack as the kernel recorded it.
 #[derive(Clone, Copy, Debug)]
 pub struct RawStack<'a> {
+    /// When it was recorded (CLOCK_MONOTONIC ns).
+    pub ts_ns: u64,
     /// The allocation function (`tracer_common::func`).
     pub func: u32,
     /// `bpf_get_stack` frames, innermost (the probed instruction) first.
@@ -70,8 +72,10 @@ pub struct RawStack<'a> {
     pub full: bool,
 }
 
-/// Raw stack keys (pid and flags, then frames) sharing one hash.
+/// Raw stack keys (`KEY_HEAD` words of pid, function, exec generation,
+/// caller and flags, then the frames) sharing one hash.
 type RawKeys = Vec<(Box<[u64]>, StackId)>;
+const KEY_HEAD: usize = 4;
 
 /// Interns stacks: equal raw stacks of a process map to one id without
 /// being checked again, and equal checked stacks share one id.
@@ -87,15 +91,19 @@ pub struct StackTable {
     hasher: std::hash::RandomState,
 }
 
+/// What is known of one process's address space.
+#[derive(Default)]
 struct PidMaps {
-    maps: ProcessMaps,
-    read_at: Instant,
+    /// The last map read, and when (CLOCK_MONOTONIC ns).
+    maps: Option<(ProcessMaps, u64)>,
+    /// Execs seen: the same address means another thing after each.
+    generation: u64,
 }
 
-/// A process's map is re-read on a miss at most this often: a frame in a
-/// library loaded since the last read is a miss once, but addresses that are
-/// in no mapping at all must not cause a read per event.
-const MAPS_REREAD_INTERVAL: Duration = Duration::from_millis(50);
+/// An address found in no mapping makes the map be read again if it was
+/// read before the event (a library mapped since), but at most this often:
+/// garbage frame-pointer values are in no mapping either.
+const MAPS_REREAD_NS: u64 = 1_000_000;
 
 impl StackTable {
     pub fn get(&self, id: StackId) -> &Stack {
@@ -110,19 +118,23 @@ impl StackTable {
             for m in maps.iter().filter(|m| m.executable && m.is_file()) {
                 self.modules.get_or_open(pid, &maps, m);
             }
-            self.maps.insert(
-                pid,
-                PidMaps {
-                    maps,
-                    read_at: Instant::now(),
-                },
-            );
+            self.maps.entry(pid).or_default().maps = Some((maps, monotonic_ns()));
         }
     }
 
+    /// `pid` replaced its image: its earlier map means nothing now.
+    pub fn exec(&mut self, pid: u32) {
+        let known = self.maps.entry(pid).or_default();
+        known.generation += 1;
+        known.maps = None;
+        self.refresh_maps(pid);
+    }
+
     pub fn intern(&mut self, pid: u32, raw: RawStack<'_>) -> StackId {
+        let generation = self.maps.get(&pid).map_or(0, |m| m.generation);
         let key_head = [
             u64::from(pid) | u64::from(raw.func) << 32,
+            generation,
             raw.caller.unwrap_or(0),
             u64::from(raw.lost) | u64::from(raw.full) << 1 | u64::from(raw.caller.is_some()) << 2,
         ];
@@ -132,23 +144,28 @@ impl StackTable {
         let hash = h.finish();
         if let Some(bucket) = self.raw.get(&hash) {
             for (key, id) in bucket {
-                if key[..3] == key_head && key[3..] == *raw.frames {
+                if key[..KEY_HEAD] == key_head && key[KEY_HEAD..] == *raw.frames {
                     return *id;
                 }
             }
         }
-        let stack = self.check(pid, raw);
+        let mut certain = true;
+        let stack = self.check(pid, raw, &mut certain);
         let next = StackId(self.stacks.len() as u32);
         let id = *self.ids.entry(stack.clone()).or_insert(next);
         if id == next {
             self.stacks.push(stack);
         }
-        let key: Box<[u64]> = key_head.iter().chain(raw.frames).copied().collect();
-        self.raw.entry(hash).or_default().push((key, id));
+        // A frame not found in a map older than the event may be found
+        // later: such a stack is checked again next time.
+        if certain {
+            let key: Box<[u64]> = key_head.iter().chain(raw.frames).copied().collect();
+            self.raw.entry(hash).or_default().push((key, id));
+        }
         id
     }
 
-    fn check(&mut self, pid: u32, raw: RawStack<'_>) -> Stack {
+    fn check(&mut self, pid: u32, raw: RawStack<'_>, certain: &mut bool) -> Stack {
         if raw.lost {
             return Stack {
                 func: raw.func,
@@ -165,14 +182,14 @@ impl StackTable {
                 cut: Some(Cut::Lost),
             };
         };
-        frames.push(self.locate(pid, probed));
+        frames.push(self.locate(pid, raw.ts_ns, probed, certain));
         // Without the caller there is a gap right away: nothing walked can follow.
         let mut complete = raw.caller.is_some();
         let returns = raw
             .caller
             .map(|caller| std::iter::once(caller).chain(walked.iter().copied()));
         for addr in returns.into_iter().flatten() {
-            let frame = self.locate(pid, addr);
+            let frame = self.locate(pid, raw.ts_ns, addr, certain);
             if !self.is_return_address(frame) {
                 // Frames past a gap would read as its callers: stop here.
                 complete = false;
@@ -190,20 +207,30 @@ impl StackTable {
         }
     }
 
-    fn locate(&mut self, pid: u32, addr: u64) -> NativeFrame {
-        let stale = self.maps.get(&pid).is_none_or(|m| {
-            m.maps.find(addr).is_none() && m.read_at.elapsed() > MAPS_REREAD_INTERVAL
-        });
-        if stale {
-            self.refresh_maps(pid);
+    fn locate(&mut self, pid: u32, ts_ns: u64, addr: u64, certain: &mut bool) -> NativeFrame {
+        let read_at = self
+            .maps
+            .get(&pid)
+            .and_then(|m| m.maps.as_ref())
+            .map(|(maps, at)| (maps.find(addr).is_some(), *at));
+        match read_at {
+            None => self.refresh_maps(pid),
+            Some((false, at)) if at < ts_ns => {
+                if monotonic_ns().saturating_sub(at) >= MAPS_REREAD_NS {
+                    self.refresh_maps(pid);
+                } else {
+                    *certain = false;
+                }
+            }
+            Some(_) => {}
         }
-        let Some(pid_maps) = self.maps.get(&pid) else {
+        let Some((maps, _)) = self.maps.get(&pid).and_then(|m| m.maps.as_ref()) else {
             return NativeFrame::Unmapped { addr };
         };
-        match pid_maps.maps.find(addr) {
+        match maps.find(addr) {
             Some(m) if m.is_file() => {
                 let file_offset = m.file_offset(addr);
-                let module = self.modules.get_or_open(pid, &pid_maps.maps, m);
+                let module = self.modules.get_or_open(pid, maps, m);
                 NativeFrame::Module {
                     module,
                     file_offset,
@@ -253,6 +280,39 @@ fn follows_call(before: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn interns_stacks_of_this_process() {
+        let pid = std::process::id();
+        let malloc = libc::malloc as *const () as u64;
+        let raw = RawStack {
+            ts_ns: monotonic_ns(),
+            func: tracer_common::func::MALLOC,
+            frames: &[malloc],
+            caller: None,
+            lost: false,
+            full: false,
+        };
+        let mut table = StackTable::default();
+        let id = table.intern(pid, raw);
+        let stack = table.get(id).clone();
+        assert_eq!(stack.cut, Some(Cut::NotAReturnAddress), "no caller");
+        let NativeFrame::Module { module, .. } = stack.frames[0] else {
+            panic!("malloc not in a file mapping: {stack:?}");
+        };
+        assert!(
+            table.modules.get(module).path.contains("libc"),
+            "{}",
+            table.modules.get(module).path
+        );
+        assert_eq!(table.intern(pid, raw), id, "same raw stack, same id");
+        // After an exec the raw stack is checked again, and reads the same here.
+        table.exec(pid);
+        assert_eq!(table.intern(pid, raw), id);
+        let lost = RawStack { lost: true, ..raw };
+        let lost = table.intern(pid, lost);
+        assert_eq!(table.get(lost).cut, Some(Cut::Lost));
+    }
 
     #[test]
     fn recognises_calls_before_return_addresses() {

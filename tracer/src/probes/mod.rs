@@ -108,6 +108,13 @@ impl Probes {
             .with_context(|| format!("adding pid {pid} to the traced set"))
     }
 
+    /// Stops recording process `pid` (it exited: its pid may be reused).
+    pub fn untrace_pid(&mut self, pid: u32) -> Result<()> {
+        self.traced
+            .remove(&pid)
+            .with_context(|| format!("removing pid {pid} from the traced set"))
+    }
+
     /// Attaches `program` to `offset` in `file` for every process (the
     /// programs filter by the traced set).
     /// Whether it is an entry or a return probe is the program's own kind.
