@@ -71,6 +71,9 @@ fn watch_exit(pid: u32, exited: mpsc::UnboundedSender<u32>) -> Result<()> {
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) };
     if fd < 0 {
         let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::ESRCH) {
+            bail!("pid {pid} exited before tracing began");
+        }
         bail!("cannot watch pid {pid}: {err}");
     }
     // SAFETY: fd is a new descriptor owned by nobody else.
@@ -213,11 +216,10 @@ pub async fn record(args: RecordArgs) -> Result<()> {
                 }
                 if let Some(t) = targets.iter_mut().find(|t| t.pid == pid) {
                     t.exited = true;
-                    if let Some(child) = &mut t.child {
-                        t.exit_status = child.try_wait().ok().flatten().map(|s| describe_status(&s));
-                    } else {
-                        info!("pid {pid} exited during the recording");
-                    }
+                    t.exit_status = match &mut t.child {
+                        Some(child) => child.try_wait().ok().flatten().map(|s| describe_status(&s)),
+                        None => Some("exited during the recording".to_owned()),
+                    };
                 }
                 if targets.iter().all(|t| t.exited) {
                     break "every target exited";
