@@ -10,6 +10,10 @@
 /// of ring buffer per allocation event.
 pub const MAX_STACK_DEPTH: usize = 64;
 
+/// Python frames captured per allocation. Deeper stacks keep their innermost
+/// frames and are flagged `PY_TRUNCATED`.
+pub const MAX_PY_DEPTH: usize = 80;
+
 /// `Header::kind` values.
 pub mod kind {
     /// An [`AllocRecord`](super::AllocRecord): a successful allocation,
@@ -38,6 +42,10 @@ pub mod func {
     pub const PVALLOC: u32 = 8;
     pub const MMAP: u32 = 9;
     pub const MREMAP: u32 = 10;
+    /// CPython's object allocator (`--pymalloc`), told apart by attach cookie.
+    pub const PYOBJECT_MALLOC: u32 = 11;
+    pub const PYOBJECT_CALLOC: u32 = 12;
+    pub const PYOBJECT_REALLOC: u32 = 13;
 }
 
 /// `Header::flags` bits.
@@ -48,6 +56,10 @@ pub mod flags {
     pub const STACK_FULL: u32 = 1 << 1;
     /// The return address at the stack pointer could not be read.
     pub const CALLER_LOST: u32 = 1 << 2;
+    /// The Python frame chain was deeper than `MAX_PY_DEPTH`.
+    pub const PY_TRUNCATED: u32 = 1 << 3;
+    /// The Python frame chain could not be read to its end.
+    pub const PY_LOST: u32 = 1 << 4;
 }
 
 /// `Header::flags` of an [`kind::EXITING`] record: what marked the start of
@@ -57,6 +69,12 @@ pub mod exiting {
     pub const PY_FINALIZE: u32 = 1;
     /// libc's `exit` was entered.
     pub const LIBC_EXIT: u32 = 2;
+}
+
+/// `Header::flags` of an [`kind::EXEC`] record.
+pub mod exec {
+    /// `--all`: the kernel added the process to the traced set by its name.
+    pub const TRACED_BY_NAME: u32 = 1;
 }
 
 #[repr(C)]
@@ -96,7 +114,8 @@ pub struct AllocRecord {
     /// which a frame-pointer walk from the function's entry skips.
     pub caller: u64,
     pub stack_len: u32,
-    pub _pad: u32,
+    /// Python frames sent after the native ones (`PyFrame`s).
+    pub py_len: u32,
     /// User frames from `bpf_get_stack`, innermost (the probed instruction) first.
     pub stack: [u64; MAX_STACK_DEPTH],
 }
@@ -105,10 +124,70 @@ impl AllocRecord {
     /// Bytes of the record before `stack`.
     pub const FIXED_LEN: usize = core::mem::offset_of!(AllocRecord, stack);
 
-    /// Bytes sent through the ring buffer for `stack_len` frames.
-    pub const fn wire_len(stack_len: usize) -> usize {
-        Self::FIXED_LEN + stack_len * 8
+    /// Bytes sent through the ring buffer for `stack_len` native and
+    /// `py_len` Python frames: the fixed part, the native frames, then the
+    /// Python frames.
+    pub const fn wire_len(stack_len: usize, py_len: usize) -> usize {
+        Self::FIXED_LEN + stack_len * 8 + py_len * size_of::<PyFrame>()
     }
+
+    /// The largest record on the wire.
+    pub const MAX_WIRE_LEN: usize = Self::wire_len(MAX_STACK_DEPTH, MAX_PY_DEPTH);
+}
+
+/// One Python frame as the kernel reads it; userspace turns it into a
+/// function, file and line by reading the code object.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PyFrame {
+    /// The code object.
+    pub code: u64,
+    /// From 3.11 the frame's instruction pointer (`prev_instr`,
+    /// `instr_ptr`); up to 3.10 its `f_lasti`, an int in the low 32 bits.
+    pub instr: u64,
+    /// The code object's `co_firstlineno`: a code object freed and another
+    /// allocated at its address rarely has the same.
+    pub firstlineno: i32,
+    pub _pad: u32,
+}
+
+/// How to find the Python frames of a traced process's current thread
+/// (`PY_PROCS` map value). Offsets are bytes; `NONE` marks a step the
+/// version does not have.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PyConfig {
+    /// Address of `_PyRuntime` in the process.
+    pub runtime: u64,
+    /// `_PyRuntime.autoTSSkey` (a `Py_tss_t`: int initialized, int key).
+    pub tss_key: u32,
+    /// glibc: `struct pthread.specific_1stblock`, from the thread pointer.
+    pub pthread_specific: u32,
+    /// thread state -> frame pointer (3.8-3.10: `frame`; 3.11/3.12:
+    /// `cframe`; 3.13+: `current_frame`).
+    pub tstate_frame: u32,
+    /// 3.11/3.12: `_PyCFrame.current_frame`; else `NONE`.
+    pub cframe_frame: u32,
+    pub frame_code: u32,
+    pub frame_previous: u32,
+    pub frame_instr: u32,
+    /// 3.12+: the frame's `owner` byte (older versions: any field, with
+    /// `owner_cstack` = `NO_OWNER`).
+    pub frame_owner: u32,
+    /// The `owner` value of frames that belong to C code (shims): skipped.
+    pub owner_cstack: u32,
+    pub code_firstlineno: u32,
+    /// Tag bits to clear from the frame's code pointer (3.14's
+    /// `_PyStackRef`: 1; else 0).
+    pub code_tag_bits: u32,
+    pub _pad: u32,
+}
+
+pub mod py_config {
+    /// An offset that does not apply to this version.
+    pub const NONE: u32 = u32::MAX;
+    /// An `owner_cstack` no owner byte equals.
+    pub const NO_OWNER: u32 = 0x100;
 }
 
 /// `free` (len 0) or `munmap` (len in bytes).
@@ -142,6 +221,10 @@ pub mod counter {
     pub const COUNT: u32 = 7;
 }
 
+// SAFETY: #[repr(C)] integers only, every bit pattern valid.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for PyConfig {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,8 +235,10 @@ mod tests {
         assert_eq!(AllocRecord::FIXED_LEN % 8, 0);
         assert_eq!(core::mem::size_of::<FreeRecord>() % 8, 0);
         assert_eq!(
-            AllocRecord::wire_len(MAX_STACK_DEPTH),
+            AllocRecord::wire_len(MAX_STACK_DEPTH, 0),
             core::mem::size_of::<AllocRecord>()
         );
+        assert_eq!(core::mem::size_of::<PyFrame>(), 24);
+        assert_eq!(AllocRecord::MAX_WIRE_LEN % 8, 0);
     }
 }

@@ -8,12 +8,15 @@
 #![no_main]
 
 use aya_ebpf::{
-    EbpfContext,
+    EbpfContext, Global,
     bindings::{BPF_F_USER_STACK, pt_regs},
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_ktime_get_ns,
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_task_btf, bpf_ktime_get_ns,
         bpf_probe_read_kernel, bpf_probe_read_user,
-        generated::{bpf_get_stack, bpf_task_pt_regs},
+        generated::{
+            bpf_get_attach_cookie, bpf_get_stack, bpf_loop, bpf_probe_read_kernel as copy_kernel,
+            bpf_task_pt_regs,
+        },
     },
     macros::{map, tracepoint, uprobe, uretprobe},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -21,7 +24,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use tracer_common::{
-    AllocRecord, FreeRecord, Header, MAX_STACK_DEPTH, counter, exiting, flags, func, kind,
+    AllocRecord, FreeRecord, Header, MAX_PY_DEPTH, MAX_STACK_DEPTH, PyConfig, PyFrame, counter,
+    exec, exiting, flags, func, kind, py_config,
 };
 
 /// Processes whose allocations are recorded (tgid -> 1), written by userspace.
@@ -44,6 +48,26 @@ static SCRATCH: PerCpuArray<AllocRecord> = PerCpuArray::with_max_entries(1, 0);
 /// Records to userspace. Userspace sets the size at load time (`--ring-mb`).
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
+
+/// How to read the Python frames of each traced CPython process, written by
+/// userspace once it has found the interpreter.
+#[map]
+static PY_PROCS: HashMap<u32, PyConfig> = HashMap::with_max_entries(16384, 0);
+
+/// Where a finished record (fixed part, native frames, Python frames) is
+/// assembled before it is copied into the ring buffer.
+#[map]
+static OUT: PerCpuArray<[u64; AllocRecord::MAX_WIRE_LEN / 8]> = PerCpuArray::with_max_entries(1, 0);
+
+/// Offset of `thread.fsbase` in the kernel's `task_struct` (from its BTF),
+/// set by userspace at load; 0 turns Python frames off.
+#[unsafe(no_mangle)]
+static FSBASE_OFFSET: Global<u64> = Global::new(0);
+
+/// `--all`: report every exec, and trace processes named python* from their
+/// first instruction (userspace drops those that turn out not to be CPython).
+#[unsafe(no_mangle)]
+static ALL_EXECS: Global<u8> = Global::new(0);
 
 /// Per-CPU counters, indexed by `tracer_common::counter`.
 #[map]
@@ -184,6 +208,7 @@ fn enter<C: EbpfContext>(ctx: &C, id: u64, sp: u64, call: Call) {
     rec.old_addr = call.old_addr;
     rec.old_len = call.old_len;
     rec.out_ptr = call.out_ptr;
+    rec.py_len = 0;
     // By reference: a by-value record would be copied onto the 512-byte stack.
     let rec: &AllocRecord = rec;
     if IN_FLIGHT.insert(id, rec, 0).is_err() {
@@ -191,19 +216,168 @@ fn enter<C: EbpfContext>(ctx: &C, id: u64, sp: u64, call: Call) {
     }
 }
 
-/// Sends `rec` with its captured frames only.
+/// Reads a `T` from the traced process, or `None` if the address faults.
+#[inline(always)]
+fn user<T>(addr: u64) -> Option<T> {
+    // SAFETY: a checked read of user memory.
+    unsafe { bpf_probe_read_user(addr as *const T) }.ok()
+}
+
+/// The Python frame walk of this CPU's current record, between
+/// `bpf_loop` iterations.
+#[repr(C)]
+struct Walk {
+    /// The next frame to read; 0 at the end of the chain.
+    frame: u64,
+    /// Frames written so far.
+    n: u64,
+    /// Where the Python frames start in `OUT` (after the native ones).
+    head: u64,
+}
+
+#[map]
+static WALK: PerCpuArray<Walk> = PerCpuArray::with_max_entries(1, 0);
+
+/// Where the Python frames of the current thread start: its frame chain,
+/// through the GIL-state TSS key (unlike `_Py_tss_tstate`, still set while
+/// C code runs with the GIL released). 0 if it has none.
+#[inline(always)]
+fn first_python_frame(cfg: &PyConfig) -> Result<u64, ()> {
+    let fsbase_offset = FSBASE_OFFSET.load();
+    if fsbase_offset == 0 {
+        return Ok(0);
+    }
+    // SAFETY: reads of the current task are checked.
+    let fsbase = unsafe {
+        let task = bpf_get_current_task();
+        bpf_probe_read_kernel((task + fsbase_offset) as *const u64).unwrap_or(0)
+    };
+    let [initialized, key] = user::<[u32; 2]>(cfg.runtime + u64::from(cfg.tss_key)).ok_or(())?;
+    // glibc keeps keys below 32 in the thread's first block.
+    if initialized == 0 || key >= 32 || fsbase == 0 {
+        return Ok(0);
+    }
+    let slot = fsbase + u64::from(cfg.pthread_specific) + u64::from(key) * 16 + 8;
+    let tstate = user::<u64>(slot).ok_or(())?;
+    if tstate == 0 {
+        return Ok(0);
+    }
+    let mut frame = user::<u64>(tstate + u64::from(cfg.tstate_frame)).ok_or(())?;
+    if cfg.cframe_frame != py_config::NONE && frame != 0 {
+        frame = user::<u64>(frame + u64::from(cfg.cframe_frame)).ok_or(())?;
+    }
+    Ok(frame)
+}
+
+/// One frame of the walk (a `bpf_loop` callback, which the verifier checks
+/// once rather than per iteration). Returns 1 to stop.
+extern "C" fn walk_step(_index: u64, _ctx: *mut core::ffi::c_void) -> i64 {
+    let (Some(walk), Some(out)) = (WALK.get_ptr_mut(0), OUT.get_ptr_mut(0)) else {
+        return 1;
+    };
+    let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: the value is read only.
+    let Some(cfg) = (unsafe { PY_PROCS.get(pid) }) else {
+        return 1;
+    };
+    // SAFETY: per-CPU state of this program run.
+    let walk = unsafe { &mut *walk };
+    let (frame, n, head) = (walk.frame, walk.n as usize, walk.head as usize);
+    if frame == 0 || n >= MAX_PY_DEPTH || head > AllocRecord::wire_len(MAX_STACK_DEPTH, 0) {
+        return 1;
+    }
+    let Some(code) = user::<u64>(frame + u64::from(cfg.frame_code)) else {
+        walk.frame = 0;
+        return 1;
+    };
+    let code = code & !u64::from(cfg.code_tag_bits);
+    let owner = u32::from(user::<u8>(frame + u64::from(cfg.frame_owner)).unwrap_or(0));
+    // Shim frames of C code (3.12+) are not Python frames.
+    if owner != cfg.owner_cstack {
+        // SAFETY: head + (n + 1) frames fit in OUT (checked above).
+        unsafe {
+            let at = out
+                .cast::<u8>()
+                .add(head + n * size_of::<PyFrame>())
+                .cast::<PyFrame>();
+            *at = PyFrame {
+                code,
+                instr: user::<u64>(frame + u64::from(cfg.frame_instr)).unwrap_or(0),
+                firstlineno: user::<i32>(code + u64::from(cfg.code_firstlineno)).unwrap_or(0),
+                _pad: 0,
+            };
+        }
+        walk.n += 1;
+    }
+    walk.frame = user::<u64>(frame + u64::from(cfg.frame_previous)).unwrap_or(0);
+    i64::from(walk.frame == 0)
+}
+
+/// Walks the current thread's Python frames into `OUT` after its `head`
+/// bytes, innermost first. Returns how many were written and the `flags`
+/// bits to add.
+#[inline(always)]
+fn walk_python(cfg: &PyConfig, head: usize) -> (u32, u32) {
+    let Ok(frame) = first_python_frame(cfg) else {
+        return (0, flags::PY_LOST);
+    };
+    let Some(walk) = WALK.get_ptr_mut(0) else {
+        return (0, 0);
+    };
+    // SAFETY: per-CPU state of this program run.
+    unsafe {
+        *walk = Walk {
+            frame,
+            n: 0,
+            head: head as u64,
+        };
+        // A frame may be a shim that is skipped: allow for some of those.
+        bpf_loop(
+            (MAX_PY_DEPTH + 16) as u32,
+            walk_step as *mut core::ffi::c_void,
+            core::ptr::null_mut(),
+            0,
+        );
+        let walk = &*walk;
+        let truncated = if walk.frame != 0 {
+            flags::PY_TRUNCATED
+        } else {
+            0
+        };
+        (walk.n as u32, truncated)
+    }
+}
+
+/// Sends `rec` with its captured native frames and, for a CPython process,
+/// the Python frames of the thread, read now: they do not change while the
+/// thread is inside an allocation call.
 #[inline(always)]
 fn submit_alloc(rec: &AllocRecord) {
-    let frames = rec.stack_len as usize;
-    let frames = if frames > MAX_STACK_DEPTH {
-        MAX_STACK_DEPTH
-    } else {
-        frames
+    let Some(out) = OUT.get_ptr_mut(0) else {
+        return;
     };
-    let len = AllocRecord::wire_len(frames);
-    // SAFETY: `len` never exceeds size_of::<AllocRecord>().
-    let bytes =
-        unsafe { core::slice::from_raw_parts((rec as *const AllocRecord).cast::<u8>(), len) };
+    let native = (rec.stack_len as usize).min(MAX_STACK_DEPTH);
+    let head = AllocRecord::wire_len(native, 0);
+    let out = out.cast::<u8>();
+    // SAFETY: `head` is at most size_of::<AllocRecord>(), which `out` exceeds.
+    if unsafe { copy_kernel(out.cast(), head as u32, (rec as *const AllocRecord).cast()) } < 0 {
+        return;
+    }
+    // SAFETY: the value is read only.
+    let (py_len, py_flags) = match unsafe { PY_PROCS.get(rec.header.pid) } {
+        Some(cfg) => walk_python(cfg, head),
+        None => (0, 0),
+    };
+    let py_len = (py_len as usize).min(MAX_PY_DEPTH);
+    // SAFETY: `out` starts with a copy of the record's fixed part.
+    unsafe {
+        let header = &mut *out.cast::<AllocRecord>();
+        header.py_len = py_len as u32;
+        header.header.flags |= py_flags;
+    }
+    let len = head + py_len * size_of::<PyFrame>();
+    // SAFETY: `len` is at most MAX_WIRE_LEN, the size of `out`.
+    let bytes = unsafe { core::slice::from_raw_parts(out, len) };
     match EVENTS.output::<[u8]>(bytes, 0) {
         Ok(()) => count(counter::EVENTS),
         Err(_) => count(counter::LOST_EVENTS),
@@ -268,11 +442,9 @@ fn complete(id: u64, ret: u64, only_func: Option<u32>) {
     if addr != 0 {
         rec.addr = addr;
         submit_alloc(rec);
-    } else if (rec.func == func::REALLOC || rec.func == func::REALLOCARRAY)
-        && rec.size == 0
-        && rec.old_addr != 0
-    {
-        // glibc's realloc(p, 0) frees p and returns NULL.
+    } else if rec.func == func::REALLOC && rec.size == 0 && rec.old_addr != 0 {
+        // glibc's realloc(p, 0) frees p and returns NULL (CPython's never
+        // returns NULL for a size of 0).
         submit_free(kind::FREE, id, rec.old_addr, 0);
     }
     let _ = IN_FLIGHT.remove(id);
@@ -289,15 +461,45 @@ fn arg(ctx: &ProbeContext, n: usize) -> u64 {
     ctx.arg::<u64>(n).unwrap_or(0)
 }
 
+/// What a probe stands for, from its attach cookie: CPython's object
+/// allocator shares libc's argument layout, so its probes reuse these
+/// programs with the function in the low 32 bits (0: the default) and, in
+/// bit 32, whether the arguments follow a context pointer (obmalloc's
+/// internal `_PyObject_Malloc(ctx, size)`).
+/// Returns the function and its first two real arguments.
+#[inline(always)]
+fn cookie_of(ctx: &ProbeContext, default: u32) -> (u32, [u64; 2]) {
+    // SAFETY: the context is the probe's own.
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    let func = match cookie as u32 {
+        0 => default,
+        f => f,
+    };
+    // The verifier only allows context reads at constant offsets: read each
+    // argument register (volatile, so that LLVM cannot merge the loads into
+    // one at a chosen offset), then choose.
+    // SAFETY: `regs` is the probe's register context.
+    let (a0, a1, a2) = unsafe {
+        let regs = ctx.regs;
+        (
+            core::ptr::read_volatile(&raw const (*regs).rdi),
+            core::ptr::read_volatile(&raw const (*regs).rsi),
+            core::ptr::read_volatile(&raw const (*regs).rdx),
+        )
+    };
+    let args = if cookie >> 32 & 1 == 0 {
+        [a0, a1]
+    } else {
+        [a1, a2]
+    };
+    (func, args)
+}
+
 #[uprobe]
 pub fn malloc_entry(ctx: ProbeContext) -> u32 {
     if let Some(id) = traced() {
-        enter(
-            &ctx,
-            id,
-            probe_sp(&ctx),
-            Call::sized(func::MALLOC, arg(&ctx, 0)),
-        );
+        let (f, [size, _]) = cookie_of(&ctx, func::MALLOC);
+        enter(&ctx, id, probe_sp(&ctx), Call::sized(f, size));
     }
     0
 }
@@ -305,8 +507,13 @@ pub fn malloc_entry(ctx: ProbeContext) -> u32 {
 #[uprobe]
 pub fn calloc_entry(ctx: ProbeContext) -> u32 {
     if let Some(id) = traced() {
-        let size = arg(&ctx, 0).wrapping_mul(arg(&ctx, 1));
-        enter(&ctx, id, probe_sp(&ctx), Call::sized(func::CALLOC, size));
+        let (f, [n, size]) = cookie_of(&ctx, func::CALLOC);
+        enter(
+            &ctx,
+            id,
+            probe_sp(&ctx),
+            Call::sized(f, n.wrapping_mul(size)),
+        );
     }
     0
 }
@@ -314,9 +521,10 @@ pub fn calloc_entry(ctx: ProbeContext) -> u32 {
 #[uprobe]
 pub fn realloc_entry(ctx: ProbeContext) -> u32 {
     if let Some(id) = traced() {
+        let (f, [old_addr, size]) = cookie_of(&ctx, func::REALLOC);
         let call = Call {
-            old_addr: arg(&ctx, 0),
-            ..Call::sized(func::REALLOC, arg(&ctx, 1))
+            old_addr,
+            ..Call::sized(f, size)
         };
         enter(&ctx, id, probe_sp(&ctx), call);
     }
@@ -406,7 +614,7 @@ pub fn free_entry(ctx: ProbeContext) -> u32 {
         count(counter::NESTED_CALLS);
         return 0;
     }
-    let addr = arg(&ctx, 0);
+    let (_, [addr, _]) = cookie_of(&ctx, 0);
     if addr != 0 {
         submit_free(kind::FREE, id, addr, 0);
     }
@@ -513,12 +721,28 @@ pub fn exit_entry(_ctx: ProbeContext) -> u32 {
     0
 }
 
-/// A traced process replaced its image: userspace looks for its new libraries.
+/// A traced process replaced its image: userspace looks for its new
+/// libraries. With `--all`, every exec is reported, and a process whose new
+/// name starts with "python" is traced at once.
 #[tracepoint]
 pub fn process_exec(_ctx: TracePointContext) -> u32 {
     if let Some(id) = traced() {
         submit_marker(kind::EXEC, id, 0);
+        return 0;
     }
+    if ALL_EXECS.load() == 0 {
+        return 0;
+    }
+    let id = bpf_get_current_pid_tgid();
+    let tgid = (id >> 32) as u32;
+    let named_python =
+        aya_ebpf::helpers::bpf_get_current_comm().is_ok_and(|comm| comm.starts_with(b"python"));
+    let flags = if named_python && TRACED.insert(tgid, 1, 0).is_ok() {
+        exec::TRACED_BY_NAME
+    } else {
+        0
+    };
+    submit_marker(kind::EXEC, id, flags);
     0
 }
 

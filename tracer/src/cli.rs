@@ -30,6 +30,25 @@ pub struct RecordArgs {
     #[arg(short, long = "pid", value_name = "PID")]
     pub pids: Vec<u32>,
 
+    /// Trace every CPython process on the host: those running now and those
+    /// started while recording, each reported on its own.
+    #[arg(short, long, conflicts_with_all = ["pids", "command"])]
+    pub all: bool,
+
+    /// Also probe CPython's object allocator (PyObject_Malloc and friends),
+    /// which serves objects of 512 bytes or less without calling malloc.
+    /// Costs a probe per object allocation.
+    #[arg(long)]
+    pub pymalloc: bool,
+
+    /// Show Python frames only (after the allocation function).
+    #[arg(long, conflicts_with = "native_only")]
+    pub python_only: bool,
+
+    /// Show native frames only.
+    #[arg(long)]
+    pub native_only: bool,
+
     /// Stop recording after this many seconds (default: until every target
     /// exits, or Ctrl-C / SIGTERM).
     #[arg(short, long, value_name = "SECS")]

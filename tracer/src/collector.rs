@@ -1,7 +1,10 @@
 //! From ring buffer records to heap events: parses each record, interns its
 //! stack, and applies it to the heap model.
 
-use tracer_common::{AllocRecord, FreeRecord, Header, MAX_STACK_DEPTH, exiting, flags, func, kind};
+use tracer_common::{
+    AllocRecord, FreeRecord, Header, MAX_PY_DEPTH, MAX_STACK_DEPTH, PyFrame, exec, exiting, flags,
+    func, kind,
+};
 
 use crate::{
     heap::{ExitReason, HeapEvent, HeapModel},
@@ -12,7 +15,8 @@ use crate::{
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Notice {
     /// The process replaced its image: its new libraries need probes.
-    Exec(u32),
+    /// `traced_by_name`: with `--all`, the kernel started tracing it.
+    Exec { pid: u32, traced_by_name: bool },
     /// The process began to exit.
     Exiting(u32),
 }
@@ -24,6 +28,7 @@ pub struct Collector {
     /// Records too short for their kind: a tracer bug if ever non-zero.
     pub malformed: u64,
     frames: Vec<u64>,
+    python: Vec<PyFrame>,
 }
 
 fn read<T: Copy>(bytes: &[u8]) -> Option<T> {
@@ -80,7 +85,10 @@ impl Collector {
             }
             kind::EXEC => {
                 self.stacks.exec(pid);
-                return Some(Notice::Exec(pid));
+                return Some(Notice::Exec {
+                    pid,
+                    traced_by_name: header.flags & exec::TRACED_BY_NAME != 0,
+                });
             }
             _ => {
                 self.malformed += 1;
@@ -103,15 +111,23 @@ impl Collector {
         buf[..fixed.len()].copy_from_slice(fixed);
         let rec = read::<AllocRecord>(&buf)?;
         let n = (rec.stack_len as usize).min(MAX_STACK_DEPTH);
-        let Some(frame_bytes) = bytes.get(AllocRecord::FIXED_LEN..AllocRecord::wire_len(n)) else {
+        let py = (rec.py_len as usize).min(MAX_PY_DEPTH);
+        let native_end = AllocRecord::wire_len(n, 0);
+        let (Some(frame_bytes), Some(py_bytes)) = (
+            bytes.get(AllocRecord::FIXED_LEN..native_end),
+            bytes.get(native_end..AllocRecord::wire_len(n, py)),
+        ) else {
             self.malformed += 1;
             return None;
         };
         self.frames.clear();
-        self.frames.extend(
-            frame_bytes
-                .chunks_exact(8)
-                .map(|c| u64::from_ne_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])),
+        self.frames
+            .extend(frame_bytes.chunks_exact(8).filter_map(read::<u64>));
+        self.python.clear();
+        self.python.extend(
+            py_bytes
+                .chunks_exact(size_of::<PyFrame>())
+                .filter_map(read::<PyFrame>),
         );
         let h = rec.header;
         let stack = self.stacks.intern(
@@ -123,19 +139,24 @@ impl Collector {
                 caller: (h.flags & flags::CALLER_LOST == 0).then_some(rec.caller),
                 lost: h.flags & flags::STACK_LOST != 0,
                 full: h.flags & flags::STACK_FULL != 0,
+                python: &self.python,
+                python_full: h.flags & flags::PY_TRUNCATED != 0,
+                python_lost: h.flags & flags::PY_LOST != 0,
             },
         );
         let (pid, tid, ts_ns) = (h.pid, h.tid, h.ts_ns);
         Some(match rec.func {
-            func::REALLOC | func::REALLOCARRAY if rec.old_addr != 0 => HeapEvent::Realloc {
-                pid,
-                tid,
-                ts_ns,
-                old_addr: rec.old_addr,
-                addr: rec.addr,
-                size: rec.size,
-                stack,
-            },
+            func::REALLOC | func::REALLOCARRAY | func::PYOBJECT_REALLOC if rec.old_addr != 0 => {
+                HeapEvent::Realloc {
+                    pid,
+                    tid,
+                    ts_ns,
+                    old_addr: rec.old_addr,
+                    addr: rec.addr,
+                    size: rec.size,
+                    stack,
+                }
+            }
             func::MMAP => HeapEvent::Map {
                 pid,
                 tid,
@@ -193,7 +214,7 @@ mod tests {
             out_ptr: 0,
             caller: 0,
             stack_len: 0,
-            _pad: 0,
+            py_len: 0,
             stack: [0; MAX_STACK_DEPTH],
         }
     }
@@ -202,9 +223,9 @@ mod tests {
     fn alloc_realloc_free_round_trip() {
         let mut c = Collector::default();
         let a = alloc_record(func::MALLOC, 0x1000, 64, 0);
-        assert_eq!(c.apply(&bytes_of(&a, AllocRecord::wire_len(0))), None);
+        assert_eq!(c.apply(&bytes_of(&a, AllocRecord::wire_len(0, 0))), None);
         let r = alloc_record(func::REALLOC, 0x2000, 128, 0x1000);
-        c.apply(&bytes_of(&r, AllocRecord::wire_len(0)));
+        c.apply(&bytes_of(&r, AllocRecord::wire_len(0, 0)));
         let f = FreeRecord {
             header: Header {
                 kind: kind::FREE,
@@ -232,7 +253,7 @@ mod tests {
         let mut a = alloc_record(func::MALLOC, 0x1000, 64, 0);
         a.stack_len = 3;
         // Says 3 frames, carries none.
-        c.apply(&bytes_of(&a, AllocRecord::wire_len(0)));
+        c.apply(&bytes_of(&a, AllocRecord::wire_len(0, 0)));
         let h = Header {
             kind: 99,
             ..Header::default()
@@ -249,7 +270,13 @@ mod tests {
             pid: 4_000_000,
             ..Header::default()
         };
-        assert_eq!(c.apply(&bytes_of(&exec, 24)), Some(Notice::Exec(4_000_000)));
+        assert_eq!(
+            c.apply(&bytes_of(&exec, 24)),
+            Some(Notice::Exec {
+                pid: 4_000_000,
+                traced_by_name: false
+            })
+        );
         let exit = Header {
             kind: kind::EXITING,
             pid: 4_000_000,

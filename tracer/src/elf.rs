@@ -82,6 +82,56 @@ impl ElfFile {
         })
     }
 
+    /// The first defined function whose name satisfies `matches`, with its name.
+    pub fn find_function(&self, matches: impl Fn(&str) -> bool) -> Option<(String, Function)> {
+        let obj = self.object().ok()?;
+        let found = obj.dynamic_symbols().chain(obj.symbols()).find(|s| {
+            s.is_definition()
+                && s.kind() == object::SymbolKind::Text
+                && s.name().is_ok_and(&matches)
+        })?;
+        Some((
+            found.name().ok()?.to_owned(),
+            Function {
+                address: found.address(),
+                size: found.size(),
+                file_offset: self.file_offset(found.address()).unwrap_or(0),
+            },
+        ))
+    }
+
+    /// The GNU build id, as lowercase hex.
+    pub fn build_id(&self) -> Option<String> {
+        let obj = self.object().ok()?;
+        let id = obj.build_id().ok()??;
+        Some(id.iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    /// The address of the defined symbol (function or data) called `name`.
+    pub fn symbol(&self, name: &str) -> Option<u64> {
+        let obj = self.object().ok()?;
+        obj.dynamic_symbols()
+            .chain(obj.symbols())
+            .find(|s| s.is_definition() && s.name() == Ok(name))
+            .map(|s| s.address())
+    }
+
+    /// Up to `len` bytes of the file's contents at virtual address `vaddr`.
+    pub fn bytes_at_vaddr(&self, vaddr: u64, len: usize) -> &[u8] {
+        self.file_offset(vaddr)
+            .map_or(&[], |offset| self.bytes_at(offset, len))
+    }
+
+    /// The virtual address a file offset is loaded at.
+    pub fn vaddr_of_offset(&self, file_offset: u64) -> Option<u64> {
+        let obj = self.object().ok()?;
+        obj.segments().find_map(|seg| {
+            let (offset, filesz) = seg.file_range();
+            (file_offset >= offset && file_offset < offset + filesz.max(1))
+                .then(|| seg.address() + (file_offset - offset))
+        })
+    }
+
     /// The file offset a virtual address is loaded from.
     pub fn file_offset(&self, vaddr: u64) -> Option<u64> {
         let obj = self.object().ok()?;
@@ -119,6 +169,23 @@ mod tests {
         assert_eq!(libc.file_offset(malloc.address), Some(malloc.file_offset));
         assert_eq!(libc.bytes_at(malloc.file_offset, 16).len(), 16);
         assert!(libc.function("no_such_function_here").is_none());
+    }
+
+    #[test]
+    fn finds_data_symbols_and_maps_addresses_both_ways() {
+        let libc = libc();
+        let environ = libc.symbol("environ").expect("environ is exported data");
+        assert!(libc.function("environ").is_none(), "not a function");
+        let malloc = libc.function("malloc").expect("malloc");
+        assert_eq!(
+            libc.vaddr_of_offset(malloc.file_offset),
+            Some(malloc.address)
+        );
+        assert_eq!(
+            libc.bytes_at_vaddr(malloc.address, 4),
+            libc.bytes_at(malloc.file_offset, 4)
+        );
+        assert!(environ > 0);
     }
 
     #[test]

@@ -370,6 +370,11 @@ impl HeapModel {
         self.processes.entry(event.pid()).or_default().apply(event);
     }
 
+    /// Drops what was recorded of `pid` (it turned out not to be a target).
+    pub fn forget(&mut self, pid: Pid) {
+        self.processes.remove(&pid);
+    }
+
     pub fn process(&self, pid: Pid) -> Option<&ProcessHeap> {
         self.processes.get(&pid)
     }

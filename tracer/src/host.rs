@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 use log::{debug, info};
 
 /// Oldest kernel with everything used: BPF ring buffers (5.8),
@@ -38,6 +38,34 @@ pub fn check() -> Result<()> {
     ensure_tracefs()?;
     raise_memlock();
     Ok(())
+}
+
+/// Where the kernel keeps a task's user FS base (`task_struct.thread.fsbase`),
+/// read from its BTF: the thread pointer, through which the eBPF programs
+/// find a thread's CPython state.
+pub fn fsbase_offset() -> Result<u64> {
+    use btf_rs::{Btf, Type};
+    let btf = Btf::from_file("/sys/kernel/btf/vmlinux")
+        .context("reading the kernel's BTF (/sys/kernel/btf/vmlinux)")?;
+    let member_offset = |ty: &Type, name: &str| -> Result<(u64, Type)> {
+        let Type::Struct(s) = ty else {
+            bail!("kernel BTF: not a struct where {name} should be");
+        };
+        for m in &s.members {
+            if btf.resolve_name(m).is_ok_and(|n| n == name) {
+                return Ok((u64::from(m.bit_offset() / 8), btf.resolve_chained_type(m)?));
+            }
+        }
+        bail!("kernel BTF: no member {name}")
+    };
+    let task = btf
+        .resolve_types_by_name("task_struct")?
+        .into_iter()
+        .find(|t| matches!(t, Type::Struct(_)))
+        .context("kernel BTF has no struct task_struct")?;
+    let (thread, thread_struct) = member_offset(&task, "thread")?;
+    let (fsbase, _) = member_offset(&thread_struct, "fsbase")?;
+    Ok(thread + fsbase)
 }
 
 /// "6.18.44-fc" -> (6, 18)
@@ -89,6 +117,13 @@ fn raise_memlock() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_fsbase_in_this_kernel() {
+        let offset = fsbase_offset().expect("fsbase offset");
+        // task_struct is several KiB; thread_struct sits at its end.
+        assert!((1024..16384).contains(&offset), "{offset}");
+    }
 
     #[test]
     fn parses_kernel_releases() {

@@ -13,6 +13,7 @@ mod launch;
 mod modules;
 mod probes;
 mod proc_maps;
+mod python;
 mod report;
 mod session;
 mod stacks;

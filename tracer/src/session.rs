@@ -1,7 +1,7 @@
 //! One recording: attach to the targets, collect until told to stop, report.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     fs,
     os::fd::{FromRawFd as _, OwnedFd},
     path::Path,
@@ -27,21 +27,38 @@ use crate::{
     launch::{self, Stage},
     probes::{AttachedFiles, Probes},
     proc_maps::ProcessMaps,
+    python::{self, DetectError},
     report::{self, Counters, ProcessInfo, Report},
-    symbolize::Symbolizer,
+    symbolize::{Symbolizer, View},
 };
 
 /// After an exec, the new image's libraries appear over a few milliseconds;
-/// its maps are re-read this often, for this long, to probe them.
+/// its map is read again this often, for this long, to probe them.
 const EXEC_RESCAN_EVERY: Duration = Duration::from_millis(5);
 const EXEC_RESCAN_FOR: Duration = Duration::from_secs(2);
 
 struct Target {
-    pid: u32,
     command: String,
     child: Option<Child>,
+    /// Named by the user (`--pid`, the command), not found by `--all`.
+    explicit: bool,
     exited: bool,
     exit_status: Option<String>,
+    /// What the report says of its allocators.
+    notes: Vec<String>,
+}
+
+impl Target {
+    fn new(pid: u32, explicit: bool) -> Self {
+        Self {
+            command: command_line(pid),
+            child: None,
+            explicit,
+            exited: false,
+            exit_status: None,
+            notes: Vec::new(),
+        }
+    }
 }
 
 /// The command line of a process, for display.
@@ -55,6 +72,15 @@ fn command_line(pid: u32) -> String {
                 .join(" ")
         })
         .unwrap_or_default()
+}
+
+/// Whether the process was started with PYTHONMALLOC=malloc (or
+/// malloc_debug): then every object allocation goes through libc.
+fn python_malloc_is_libc(pid: u32) -> bool {
+    fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
+        env.split(|b| *b == 0)
+            .any(|v| v == b"PYTHONMALLOC=malloc" || v == b"PYTHONMALLOC=malloc_debug")
+    })
 }
 
 /// Registers an owned descriptor with the runtime for readability.
@@ -87,11 +113,34 @@ fn watch_exit(pid: u32, exited: mpsc::UnboundedSender<u32>) -> Result<()> {
     Ok(())
 }
 
-fn check_pid(pid: u32) -> Result<ProcessMaps> {
+fn check_pid(pid: u32) -> Result<()> {
     if !Path::new(&format!("/proc/{pid}")).exists() {
         bail!("no process with pid {pid}: check the pid with `ps -p {pid}`");
     }
-    ProcessMaps::read(pid).with_context(|| format!("cannot read the memory map of pid {pid}"))
+    ProcessMaps::read(pid).with_context(|| format!("cannot read the memory map of pid {pid}"))?;
+    Ok(())
+}
+
+/// Every process on the host whose map names a python file: `--all`'s
+/// candidates (the check of each is `python::detect`).
+fn python_candidates() -> Vec<u32> {
+    let me = std::process::id();
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != me)
+        .filter(|pid| {
+            ProcessMaps::read(*pid).is_ok_and(|maps| {
+                maps.files().any(|m| {
+                    m.path
+                        .rsplit('/')
+                        .next()
+                        .is_some_and(|n| n.contains("python"))
+                })
+            })
+        })
+        .collect()
 }
 
 fn drain(ring: &mut RingBuf<MapData>, collector: &mut Collector, notices: &mut Vec<Notice>) {
@@ -102,10 +151,92 @@ fn drain(ring: &mut RingBuf<MapData>, collector: &mut Collector, notices: &mut V
     }
 }
 
+/// What probing a process found.
+struct Setup {
+    /// An allocator (libc) of the process is probed.
+    allocator: bool,
+    /// Its CPython interpreter, if it runs one (and whether it is supported).
+    python: Result<Option<String>, DetectError>,
+}
+
+/// The probes and everything recorded so far.
+struct Recording {
+    probes: Probes,
+    files: AttachedFiles,
+    collector: Collector,
+    targets: BTreeMap<u32, Target>,
+}
+
+impl Recording {
+    /// Probes the files `pid` maps, opens them for its stacks, and if it
+    /// runs CPython configures its Python frames. Safe to repeat.
+    fn setup(&mut self, pid: u32) -> Result<Setup> {
+        let maps = ProcessMaps::read(pid)
+            .with_context(|| format!("cannot read the memory map of pid {pid}"))?;
+        self.collector.stacks.refresh_maps(pid);
+        let probed = self.files.attach_process(&mut self.probes, pid, &maps)?;
+        let allocator = probed.iter().any(|f| f.is_allocator());
+        if let Some(interp) = self.collector.stacks.python.interpreter(pid) {
+            let described = describe(&interp.version, &interp.module);
+            return Ok(Setup {
+                allocator,
+                python: Ok(Some(described)),
+            });
+        }
+        let python = match python::detect(pid, &maps) {
+            Ok(Some(interp)) => {
+                self.probes.trace_python(pid, &interp.config)?;
+                let described = describe(&interp.version, &interp.module);
+                info!("pid {pid}: {described}");
+                if let Some(t) = self.targets.get_mut(&pid) {
+                    t.notes = allocator_notes(pid, &probed, self.files.pymalloc);
+                }
+                self.collector.stacks.python.add(pid, interp);
+                Ok(Some(described))
+            }
+            Ok(None) => Ok(None),
+            Err(err) => Err(err),
+        };
+        Ok(Setup { allocator, python })
+    }
+}
+
+fn describe(version: &str, module: &str) -> String {
+    format!("CPython {version} ({module})")
+}
+
+/// What the report should say about how much of a Python process's object
+/// allocation tracer sees.
+fn allocator_notes(pid: u32, probed: &[crate::probes::FileProbes], pymalloc: bool) -> Vec<String> {
+    if python_malloc_is_libc(pid) {
+        return vec![
+            "PYTHONMALLOC=malloc: every object allocation goes through libc, and is traced".into(),
+        ];
+    }
+    let hooked: Vec<&str> = probed
+        .iter()
+        .flat_map(|f| f.pymalloc.iter().map(|(name, _)| name.as_str()))
+        .collect();
+    if !pymalloc {
+        return vec!["objects of 512 bytes or less come from CPython's own allocator and are not traced (see --pymalloc)".into()];
+    }
+    if hooked.is_empty() {
+        return vec!["--pymalloc: no object allocator function found to probe".into()];
+    }
+    let lto = hooked.iter().any(|n| n.contains(".lto_priv."));
+    let mut note = format!("--pymalloc: probing {}", hooked.join(", "));
+    if lto {
+        note.push_str(
+            "; this is an LTO build that inlines the object allocator into its callers, so only the calls that reach these functions are seen (a few percent): run it with PYTHONMALLOC=malloc for every object",
+        );
+    }
+    vec![note]
+}
+
 pub async fn record(args: RecordArgs) -> Result<()> {
-    if args.pids.is_empty() && args.command.is_empty() {
+    if args.pids.is_empty() && args.command.is_empty() && !args.all {
         bail!(
-            "nothing to trace: give --pid PID or a command after --, e.g. `tracer record -- python3 app.py`"
+            "nothing to trace: give --pid PID, --all, or a command after --, e.g. `tracer record -- python3 app.py`"
         );
     }
     if !args.ring_mb.is_power_of_two() {
@@ -119,36 +250,41 @@ pub async fn record(args: RecordArgs) -> Result<()> {
         None => None,
     };
     host::check()?;
-    let mut pid_maps = Vec::new();
     for &pid in &args.pids {
-        pid_maps.push((pid, check_pid(pid)?));
+        check_pid(pid)?;
     }
-
-    let mut probes = Probes::load(args.ring_mb << 20)?;
-    let mut files = AttachedFiles::default();
-    let mut collector = Collector::default();
-    let mut targets = Vec::new();
-    for (pid, maps) in pid_maps {
-        collector.stacks.refresh_maps(pid);
-        let allocators = files.attach_process(&mut probes, pid, &maps)?;
-        if allocators.is_empty() {
+    let fsbase = host::fsbase_offset().unwrap_or_else(|err| {
+        warn!("no Python frames: {err:#}");
+        0
+    });
+    let mut rec = Recording {
+        probes: Probes::load(args.ring_mb << 20, fsbase, args.all)?,
+        files: AttachedFiles::new(args.pymalloc),
+        collector: Collector::default(),
+        targets: BTreeMap::new(),
+    };
+    for &pid in &args.pids {
+        rec.targets.insert(pid, Target::new(pid, true));
+        let setup = rec.setup(pid)?;
+        if !setup.allocator {
             bail!(
                 "pid {pid} ({}) maps no libc or other malloc implementation tracer can probe (statically linked without symbols?)",
                 command_line(pid)
             );
         }
-        probes.trace_pid(pid)?;
-        targets.push(Target {
-            pid,
-            command: command_line(pid),
-            child: None,
-            exited: false,
-            exit_status: None,
-        });
+        if let Err(err) = &setup.python {
+            bail!("pid {pid}: {err}");
+        }
+        rec.probes.trace_pid(pid)?;
+    }
+    if args.all {
+        for pid in python_candidates() {
+            adopt(&mut rec, pid);
+        }
     }
 
-    let mut ring = readable(probes.take_events()?)?;
-    let mut logger = readable(probes.take_logger()?)?;
+    let mut ring = readable(rec.probes.take_events()?)?;
+    let mut logger = readable(rec.probes.take_logger()?)?;
     let start_ns = monotonic_ns();
     let started = Instant::now();
 
@@ -156,49 +292,62 @@ pub async fn record(args: RecordArgs) -> Result<()> {
         let mut traced = false;
         let launched = launch::launch(&args.command, |pid, stage| {
             if !traced {
-                probes.trace_pid(pid)?;
+                rec.targets.insert(pid, Target::new(pid, true));
+                rec.probes.trace_pid(pid)?;
                 traced = true;
             }
-            let maps = ProcessMaps::read(pid)?;
-            let allocators = files.attach_process(&mut probes, pid, &maps)?;
+            let setup = rec.setup(pid)?;
             if stage == Stage::Entry {
-                collector.stacks.refresh_maps(pid);
-                if allocators.is_empty() {
+                if let Err(err) = setup.python {
+                    bail!("{err}");
+                }
+                if !setup.allocator {
                     warn!("pid {pid} reached its entry point without a probed allocator");
                 }
             }
-            Ok(!allocators.is_empty())
+            Ok(setup.allocator)
         })?;
         info!("started pid {}", launched.pid);
-        targets.push(Target {
-            pid: launched.pid,
-            command: command_line(launched.pid),
-            child: Some(launched.child),
-            exited: false,
-            exit_status: None,
-        });
+        if let Some(t) = rec.targets.get_mut(&launched.pid) {
+            t.command = command_line(launched.pid);
+            t.child = Some(launched.child);
+        }
     }
 
-    let names: Vec<String> = targets
-        .iter()
-        .map(|t| format!("pid {} ({})", t.pid, t.command))
-        .collect();
-    eprintln!("tracer: recording {}; Ctrl-C to stop", names.join(", "));
     let (exit_tx, mut exit_rx) = mpsc::unbounded_channel();
-    for t in &targets {
-        watch_exit(t.pid, exit_tx.clone())?;
+    for pid in rec.targets.keys() {
+        watch_exit(*pid, exit_tx.clone())?;
+    }
+    let names: Vec<String> = rec
+        .targets
+        .iter()
+        .map(|(pid, t)| format!("pid {pid} ({})", t.command))
+        .collect();
+    if args.all {
+        eprintln!(
+            "tracer: recording every CPython process ({} now{}); Ctrl-C to stop",
+            names.len(),
+            if names.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", names.join(", "))
+            }
+        );
+    } else {
+        eprintln!("tracer: recording {}; Ctrl-C to stop", names.join(", "));
     }
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let deadline = duration.map(|d| started + d);
     let mut notices = Vec::new();
-    let mut rescans: HashMap<u32, Instant> = HashMap::new();
+    // Processes whose image changed, read again until this time.
+    let mut rescans: HashMap<u32, (Instant, bool)> = HashMap::new();
 
     let why = loop {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                drain(guard.get_inner_mut(), &mut collector, &mut notices);
+                drain(guard.get_inner_mut(), &mut rec.collector, &mut notices);
                 guard.clear_ready();
             }
             guard = logger.readable_mut() => {
@@ -211,66 +360,117 @@ pub async fn record(args: RecordArgs) -> Result<()> {
             _ = sleep_until(deadline.unwrap_or(started)), if deadline.is_some() => break "duration reached",
             Some(pid) = exit_rx.recv() => {
                 // Its last events are queued already; a new process may reuse the pid.
-                if let Err(err) = probes.untrace_pid(pid) {
-                    debug!("{err:#}");
-                }
-                if let Some(t) = targets.iter_mut().find(|t| t.pid == pid) {
+                rec.probes.untrace_pid(pid);
+                rescans.remove(&pid);
+                if let Some(t) = rec.targets.get_mut(&pid) {
                     t.exited = true;
                     t.exit_status = match &mut t.child {
                         Some(child) => child.try_wait().ok().flatten().map(|s| describe_status(&s)),
                         None => Some("exited during the recording".to_owned()),
                     };
                 }
-                if targets.iter().all(|t| t.exited) {
+                if !args.all && rec.targets.values().all(|t| t.exited) {
                     break "every target exited";
                 }
             }
             _ = sleep(EXEC_RESCAN_EVERY), if !rescans.is_empty() => {}
         }
         for notice in notices.drain(..) {
-            if let Notice::Exec(pid) = notice {
-                rescans.insert(pid, Instant::now() + EXEC_RESCAN_FOR);
-                if let Some(t) = targets.iter_mut().find(|t| t.pid == pid) {
+            if let Notice::Exec {
+                pid,
+                traced_by_name,
+            } = notice
+                && (rec.targets.contains_key(&pid) || args.all)
+            {
+                rescans.insert(pid, (Instant::now() + EXEC_RESCAN_FOR, traced_by_name));
+                if let Some(t) = rec.targets.get_mut(&pid) {
                     t.command = command_line(pid);
                 }
             }
         }
         let now = Instant::now();
-        rescans.retain(|pid, until| {
-            if let Ok(maps) = ProcessMaps::read(*pid) {
-                collector.stacks.refresh_maps(*pid);
-                if let Err(err) = files.attach_process(&mut probes, *pid, &maps) {
-                    warn!("pid {pid}: {err:#}");
+        let mut done = Vec::new();
+        for (&pid, &(until, traced_by_name)) in &rescans {
+            match rec.targets.contains_key(&pid) {
+                true => {
+                    if let Err(err) = rec.setup(pid) {
+                        debug!("pid {pid}: {err:#}");
+                    }
+                }
+                // --all: a new process, adopted once it shows a CPython.
+                false => {
+                    if adopt(&mut rec, pid) {
+                        watch_exit(pid, exit_tx.clone()).unwrap_or_else(|e| debug!("{e:#}"));
+                        done.push(pid);
+                        continue;
+                    }
+                    if now >= until && traced_by_name {
+                        rec.probes.untrace_pid(pid);
+                        rec.collector.heap.forget(pid);
+                    }
                 }
             }
-            now < *until
-        });
+            if now >= until {
+                done.push(pid);
+            }
+        }
+        for pid in done {
+            rescans.remove(&pid);
+        }
     };
     debug!("recording stopped: {why}");
-    drain(ring.get_mut(), &mut collector, &mut notices);
+    drain(ring.get_mut(), &mut rec.collector, &mut notices);
     logger.get_mut().flush();
     // A launched command still running when the recording ends keeps running.
-    for t in &mut targets {
+    for t in rec.targets.values_mut() {
         if let Some(child) = &mut t.child
             && t.exit_status.is_none()
         {
             t.exit_status = child.try_wait().ok().flatten().map(|s| describe_status(&s));
         }
     }
+    // --all: processes the kernel traced by name that never showed a CPython.
+    for (pid, _) in rescans {
+        if !rec.targets.contains_key(&pid) {
+            rec.collector.heap.forget(pid);
+        }
+    }
 
-    let report = build_report(
-        &probes,
-        &collector,
-        &targets,
-        &args,
-        start_ns,
-        started.elapsed(),
-    )?;
+    let view = match (args.python_only, args.native_only) {
+        (true, _) => View::Python,
+        (_, true) => View::Native,
+        _ => View::Mixed,
+    };
+    let report = build_report(&rec, &args, view, start_ns, started.elapsed())?;
     print!("{}", report::text::render(&report, args.top));
     if let Some(dir) = &args.output {
-        write_outputs(dir, &report, &targets, args.top)?;
+        write_outputs(dir, &report, args.top)?;
     }
     Ok(())
+}
+
+/// `--all`: traces `pid` if it runs a supported CPython. Returns whether it does.
+fn adopt(rec: &mut Recording, pid: u32) -> bool {
+    if rec.targets.contains_key(&pid) {
+        return true;
+    }
+    rec.targets.insert(pid, Target::new(pid, false));
+    match rec.setup(pid) {
+        Ok(Setup {
+            allocator: true,
+            python: Ok(Some(_)),
+        }) => match rec.probes.trace_pid(pid) {
+            Ok(()) => return true,
+            Err(err) => warn!("pid {pid}: {err:#}"),
+        },
+        Ok(Setup {
+            python: Err(err), ..
+        }) => warn!("pid {pid} ({}): not traced: {err}", command_line(pid)),
+        Ok(_) => {}
+        Err(err) => debug!("pid {pid}: {err:#}"),
+    }
+    rec.targets.remove(&pid);
+    false
 }
 
 fn describe_status(status: &std::process::ExitStatus) -> String {
@@ -283,14 +483,14 @@ fn describe_status(status: &std::process::ExitStatus) -> String {
 }
 
 fn build_report(
-    probes: &Probes,
-    collector: &Collector,
-    targets: &[Target],
+    rec: &Recording,
     args: &RecordArgs,
+    view: View,
     start_ns: u64,
     elapsed: Duration,
 ) -> Result<Report> {
-    let k = probes.counters()?;
+    let k = rec.probes.counters()?;
+    let collector = &rec.collector;
     let mut counters = Counters {
         events: k.events,
         lost_events: k.lost_events,
@@ -304,7 +504,7 @@ fn build_report(
     let heap = &collector.heap;
     let totals = report::summarize(heap, &mut counters);
     let min_age_ns = (args.min_age.max(0.0) * 1e9) as u64;
-    let mut symbolizer = Symbolizer::default();
+    let mut symbolizer = Symbolizer::new(view);
     let mut stack_of = |id| symbolizer.stack(&collector.stacks, id).clone();
     let leaks = report::entries(
         &report::leaks(heap, monotonic_ns(), min_age_ns),
@@ -312,16 +512,27 @@ fn build_report(
     );
     let hotspots = report::entries(&report::hotspots(heap), &mut stack_of);
     counters.truncated_stacks = hotspots.iter().filter(|e| e.truncated).count() as u64;
-    let processes = targets
+    let processes = rec
+        .targets
         .iter()
-        .map(|t| ProcessInfo {
-            pid: t.pid,
+        .map(|(&pid, t)| ProcessInfo {
+            pid,
             command: t.command.clone(),
             exit: heap
-                .process(t.pid)
+                .process(pid)
                 .and_then(|p| p.exit_snapshot())
                 .map(|s| (s.reason, s.ts_ns.saturating_sub(start_ns) as f64 / 1e9)),
             exit_status: t.exit_status.clone(),
+            python: collector
+                .stacks
+                .python
+                .interpreter(pid)
+                .map(|i| describe(&i.version, &i.module)),
+            notes: t.notes.clone(),
+        })
+        .filter(|p| {
+            // --all: a process found but gone before it allocated anything.
+            rec.targets.get(&p.pid).is_some_and(|t| t.explicit) || heap.process(p.pid).is_some()
         })
         .collect();
     Ok(Report {
@@ -335,7 +546,7 @@ fn build_report(
     })
 }
 
-fn write_outputs(dir: &Path, report: &Report, targets: &[Target], top: usize) -> Result<()> {
+fn write_outputs(dir: &Path, report: &Report, top: usize) -> Result<()> {
     fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let write = |name: &str, text: String| {
         let path = dir.join(name);
@@ -343,10 +554,11 @@ fn write_outputs(dir: &Path, report: &Report, targets: &[Target], top: usize) ->
     };
     write("report.json", report::json::render(report, top)?)?;
     let command_of = |pid: u32| {
-        targets
+        report
+            .processes
             .iter()
-            .find(|t| t.pid == pid)
-            .and_then(|t| t.command.split_whitespace().next())
+            .find(|p| p.pid == pid)
+            .and_then(|p| p.command.split_whitespace().next())
             .map(|c| c.rsplit('/').next().unwrap_or(c).to_owned())
             .unwrap_or_else(|| "process".to_owned())
     };

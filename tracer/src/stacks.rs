@@ -17,10 +17,13 @@ use std::{
 
 use iced_x86::{Decoder, DecoderOptions, FlowControl};
 
+use tracer_common::PyFrame;
+
 use crate::{
     clock::monotonic_ns,
     modules::{ModuleId, Modules},
     proc_maps::ProcessMaps,
+    python::{PyLocation, Resolver},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -36,6 +39,10 @@ pub enum NativeFrame {
     Unmapped { addr: u64 },
 }
 
+/// An interned Python frame location (`StackTable::python_location`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PyLocId(pub u32);
+
 /// A checked stack, innermost frame first.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Stack {
@@ -45,6 +52,10 @@ pub struct Stack {
     pub frames: Vec<NativeFrame>,
     /// Why the stack may be missing outer frames, if it may.
     pub cut: Option<Cut>,
+    /// The thread's Python frames, innermost first (empty outside CPython).
+    pub python: Vec<PyLocId>,
+    /// Why the Python frames may be missing outer ones, if they may.
+    pub python_cut: Option<Cut>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -70,6 +81,19 @@ pub struct RawStack<'a> {
     pub caller: Option<u64>,
     pub lost: bool,
     pub full: bool,
+    /// The thread's Python frames, innermost first.
+    pub python: &'a [PyFrame],
+    /// The Python frames went deeper than the kernel reads.
+    pub python_full: bool,
+    /// The Python frame chain could not be read to its end.
+    pub python_lost: bool,
+}
+
+/// The words of the Python frames in a raw stack key.
+fn python_words(frames: &[PyFrame]) -> impl Iterator<Item = u64> + '_ {
+    frames
+        .iter()
+        .flat_map(|f| [f.code, f.instr, f.firstlineno as u32 as u64])
 }
 
 /// Raw stack keys (`KEY_HEAD` words of pid, function, exec generation,
@@ -89,6 +113,10 @@ pub struct StackTable {
     maps: HashMap<u32, PidMaps>,
     is_return: HashMap<(ModuleId, u64), bool>,
     hasher: std::hash::RandomState,
+    pub python: Resolver,
+    py_frames: HashMap<(u32, u64, u64, i32), Option<PyLocId>>,
+    py_ids: HashMap<PyLocation, PyLocId>,
+    py_locations: Vec<PyLocation>,
 }
 
 /// What is known of one process's address space.
@@ -110,6 +138,10 @@ impl StackTable {
         &self.stacks[id.0 as usize]
     }
 
+    pub fn python_location(&self, id: PyLocId) -> &PyLocation {
+        &self.py_locations[id.0 as usize]
+    }
+
     /// Reads `pid`'s memory map now and opens its executable files, which
     /// a process that exits soon would take with it (its `/proc/PID/root`).
     /// A process that is gone keeps its last map.
@@ -127,24 +159,40 @@ impl StackTable {
         let known = self.maps.entry(pid).or_default();
         known.generation += 1;
         known.maps = None;
+        self.python.forget(pid);
+        self.py_frames.retain(|key, _| key.0 != pid);
         self.refresh_maps(pid);
     }
 
     pub fn intern(&mut self, pid: u32, raw: RawStack<'_>) -> StackId {
         let generation = self.maps.get(&pid).map_or(0, |m| m.generation);
+        let flags = u64::from(raw.lost)
+            | u64::from(raw.full) << 1
+            | u64::from(raw.caller.is_some()) << 2
+            | u64::from(raw.python_full) << 3
+            | u64::from(raw.python_lost) << 4;
         let key_head = [
             u64::from(pid) | u64::from(raw.func) << 32,
             generation,
             raw.caller.unwrap_or(0),
-            u64::from(raw.lost) | u64::from(raw.full) << 1 | u64::from(raw.caller.is_some()) << 2,
+            flags | (raw.frames.len() as u64) << 8,
         ];
         let mut h = self.hasher.build_hasher();
         key_head.hash(&mut h);
         raw.frames.hash(&mut h);
+        python_words(raw.python).for_each(|w| w.hash(&mut h));
         let hash = h.finish();
+        let native_end = KEY_HEAD + raw.frames.len();
         if let Some(bucket) = self.raw.get(&hash) {
             for (key, id) in bucket {
-                if key[..KEY_HEAD] == key_head && key[KEY_HEAD..] == *raw.frames {
+                if key.len() == native_end + raw.python.len() * 3
+                    && key[..KEY_HEAD] == key_head
+                    && key[KEY_HEAD..native_end] == *raw.frames
+                    && key[native_end..]
+                        .iter()
+                        .copied()
+                        .eq(python_words(raw.python))
+                {
                     return *id;
                 }
             }
@@ -159,18 +207,59 @@ impl StackTable {
         // A frame not found in a map older than the event may be found
         // later: such a stack is checked again next time.
         if certain {
-            let key: Box<[u64]> = key_head.iter().chain(raw.frames).copied().collect();
+            let key: Box<[u64]> = key_head
+                .iter()
+                .chain(raw.frames)
+                .copied()
+                .chain(python_words(raw.python))
+                .collect();
             self.raw.entry(hash).or_default().push((key, id));
         }
         id
     }
 
     fn check(&mut self, pid: u32, raw: RawStack<'_>, certain: &mut bool) -> Stack {
+        let mut stack = self.check_native(pid, raw, certain);
+        for frame in raw.python {
+            if let Some(id) = self.python_frame(pid, frame) {
+                stack.python.push(id);
+            }
+        }
+        stack.python_cut = if raw.python_lost {
+            Some(Cut::Lost)
+        } else {
+            raw.python_full.then_some(Cut::DepthLimit)
+        };
+        stack
+    }
+
+    /// The location of a Python frame, resolved once per (process, code
+    /// object, instruction); `None` for the interpreter's hidden frames.
+    fn python_frame(&mut self, pid: u32, frame: &PyFrame) -> Option<PyLocId> {
+        let key = (pid, frame.code, frame.instr, frame.firstlineno);
+        if let Some(known) = self.py_frames.get(&key) {
+            return *known;
+        }
+        let id = self.python.resolve(pid, frame).map(|location| {
+            let next = PyLocId(self.py_locations.len() as u32);
+            let id = *self.py_ids.entry(location.clone()).or_insert(next);
+            if id == next {
+                self.py_locations.push(location);
+            }
+            id
+        });
+        self.py_frames.insert(key, id);
+        id
+    }
+
+    fn check_native(&mut self, pid: u32, raw: RawStack<'_>, certain: &mut bool) -> Stack {
         if raw.lost {
             return Stack {
                 func: raw.func,
                 frames: Vec::new(),
                 cut: Some(Cut::Lost),
+                python: Vec::new(),
+                python_cut: None,
             };
         }
         let mut frames = Vec::with_capacity(raw.frames.len() + 1);
@@ -180,16 +269,21 @@ impl StackTable {
                 func: raw.func,
                 frames,
                 cut: Some(Cut::Lost),
+                python: Vec::new(),
+                python_cut: None,
             };
         };
-        frames.push(self.locate(pid, raw.ts_ns, probed, certain));
+        frames.push(self.locate(pid, raw.ts_ns, probed, Some(certain)));
         // Without the caller there is a gap right away: nothing walked can follow.
         let mut complete = raw.caller.is_some();
         let returns = raw
             .caller
             .map(|caller| std::iter::once(caller).chain(walked.iter().copied()));
-        for addr in returns.into_iter().flatten() {
-            let frame = self.locate(pid, raw.ts_ns, addr, certain);
+        for (i, addr) in returns.into_iter().flatten().enumerate() {
+            // The probed function and its caller are code for sure; a walked
+            // frame in no mapping is most likely garbage, not a new library.
+            let reread = if i == 0 { Some(&mut *certain) } else { None };
+            let frame = self.locate(pid, raw.ts_ns, addr, reread);
             if !self.is_return_address(frame) {
                 // Frames past a gap would read as its callers: stop here.
                 complete = false;
@@ -204,25 +298,36 @@ impl StackTable {
             func: raw.func,
             frames,
             cut,
+            python: Vec::new(),
+            python_cut: None,
         }
     }
 
-    fn locate(&mut self, pid: u32, ts_ns: u64, addr: u64, certain: &mut bool) -> NativeFrame {
+    /// The frame at `addr`. With `reread`, an address in no mapping of a
+    /// map read before the event makes it read again (rate-limited; when it
+    /// is not, `reread` is set false: the result may change).
+    fn locate(
+        &mut self,
+        pid: u32,
+        ts_ns: u64,
+        addr: u64,
+        reread: Option<&mut bool>,
+    ) -> NativeFrame {
         let read_at = self
             .maps
             .get(&pid)
             .and_then(|m| m.maps.as_ref())
             .map(|(maps, at)| (maps.find(addr).is_some(), *at));
-        match read_at {
-            None => self.refresh_maps(pid),
-            Some((false, at)) if at < ts_ns => {
+        match (read_at, reread) {
+            (None, _) => self.refresh_maps(pid),
+            (Some((false, at)), Some(certain)) if at < ts_ns => {
                 if monotonic_ns().saturating_sub(at) >= MAPS_REREAD_NS {
                     self.refresh_maps(pid);
                 } else {
                     *certain = false;
                 }
             }
-            Some(_) => {}
+            _ => {}
         }
         let Some((maps, _)) = self.maps.get(&pid).and_then(|m| m.maps.as_ref()) else {
             return NativeFrame::Unmapped { addr };
@@ -292,6 +397,9 @@ mod tests {
             caller: None,
             lost: false,
             full: false,
+            python: &[],
+            python_full: false,
+            python_lost: false,
         };
         let mut table = StackTable::default();
         let id = table.intern(pid, raw);

@@ -13,6 +13,7 @@ use tracer_common::func;
 
 use crate::{
     modules::ModuleId,
+    python::PyLocation,
     stacks::{Cut, NativeFrame, StackId, StackTable},
 };
 
@@ -20,6 +21,7 @@ use crate::{
 #[serde(rename_all = "snake_case")]
 pub enum FrameKind {
     Native,
+    Python,
 }
 
 /// One frame of a report's stack.
@@ -100,14 +102,75 @@ const ROOT_FUNCTIONS: [&str; 8] = [
     "__clone3",
 ];
 
+/// Which frames a report shows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum View {
+    /// Python frames in place of the interpreter's evaluation frames, native
+    /// frames (C extensions, libc) around them.
+    #[default]
+    Mixed,
+    /// The allocation function, then Python frames only.
+    Python,
+    /// Native frames only.
+    Native,
+}
+
+/// CPython's evaluation loop and the calls between its frames: where a
+/// native stack runs Python code, which the Python frames stand for.
+fn is_interpreter_frame(function: &str) -> bool {
+    const EVAL: [&str; 12] = [
+        "_PyEval_EvalFrameDefault",
+        "_PyEval_EvalFrame",
+        "PyEval_EvalFrameEx",
+        "PyEval_EvalFrame",
+        "_PyEval_Vector",
+        "_PyEval_EvalCode",
+        "_PyEval_EvalCodeWithName",
+        "PyEval_EvalCode",
+        "PyEval_EvalCodeEx",
+        "_PyFunction_Vectorcall",
+        "function_code_fastcall",
+        "_PyObject_VectorcallTstate",
+    ];
+    let base = function.split('.').next().unwrap_or(function);
+    EVAL.contains(&base)
+}
+
+/// Native frames with the Python frames in place of the interpreter's
+/// frames between the first and the last evaluation frame; after the native
+/// frames when the native stack does not reach the interpreter (no frame
+/// pointers).
+fn merge(native: Vec<Frame>, python: Vec<Frame>) -> Vec<Frame> {
+    if python.is_empty() {
+        return native;
+    }
+    let first = native
+        .iter()
+        .position(|f| is_interpreter_frame(&f.function));
+    let last = native
+        .iter()
+        .rposition(|f| is_interpreter_frame(&f.function));
+    match (first, last) {
+        (Some(first), Some(last)) => {
+            let mut native = native.into_iter();
+            let mut merged: Vec<Frame> = native.by_ref().take(first).collect();
+            merged.extend(python);
+            merged.extend(native.skip(last + 1 - first));
+            merged
+        }
+        _ => native.into_iter().chain(python).collect(),
+    }
+}
+
 pub struct Symbolizer {
     blazesym: symbolize::Symbolizer,
     frames: HashMap<(ModuleId, u64), Vec<Frame>>,
     stacks: HashMap<StackId, SymbolizedStack>,
+    view: View,
 }
 
-impl Default for Symbolizer {
-    fn default() -> Self {
+impl Symbolizer {
+    pub fn new(view: View) -> Self {
         Self {
             blazesym: symbolize::Symbolizer::builder()
                 .enable_code_info(true)
@@ -116,6 +179,7 @@ impl Default for Symbolizer {
                 .build(),
             frames: HashMap::new(),
             stacks: HashMap::new(),
+            view,
         }
     }
 }
@@ -123,30 +187,54 @@ impl Default for Symbolizer {
 impl Symbolizer {
     pub fn stack(&mut self, table: &StackTable, id: StackId) -> &SymbolizedStack {
         if !self.stacks.contains_key(&id) {
-            let stack = table.get(id);
-            let mut frames = Vec::with_capacity(stack.frames.len() + 4);
-            if let Some((probed, callers)) = stack.frames.split_first() {
-                frames.push(allocator_frame(table, stack.func, *probed));
-                for frame in callers {
-                    // Return addresses point after the call: look up the call itself.
-                    frames.extend(self.native(table, *frame, 1));
-                }
-            }
-            let reached_root = frames
-                .last()
-                .is_some_and(|f| ROOT_FUNCTIONS.contains(&f.function.as_str()));
-            let truncated = stack.cut.is_some() || !reached_root;
-            if stack.cut == Some(Cut::Lost) {
-                frames.push(Frame::unknown(
-                    String::new(),
-                    0,
-                    "stack not captured".into(),
-                ));
-            }
-            self.stacks
-                .insert(id, SymbolizedStack { frames, truncated });
+            let symbolized = self.symbolize(table, id);
+            self.stacks.insert(id, symbolized);
         }
         &self.stacks[&id]
+    }
+
+    fn symbolize(&mut self, table: &StackTable, id: StackId) -> SymbolizedStack {
+        let stack = table.get(id);
+        let mut native = Vec::with_capacity(stack.frames.len() + 4);
+        if let Some((probed, callers)) = stack.frames.split_first() {
+            native.push(allocator_frame(table, stack.func, *probed));
+            if self.view != View::Python {
+                for frame in callers {
+                    // Return addresses point after the call: look up the call itself.
+                    native.extend(self.native(table, *frame, 1));
+                }
+            }
+        }
+        let reached_root = native
+            .last()
+            .is_some_and(|f| ROOT_FUNCTIONS.contains(&f.function.as_str()));
+        let native_truncated = stack.cut.is_some() || !reached_root;
+        if stack.cut == Some(Cut::Lost) {
+            native.push(Frame::unknown(
+                String::new(),
+                0,
+                "stack not captured".into(),
+            ));
+        }
+        let python: Vec<Frame> = match self.view {
+            View::Native => Vec::new(),
+            _ => stack
+                .python
+                .iter()
+                .map(|id| python_frame(table.python_location(*id)))
+                .collect(),
+        };
+        // The Python frames, where there are some, reach the thread's first
+        // Python frame: the stack is complete unless they were cut.
+        let truncated = if python.is_empty() {
+            native_truncated
+        } else {
+            stack.python_cut.is_some()
+        };
+        SymbolizedStack {
+            frames: merge(native, python),
+            truncated,
+        }
     }
 
     /// The frames (several if inlined) at a native frame, innermost first.
@@ -194,6 +282,19 @@ impl Symbolizer {
     }
 }
 
+fn python_frame(location: &PyLocation) -> Frame {
+    Frame {
+        kind: FrameKind::Python,
+        function: location.function.clone(),
+        module: location.module.clone(),
+        file: location.file.clone(),
+        line: location.line,
+        offset: None,
+        inlined: false,
+        unknown: location.unknown.clone(),
+    }
+}
+
 /// The probed allocation function, named as its callers call it (libc's
 /// own symbol there is often an internal alias such as `__GI___libc_malloc`).
 fn allocator_frame(table: &StackTable, func: u32, probed: NativeFrame) -> Frame {
@@ -228,6 +329,9 @@ pub fn allocator_name(func: u32) -> &'static str {
         func::PVALLOC => "pvalloc",
         func::MMAP => "mmap",
         func::MREMAP => "mremap",
+        func::PYOBJECT_MALLOC => "PyObject_Malloc",
+        func::PYOBJECT_CALLOC => "PyObject_Calloc",
+        func::PYOBJECT_REALLOC => "PyObject_Realloc",
         _ => "[allocation]",
     }
 }
@@ -266,4 +370,59 @@ fn frames_of(sym: &symbolize::Sym<'_>, module: &str, offset: u64) -> Vec<Frame> 
         unknown: None,
     });
     frames
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(kind: FrameKind, function: &str) -> Frame {
+        Frame {
+            kind,
+            function: function.into(),
+            module: String::new(),
+            file: None,
+            line: None,
+            offset: None,
+            inlined: false,
+            unknown: None,
+        }
+    }
+
+    fn names(frames: &[Frame]) -> Vec<&str> {
+        frames.iter().map(|f| f.function.as_str()).collect()
+    }
+
+    #[test]
+    fn python_frames_replace_the_evaluation_loop() {
+        let native = vec![
+            frame(FrameKind::Native, "malloc"),
+            frame(FrameKind::Native, "numpy_zeros"),
+            frame(FrameKind::Native, "_PyEval_EvalFrameDefault"),
+            frame(FrameKind::Native, "_PyFunction_Vectorcall"),
+            frame(FrameKind::Native, "_PyEval_EvalFrameDefault.cold"),
+            frame(FrameKind::Native, "Py_RunMain"),
+        ];
+        let python = vec![
+            frame(FrameKind::Python, "remember"),
+            frame(FrameKind::Python, "handle"),
+        ];
+        assert_eq!(
+            names(&merge(native, python.clone())),
+            ["malloc", "numpy_zeros", "remember", "handle", "Py_RunMain"]
+        );
+        // Without frame pointers the native stack stops short of the loop.
+        let short = vec![
+            frame(FrameKind::Native, "malloc"),
+            frame(FrameKind::Native, "_PyObject_Malloc"),
+        ];
+        assert_eq!(
+            names(&merge(short.clone(), python)),
+            ["malloc", "_PyObject_Malloc", "remember", "handle"]
+        );
+        assert_eq!(
+            names(&merge(short, Vec::new())),
+            ["malloc", "_PyObject_Malloc"]
+        );
+    }
 }

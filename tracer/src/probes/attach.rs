@@ -12,6 +12,8 @@ use std::{
 use anyhow::Result;
 use log::{debug, info, warn};
 
+use tracer_common::func;
+
 use super::{How, Placement, Probes, placement};
 use crate::{
     elf::ElfFile,
@@ -58,13 +60,92 @@ const ALLOC_FUNCTIONS: [AllocFunction; 10] = [
     },
 ];
 
+/// CPython's object allocator (`--pymalloc`): the exported entry points,
+/// and the functions behind them (static in obmalloc.c, `.lto_priv.N` in LTO
+/// builds, found in the file's symbol table or its build-id debug file),
+/// which take the allocator's context pointer first. A call of one from the
+/// other is nested, so counted once.
+struct PyAllocFunction {
+    symbol: &'static str,
+    program: &'static str,
+    func: u32,
+    context_first: bool,
+}
+
+const fn pyalloc(
+    symbol: &'static str,
+    program: &'static str,
+    func: u32,
+    context_first: bool,
+) -> PyAllocFunction {
+    PyAllocFunction {
+        symbol,
+        program,
+        func,
+        context_first,
+    }
+}
+
+const PYMALLOC_FUNCTIONS: [PyAllocFunction; 8] = [
+    pyalloc(
+        "PyObject_Malloc",
+        "malloc_entry",
+        func::PYOBJECT_MALLOC,
+        false,
+    ),
+    pyalloc(
+        "PyObject_Calloc",
+        "calloc_entry",
+        func::PYOBJECT_CALLOC,
+        false,
+    ),
+    pyalloc(
+        "PyObject_Realloc",
+        "realloc_entry",
+        func::PYOBJECT_REALLOC,
+        false,
+    ),
+    pyalloc("PyObject_Free", "free_entry", 0, false),
+    pyalloc(
+        "_PyObject_Malloc",
+        "malloc_entry",
+        func::PYOBJECT_MALLOC,
+        true,
+    ),
+    pyalloc(
+        "_PyObject_Calloc",
+        "calloc_entry",
+        func::PYOBJECT_CALLOC,
+        true,
+    ),
+    pyalloc(
+        "_PyObject_Realloc",
+        "realloc_entry",
+        func::PYOBJECT_REALLOC,
+        true,
+    ),
+    pyalloc("_PyObject_Free", "free_entry", 0, true),
+];
+
+/// Whether `name` is `symbol` or an LTO-privatised copy of it (`symbol.lto_priv.N`).
+fn is_symbol_or_lto_copy(name: &str, symbol: &str) -> bool {
+    name.strip_prefix(symbol).is_some_and(|rest| {
+        rest.is_empty()
+            || rest
+                .strip_prefix(".lto_priv.")
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    })
+}
+
 /// What was attached to one file.
 #[derive(Clone, Debug, Default)]
 pub struct FileProbes {
     /// The file as the first process that mapped it names it.
     pub path: String,
     /// Allocation functions and where each probe went.
-    pub allocators: Vec<(&'static str, Placement)>,
+    pub allocators: Vec<(String, Placement)>,
+    /// `--pymalloc`: CPython object allocator functions probed.
+    pub pymalloc: Vec<(String, Placement)>,
     pub py_finalize: bool,
     pub libc_exit: bool,
 }
@@ -78,7 +159,7 @@ impl FileProbes {
 impl fmt::Display for FileProbes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:", self.path)?;
-        for (name, p) in &self.allocators {
+        for (name, p) in self.allocators.iter().chain(&self.pymalloc) {
             write!(f, " {name}{p}")?;
         }
         if self.py_finalize {
@@ -92,12 +173,20 @@ impl fmt::Display for FileProbes {
 }
 
 /// Every file probed so far, and the files found to need nothing.
-#[derive(Default)]
 pub struct AttachedFiles {
     files: HashMap<FileId, FileProbes>,
+    /// Probe CPython's object allocator too.
+    pub pymalloc: bool,
 }
 
 impl AttachedFiles {
+    pub fn new(pymalloc: bool) -> Self {
+        Self {
+            files: HashMap::new(),
+            pymalloc,
+        }
+    }
+
     /// Attaches probes to every file `pid` maps that needs them and has none
     /// yet. Returns the probes of `pid`'s files that hold allocators.
     pub fn attach_process(
@@ -110,13 +199,17 @@ impl AttachedFiles {
         for mapping in maps.files() {
             let id = FileId::from(mapping);
             if let Entry::Vacant(slot) = self.files.entry(id) {
-                let attached = attach_file(probes, pid, maps, mapping)?;
+                let attached = attach_file(probes, pid, maps, mapping, self.pymalloc)?;
                 if attached.is_allocator() || attached.py_finalize {
                     info!("pid {pid}: probes on {attached}");
                 }
                 slot.insert(attached);
             }
-            if let Some(f) = self.files.get(&id).filter(|f| f.is_allocator()) {
+            if let Some(f) = self
+                .files
+                .get(&id)
+                .filter(|f| f.is_allocator() || !f.pymalloc.is_empty())
+            {
                 allocators.push(f.clone());
             }
         }
@@ -129,6 +222,7 @@ fn attach_file(
     pid: u32,
     maps: &ProcessMaps,
     mapping: &Mapping,
+    pymalloc: bool,
 ) -> Result<FileProbes> {
     let mut done = FileProbes {
         path: mapping.path.clone(),
@@ -148,15 +242,85 @@ fn attach_file(
     if elf.function("malloc").is_some() && elf.function("free").is_some() {
         attach_allocators(probes, &elf, &path, &mut done)?;
         if let Some(exit) = elf.function("exit") {
-            probes.attach("exit_entry", &path, exit.file_offset)?;
+            probes.attach("exit_entry", &path, exit.file_offset, None)?;
             done.libc_exit = true;
         }
     }
     if let Some(finalize) = elf.function("Py_FinalizeEx") {
-        probes.attach("py_finalize_entry", &path, finalize.file_offset)?;
+        probes.attach("py_finalize_entry", &path, finalize.file_offset, None)?;
         done.py_finalize = true;
+        if pymalloc {
+            attach_pymalloc(probes, pid, &elf, &path, mapping, &mut done)?;
+        }
     }
     Ok(done)
+}
+
+/// The build-id debug file of `elf` (mapped by `pid` at `mapping`): in the
+/// process's root, on the host, or beside an interpreter unpacked in a
+/// private tree (`<prefix>/bin/python` with `<prefix>/lib/debug`).
+fn debug_file(pid: u32, elf: &ElfFile, mapping: &Mapping) -> Option<ElfFile> {
+    let id = elf.build_id()?;
+    let (dir, file) = id.split_at(2);
+    let relative = format!(".build-id/{dir}/{file}.debug");
+    let prefix = std::path::Path::new(&mapping.path).parent()?.parent()?;
+    [
+        crate::proc_maps::host_path(pid, &format!("/usr/lib/debug/{relative}")),
+        std::path::PathBuf::from(format!("/usr/lib/debug/{relative}")),
+        prefix.join("lib/debug").join(&relative),
+    ]
+    .iter()
+    .find_map(|p| ElfFile::open(p).ok())
+}
+
+fn attach_pymalloc(
+    probes: &mut Probes,
+    pid: u32,
+    elf: &ElfFile,
+    path: &std::path::Path,
+    mapping: &Mapping,
+    done: &mut FileProbes,
+) -> Result<()> {
+    let debug = debug_file(pid, elf, mapping);
+    let mut probed_addresses = Vec::new();
+    let mut single_stepped = Vec::new();
+    for f in &PYMALLOC_FUNCTIONS {
+        let matches = |name: &str| is_symbol_or_lto_copy(name, f.symbol);
+        let Some((name, found)) = elf
+            .find_function(matches)
+            .or_else(|| debug.as_ref()?.find_function(matches))
+        else {
+            debug!("{}: no {}", elf.path(), f.symbol);
+            continue;
+        };
+        // A debug file's addresses are the binary's; its offsets are not.
+        let Some(file_offset) = elf.file_offset(found.address) else {
+            continue;
+        };
+        if probed_addresses.contains(&found.address) {
+            continue;
+        }
+        probed_addresses.push(found.address);
+        let returns = f.program != "free_entry";
+        let place = placement::choose(elf.bytes_at(file_offset, 32), !returns);
+        let cookie = u64::from(f.func) | u64::from(f.context_first) << 32;
+        probes.attach(f.program, path, file_offset + place.offset, Some(cookie))?;
+        if returns {
+            probes.attach("alloc_return", path, file_offset + place.offset, None)?;
+        }
+        if place.how == How::SingleStepped {
+            single_stepped.push(format!("{name} ({})", place.instruction));
+        }
+        done.pymalloc.push((name, place));
+    }
+    if !single_stepped.is_empty() {
+        warn!(
+            "{}: --pymalloc probes on {} are single-stepped by the kernel: expect about 10 µs per object allocation",
+            elf.path(),
+            single_stepped.join(", ")
+        );
+    }
+    Ok(())
 }
 
 fn attach_allocators(
@@ -179,16 +343,16 @@ fn attach_allocators(
         }
         let code = elf.bytes_at(func.file_offset, 32);
         let place = placement::choose(code, !f.returns);
-        probes.attach(f.program, path, func.file_offset + place.offset)?;
+        probes.attach(f.program, path, func.file_offset + place.offset, None)?;
         if f.returns {
             // Never past a NULL check here, so the return address is still
             // at the stack pointer where the entry probe sits.
-            probes.attach("alloc_return", path, func.file_offset + place.offset)?;
+            probes.attach("alloc_return", path, func.file_offset + place.offset, None)?;
         }
         if f.hot && place.how == How::SingleStepped {
             single_stepped_hot.push(format!("{} ({})", f.symbol, place.instruction));
         }
-        done.allocators.push((f.symbol, place));
+        done.allocators.push((f.symbol.to_owned(), place));
     }
     if !single_stepped_hot.is_empty() {
         warn!(
@@ -198,4 +362,33 @@ fn attach_allocators(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lto_copies_match() {
+        assert!(is_symbol_or_lto_copy(
+            "_PyObject_Malloc",
+            "_PyObject_Malloc"
+        ));
+        assert!(is_symbol_or_lto_copy(
+            "_PyObject_Malloc.lto_priv.0",
+            "_PyObject_Malloc"
+        ));
+        assert!(!is_symbol_or_lto_copy(
+            "_PyObject_Malloc.lto_priv.0.cold",
+            "_PyObject_Malloc"
+        ));
+        assert!(!is_symbol_or_lto_copy(
+            "_PyObject_Malloc.isra.0",
+            "_PyObject_Malloc"
+        ));
+        assert!(!is_symbol_or_lto_copy(
+            "_PyObject_MallocX",
+            "_PyObject_Malloc"
+        ));
+    }
 }

@@ -10,11 +10,14 @@ use anyhow::{Context as _, Result};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{TracePoint, UProbe, uprobe::UProbeScope},
+    programs::{
+        TracePoint, UProbe,
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+    },
 };
-use tracer_common::counter;
+use tracer_common::{PyConfig, counter};
 
-pub use attach::AttachedFiles;
+pub use attach::{AttachedFiles, FileProbes};
 pub use placement::{How, Placement};
 
 /// The eBPF object built by build.rs from tracer-ebpf.
@@ -34,6 +37,7 @@ const TRACEPOINTS: [(&str, &str, &str); 6] = [
 pub struct Probes {
     ebpf: Ebpf,
     traced: HashMap<MapData, u32, u8>,
+    python: HashMap<MapData, u32, PyConfig>,
     counters: PerCpuArray<MapData, u64>,
 }
 
@@ -52,7 +56,11 @@ pub struct KernelCounters {
 impl Probes {
     /// Loads every program (the verifier runs here) and attaches the tracepoints.
     /// `ring_bytes` must be a power of two multiple of the page size.
-    pub fn load(ring_bytes: u32) -> Result<Self> {
+    /// `fsbase_offset` (see `host::fsbase_offset`) lets the programs read
+    /// Python frames; 0 turns them off. `all_execs` reports every exec on
+    /// the host (`--all`).
+    pub fn load(ring_bytes: u32, fsbase_offset: u64, all_execs: bool) -> Result<Self> {
+        let all_execs = u8::from(all_execs);
         // The programs' debug! calls cost nothing unless debug logging is on.
         let log_level: u8 = if log::max_level() >= log::LevelFilter::Debug {
             aya_log_common::Level::Debug as u8
@@ -62,6 +70,8 @@ impl Probes {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("EVENTS", ring_bytes)
             .override_global(aya_log::LEVEL, &log_level, true)
+            .override_global("FSBASE_OFFSET", &fsbase_offset, true)
+            .override_global("ALL_EXECS", &all_execs, true)
             .load(EBPF_OBJECT)
             .context("loading the eBPF programs")?;
         for (name, program) in ebpf.programs_mut() {
@@ -83,9 +93,11 @@ impl Probes {
         let traced = HashMap::try_from(ebpf.take_map("TRACED").context("map TRACED missing")?)?;
         let counters =
             PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("map COUNTERS missing")?)?;
+        let python = HashMap::try_from(ebpf.take_map("PY_PROCS").context("map PY_PROCS missing")?)?;
         Ok(Self {
             ebpf,
             traced,
+            python,
             counters,
         })
     }
@@ -108,24 +120,43 @@ impl Probes {
             .with_context(|| format!("adding pid {pid} to the traced set"))
     }
 
-    /// Stops recording process `pid` (it exited: its pid may be reused).
-    pub fn untrace_pid(&mut self, pid: u32) -> Result<()> {
-        self.traced
-            .remove(&pid)
-            .with_context(|| format!("removing pid {pid} from the traced set"))
+    /// Records the Python frames of process `pid` with every allocation.
+    pub fn trace_python(&mut self, pid: u32, config: &PyConfig) -> Result<()> {
+        self.python
+            .insert(pid, config, 0)
+            .with_context(|| format!("configuring Python frames of pid {pid}"))
+    }
+
+    /// Stops recording process `pid` (it exited: its pid may be reused; or
+    /// it is not a target after all).
+    pub fn untrace_pid(&mut self, pid: u32) {
+        // Either may be absent already.
+        let _ = self.traced.remove(&pid);
+        let _ = self.python.remove(&pid);
     }
 
     /// Attaches `program` to `offset` in `file` for every process (the
-    /// programs filter by the traced set).
-    /// Whether it is an entry or a return probe is the program's own kind.
-    pub fn attach(&mut self, program: &str, file: &Path, offset: u64) -> Result<()> {
+    /// programs filter by the traced set). Whether it is an entry or a
+    /// return probe is the program's own kind; `cookie` tells a program that
+    /// serves several functions which one this is.
+    pub fn attach(
+        &mut self,
+        program: &str,
+        file: &Path,
+        offset: u64,
+        cookie: Option<u64>,
+    ) -> Result<()> {
         let probe: &mut UProbe = self
             .ebpf
             .program_mut(program)
             .with_context(|| format!("eBPF program {program} missing"))?
             .try_into()?;
+        let point = UProbeAttachPoint {
+            location: UProbeAttachLocation::AbsoluteOffset(offset),
+            cookie,
+        };
         probe
-            .attach(offset, file, UProbeScope::AllProcesses)
+            .attach(point, file, UProbeScope::AllProcesses)
             .with_context(|| format!("attaching {program} to {}+{offset:#x}", file.display()))?;
         Ok(())
     }

@@ -24,10 +24,16 @@ struct Json<'a> {
 struct Process<'a> {
     pid: u32,
     command: &'a str,
+    /// "CPython 3.11 (/usr/bin/python3.11)", or null.
+    python: Option<&'a str>,
+    notes: &'a [String],
     /// What marked the leak set: `py_finalize`, `libc_exit`, or null (end of recording).
     leaks_taken_at: Option<ExitReason>,
     leaks_taken_at_s: Option<f64>,
     exit_status: Option<&'a str>,
+    /// This process's own top entries.
+    leaks: Vec<JsonEntry<'a>>,
+    hotspots: Vec<JsonEntry<'a>>,
 }
 
 #[derive(Serialize)]
@@ -47,17 +53,30 @@ struct JsonEntry<'a> {
     bytes: u64,
     count: u64,
     pid: u32,
+    command: &'a str,
     truncated: bool,
     stack: &'a [Frame],
 }
 
-fn entries(list: &[Entry], top: usize) -> Vec<JsonEntry<'_>> {
+/// The first `top` entries of `list` that `keep` accepts.
+fn entries<'a>(
+    report: &'a Report,
+    list: &'a [Entry],
+    top: usize,
+    keep: impl Fn(&Entry) -> bool,
+) -> Vec<JsonEntry<'a>> {
     list.iter()
+        .filter(|e| keep(e))
         .take(top)
         .map(|e| JsonEntry {
             bytes: e.bytes,
             count: e.count,
             pid: e.pid,
+            command: report
+                .processes
+                .iter()
+                .find(|p| p.pid == e.pid)
+                .map_or("", |p| p.command.as_str()),
             truncated: e.truncated,
             stack: &e.stack,
         })
@@ -77,9 +96,13 @@ pub fn render(report: &Report, top: usize) -> serde_json::Result<String> {
             .map(|p| Process {
                 pid: p.pid,
                 command: &p.command,
+                python: p.python.as_deref(),
+                notes: &p.notes,
                 leaks_taken_at: p.exit.map(|(reason, _)| reason),
                 leaks_taken_at_s: p.exit.map(|(_, at)| at),
                 exit_status: p.exit_status.as_deref(),
+                leaks: entries(report, &report.leaks, top, |e| e.pid == p.pid),
+                hotspots: entries(report, &report.hotspots, top, |e| e.pid == p.pid),
             })
             .collect(),
         totals: Totals {
@@ -94,8 +117,8 @@ pub fn render(report: &Report, top: usize) -> serde_json::Result<String> {
         },
         counters: c,
         min_age_s: report.min_age_s,
-        leaks: entries(&report.leaks, top),
-        hotspots: entries(&report.hotspots, top),
+        leaks: entries(report, &report.leaks, top, |_| true),
+        hotspots: entries(report, &report.hotspots, top, |_| true),
     };
     serde_json::to_string_pretty(&json)
 }
@@ -159,5 +182,7 @@ mod tests {
         assert_eq!(f["module"], "/lib/libc.so.6");
         assert!(f["file"].is_null() && f["line"].is_null());
         assert_eq!(v["processes"][0]["leaks_taken_at"], serde_json::Value::Null);
+        assert_eq!(v["leaks"][0]["command"], "cmd");
+        assert_eq!(v["processes"][0]["leaks"].as_array().map(Vec::len), Some(1));
     }
 }

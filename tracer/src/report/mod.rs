@@ -91,6 +91,10 @@ pub struct ProcessInfo {
     pub exit: Option<(ExitReason, f64)>,
     /// The exit status of a launched command.
     pub exit_status: Option<String>,
+    /// "CPython 3.11 (/usr/bin/python3.11)" if it runs one.
+    pub python: Option<String>,
+    /// What tracer sees of its allocations (object allocator coverage).
+    pub notes: Vec<String>,
 }
 
 /// Counters of what could not be recorded or matched.

@@ -46,10 +46,9 @@ fn location(frame: &Frame) -> String {
 fn write_entry(out: &mut String, rank: usize, e: &Entry, what: &str) {
     let _ = writeln!(
         out,
-        "  #{rank:<3} {} in {} {what}, pid {}",
+        "  #{rank:<3} {} in {} {what}",
         human_bytes(e.bytes),
         grouped(e.count),
-        e.pid
     );
     let width = e
         .stack
@@ -81,34 +80,13 @@ fn write_entry(out: &mut String, rank: usize, e: &Entry, what: &str) {
 
 pub fn render(report: &Report, top: usize) -> String {
     let mut out = String::new();
+    let n = report.processes.len();
     let _ = writeln!(
         out,
-        "tracer: recorded {:.2} s, {} process{}",
+        "tracer: recorded {:.2} s, {n} process{}",
         report.duration_s,
-        report.processes.len(),
-        if report.processes.len() == 1 {
-            ""
-        } else {
-            "es"
-        }
+        if n == 1 { "" } else { "es" }
     );
-    for p in &report.processes {
-        let mut line = format!("  pid {}  {}", p.pid, p.command);
-        match p.exit {
-            Some((reason, at)) => {
-                let what = match reason {
-                    ExitReason::PyFinalize => "Py_FinalizeEx",
-                    ExitReason::LibcExit => "exit()",
-                };
-                let _ = write!(line, "  (leaks taken at {what}, {at:.2} s)");
-            }
-            None => line.push_str("  (leaks taken at the end of the recording)"),
-        }
-        if let Some(status) = &p.exit_status {
-            let _ = write!(line, "; {status}");
-        }
-        let _ = writeln!(out, "{line}");
-    }
     let t = &report.totals;
     let c = &report.counters;
     let _ = writeln!(
@@ -129,35 +107,56 @@ pub fn render(report: &Report, top: usize) -> String {
         grouped(c.unmatched_frees),
         grouped(c.truncated_stacks)
     );
-    let _ = writeln!(out);
-
     let age = if report.min_age_s > 0.0 {
         format!(", at least {} s old", report.min_age_s)
     } else {
         String::new()
     };
-    let _ = writeln!(
-        out,
-        "Top {} leaks (live when the process began to exit, or at the end{age}):",
-        top.min(report.leaks.len())
-    );
-    if report.leaks.is_empty() {
-        let _ = writeln!(out, "  none");
-    }
-    for (i, e) in report.leaks.iter().take(top).enumerate() {
-        write_entry(&mut out, i + 1, e, "live allocations");
-    }
-    let _ = writeln!(out);
-    let _ = writeln!(
-        out,
-        "Top {} hotspots (allocated during the recording):",
-        top.min(report.hotspots.len())
-    );
-    if report.hotspots.is_empty() {
-        let _ = writeln!(out, "  none");
-    }
-    for (i, e) in report.hotspots.iter().take(top).enumerate() {
-        write_entry(&mut out, i + 1, e, "allocations");
+    for p in &report.processes {
+        let _ = writeln!(out);
+        let _ = writeln!(out, "== pid {}  {}", p.pid, p.command);
+        let mut about: Vec<String> = p.python.iter().cloned().collect();
+        about.push(match p.exit {
+            Some((reason, at)) => {
+                let what = match reason {
+                    ExitReason::PyFinalize => "Py_FinalizeEx",
+                    ExitReason::LibcExit => "exit()",
+                };
+                format!("leaks taken at {what}, {at:.2} s")
+            }
+            None => "leaks taken at the end of the recording".to_owned(),
+        });
+        about.extend(p.exit_status.iter().cloned());
+        let _ = writeln!(out, "   {}", about.join("; "));
+        for note in &p.notes {
+            let _ = writeln!(out, "   note: {note}");
+        }
+        let leaks: Vec<&Entry> = report.leaks.iter().filter(|e| e.pid == p.pid).collect();
+        let hotspots: Vec<&Entry> = report.hotspots.iter().filter(|e| e.pid == p.pid).collect();
+        let _ = writeln!(
+            out,
+            "Top {} leaks of pid {} (live when it began to exit, or at the end{age}):",
+            top.min(leaks.len()),
+            p.pid
+        );
+        if leaks.is_empty() {
+            let _ = writeln!(out, "  none");
+        }
+        for (i, e) in leaks.iter().take(top).enumerate() {
+            write_entry(&mut out, i + 1, e, "live allocations");
+        }
+        let _ = writeln!(
+            out,
+            "Top {} hotspots of pid {} (allocated during the recording):",
+            top.min(hotspots.len()),
+            p.pid
+        );
+        if hotspots.is_empty() {
+            let _ = writeln!(out, "  none");
+        }
+        for (i, e) in hotspots.iter().take(top).enumerate() {
+            write_entry(&mut out, i + 1, e, "allocations");
+        }
     }
     out
 }
@@ -199,6 +198,8 @@ mod tests {
                 command: "python3 leak.py".into(),
                 exit: Some((ExitReason::PyFinalize, 1.25)),
                 exit_status: Some("exited with status 0".into()),
+                python: Some("CPython 3.11 (/usr/bin/python3.11)".into()),
+                notes: vec!["a note".into()],
             }],
             totals: Totals {
                 allocs: 3,
@@ -222,14 +223,19 @@ mod tests {
             hotspots: vec![],
         };
         let text = render(&report, 10);
-        assert!(text.contains("pid 42  python3 leak.py  (leaks taken at Py_FinalizeEx, 1.25 s); exited with status 0"), "{text}");
         assert!(
-            text.contains("#1   2.00 KiB in 2 live allocations, pid 42"),
+            text.contains(
+                "== pid 42  python3 leak.py\n   CPython 3.11 (/usr/bin/python3.11); leaks taken at Py_FinalizeEx, 1.25 s; exited with status 0\n   note: a note\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("#1   2.00 KiB in 2 live allocations\n"),
             "{text}"
         );
         assert!(text.contains("malloc  libc.so.6+0x98930"), "{text}");
         assert!(text.contains("make    leak.c:7  [libc.so.6]"), "{text}");
         assert!(text.contains("(truncated"), "{text}");
-        assert!(text.contains("Top 0 hotspots"), "{text}");
+        assert!(text.contains("Top 0 hotspots of pid 42"), "{text}");
     }
 }

@@ -1,0 +1,123 @@
+//! Code objects read from a CPython process: name, file, first line and
+//! line table, and the line of an instruction.
+
+use super::{
+    layout::{CodeLayout, Lines},
+    lines,
+    memory::Memory,
+};
+
+/// Longest string or line table read from a process: a larger one is not a
+/// real file name or table.
+const MAX_OBJECT_BYTES: i64 = 1 << 20;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CodeObject {
+    /// The qualified name where the version has one (3.11+), else the name.
+    pub name: String,
+    pub filename: String,
+    pub firstlineno: i32,
+    pub table: Vec<u8>,
+    /// The interpreter's own frames that Python does not show either
+    /// (3.13's `__init__` shim).
+    pub hidden: bool,
+}
+
+/// `co_flags` bit of 3.13's shim code objects (`CO_NO_MONITORING_EVENTS`).
+const CO_NO_MONITORING_EVENTS: u32 = 0x0200_0000;
+
+impl CodeObject {
+    /// Reads the code object at `addr`; `code_type` (the address of
+    /// `PyCode_Type`), when known, must be its type.
+    pub fn read(
+        memory: &Memory,
+        layout: &CodeLayout,
+        addr: u64,
+        code_type: Option<u64>,
+    ) -> Result<Self, String> {
+        let e = |err: super::memory::ReadError| err.to_string();
+        if let Some(code_type) = code_type {
+            let ob_type = memory.u64(addr + 8).map_err(e)?;
+            if ob_type != code_type {
+                return Err(format!("{addr:#x} is not a code object"));
+            }
+        }
+        let name_at = layout.qualname.unwrap_or(layout.name);
+        Ok(Self {
+            name: read_str(memory, layout, memory.u64(addr + name_at).map_err(e)?)?,
+            filename: read_str(
+                memory,
+                layout,
+                memory.u64(addr + layout.filename).map_err(e)?,
+            )?,
+            firstlineno: memory.u32(addr + layout.firstlineno).map_err(e)? as i32,
+            table: read_bytes(memory, memory.u64(addr + layout.linetable).map_err(e)?)?,
+            hidden: memory.u32(addr + layout.flags).map_err(e)? & CO_NO_MONITORING_EVENTS != 0,
+        })
+    }
+
+    /// The line of a frame of this code object (at `addr`) whose
+    /// instruction the kernel read as `instr`.
+    pub fn line(&self, lines: Lines, addr: u64, instr: u64) -> Option<u32> {
+        // Up to 3.10 the instruction is the int f_lasti, -1 before the first.
+        let lasti = || u64::try_from(instr as u32 as i32).ok();
+        match lines {
+            Lines::Lnotab => lines::lnotab(&self.table, self.firstlineno, lasti()?),
+            Lines::Linetable310 => {
+                lines::linetable_310(&self.table, self.firstlineno, lasti()? * 2)
+            }
+            Lines::Locations { code_adaptive } => match instr.checked_sub(addr + code_adaptive) {
+                Some(offset) => lines::locations(&self.table, self.firstlineno, offset / 2),
+                // A frame just pushed points before its first instruction.
+                None => u32::try_from(self.firstlineno).ok(),
+            },
+        }
+    }
+}
+
+/// A `str` object's text (compact strings: every string code objects hold).
+fn read_str(memory: &Memory, layout: &CodeLayout, addr: u64) -> Result<String, String> {
+    let e = |err: super::memory::ReadError| err.to_string();
+    let length = memory.i64(addr + 16).map_err(e)?;
+    let state = memory.u32(addr + 32).map_err(e)?;
+    let kind = (state >> 2) & 7;
+    let compact = state & (1 << 5) != 0;
+    let ascii = state & (1 << 6) != 0;
+    if !compact || !(0..=MAX_OBJECT_BYTES).contains(&length) || !matches!(kind, 1 | 2 | 4) {
+        return Err(format!("{addr:#x} is not a compact string"));
+    }
+    let data = addr
+        + if ascii {
+            layout.ascii_data
+        } else {
+            layout.compact_data
+        };
+    let raw = memory
+        .read(data, length as usize * kind as usize)
+        .map_err(e)?;
+    Ok(match kind {
+        1 => raw.iter().map(|&b| char::from(b)).collect(),
+        2 => String::from_utf16_lossy(
+            &raw.chunks_exact(2)
+                .map(|c| u16::from_ne_bytes([c[0], c[1]]))
+                .collect::<Vec<_>>(),
+        ),
+        _ => raw
+            .chunks_exact(4)
+            .map(|c| {
+                char::from_u32(u32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
+                    .unwrap_or(char::REPLACEMENT_CHARACTER)
+            })
+            .collect(),
+    })
+}
+
+/// A `bytes` object's contents.
+fn read_bytes(memory: &Memory, addr: u64) -> Result<Vec<u8>, String> {
+    let e = |err: super::memory::ReadError| err.to_string();
+    let size = memory.i64(addr + 16).map_err(e)?;
+    if !(0..=MAX_OBJECT_BYTES).contains(&size) {
+        return Err(format!("{addr:#x} is not a bytes object"));
+    }
+    memory.read(addr + 32, size as usize).map_err(e)
+}
