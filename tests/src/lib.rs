@@ -61,6 +61,76 @@ pub fn pyenv_python(version: &str) -> PathBuf {
     python
 }
 
+/// A CPython build the tests run.
+#[derive(Clone, Debug)]
+pub struct Interpreter {
+    pub name: &'static str,
+    pub path: PathBuf,
+    /// Debian's LTO builds inline the object allocator into its callers.
+    pub lto: bool,
+}
+
+/// Where `cargo xtask` unpacked the Debian interpreters this machine does
+/// not have.
+fn test_cache() -> PathBuf {
+    std::env::var_os("TRACER_TEST_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("tests/cache"))
+}
+
+/// Debian's build of `suite`, unpacked by `cargo xtask` with its own glibc.
+pub fn debian_unpacked(suite: &str, version: &str) -> PathBuf {
+    let python = test_cache().join(format!("{suite}-root/usr/bin/python{version}-private"));
+    assert!(
+        python.exists(),
+        "{} is missing: `cargo xtask test` fetches it (a test that cannot get its interpreter fails)",
+        python.display()
+    );
+    python
+}
+
+/// Every interpreter of the matrix: pyenv's 3.8 to 3.13 (shared libpython,
+/// unstripped) and Debian's 3.11, 3.13 and 3.14 (static libpython,
+/// stripped, LTO; the last two with their own glibc).
+pub fn interpreters() -> Vec<Interpreter> {
+    let pyenv = |name, version| Interpreter {
+        name,
+        path: pyenv_python(version),
+        lto: false,
+    };
+    vec![
+        pyenv("pyenv-3.8", "3.8.18"),
+        pyenv("pyenv-3.9", "3.9.18"),
+        pyenv("pyenv-3.10", "3.10.13"),
+        pyenv("pyenv-3.11", "3.11.7"),
+        pyenv("pyenv-3.12", "3.12.1"),
+        pyenv("pyenv-3.13", "3.13.0"),
+        Interpreter {
+            name: "debian-3.11",
+            path: PathBuf::from(DEBIAN_PYTHON),
+            lto: true,
+        },
+        Interpreter {
+            name: "trixie-3.13",
+            path: debian_unpacked("trixie", "3.13"),
+            lto: true,
+        },
+        Interpreter {
+            name: "sid-3.14",
+            path: debian_unpacked("sid", "3.14"),
+            lto: true,
+        },
+    ]
+}
+
+/// The Python frames of a report entry, innermost first.
+pub fn python_frames(entry: &Value) -> Vec<&Value> {
+    frames(entry)
+        .iter()
+        .filter(|f| f["kind"] == "python")
+        .collect()
+}
+
 /// The line number of the line of `file` that contains `marker`.
 pub fn line_of(file: &Path, marker: &str) -> u64 {
     let text = std::fs::read_to_string(file).expect("read workload");
@@ -145,6 +215,16 @@ fn forward_lines(stderr: ChildStderr) -> mpsc::Receiver<String> {
     rx
 }
 
+impl Drop for Running {
+    /// A test that fails while tracer runs must not leave it running.
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 impl Running {
     /// Waits until tracer prints a stderr line containing `text`; returns
     /// the lines read so far.
@@ -171,14 +251,18 @@ impl Running {
 }
 
 /// Waits for a background tracer and reads its report.
-pub fn finish(running: Running) -> Recorded {
-    let Running {
-        child,
-        dir,
-        stderr_lines,
-    } = running;
-    let mut output = child.wait_with_output().expect("wait for tracer");
-    let rest: Vec<String> = stderr_lines.iter().collect();
+pub fn finish(mut running: Running) -> Recorded {
+    let mut stdout = String::new();
+    if let Some(mut out) = running.child.stdout.take() {
+        std::io::Read::read_to_string(&mut out, &mut stdout).expect("read tracer stdout");
+    }
+    let status = running.child.wait().expect("wait for tracer");
+    let rest: Vec<String> = running.stderr_lines.iter().collect();
+    let mut output = Output {
+        status,
+        stdout: stdout.into_bytes(),
+        stderr: Vec::new(),
+    };
     output.stderr = rest.join("\n").into_bytes();
     assert!(
         output.status.success(),
@@ -187,9 +271,11 @@ pub fn finish(running: Running) -> Recorded {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    let json =
-        std::fs::read_to_string(dir.path().join("report.json")).expect("report.json written");
+    let json = std::fs::read_to_string(running.dir.path().join("report.json"))
+        .expect("report.json written");
     let report = serde_json::from_str(&json).expect("report.json is JSON");
+    // The directory outlives the (dropped) Running.
+    let dir = std::mem::replace(&mut running.dir, tempfile::tempdir().expect("tempdir"));
     Recorded {
         output,
         report,

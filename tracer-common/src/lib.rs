@@ -27,6 +27,9 @@ pub mod kind {
     pub const EXITING: u32 = 4;
     /// A header-only record: a traced process called execve successfully.
     pub const EXEC: u32 = 5;
+    /// A [`CodeRecord`](super::CodeRecord): a Python code object seen for
+    /// the first time, copied while the process runs.
+    pub const CODE: u32 = 6;
 }
 
 /// The allocation function behind an [`AllocRecord`] (`AllocRecord::func`).
@@ -181,6 +184,48 @@ pub struct PyConfig {
     /// `_PyStackRef`: 1; else 0).
     pub code_tag_bits: u32,
     pub _pad: u32,
+    /// `PyCode_Type` in the process: frames whose executable has another
+    /// type are the interpreter's own and skipped. 0: unknown, not checked.
+    pub code_type: u64,
+    pub code_filename: u32,
+    /// `co_qualname` where the version has it, else `co_name`.
+    pub code_name: u32,
+    /// `co_lnotab` or `co_linetable`.
+    pub code_linetable: u32,
+    pub code_flags: u32,
+    /// Where a compact ASCII string's characters start.
+    pub str_ascii_data: u32,
+    /// Where other compact strings' characters start.
+    pub str_compact_data: u32,
+}
+
+/// Longest string (bytes) a [`CodeRecord`] carries.
+pub const MAX_CODE_STR: usize = 256;
+/// Longest line table a [`CodeRecord`] carries.
+pub const MAX_CODE_TABLE: usize = 4096;
+
+/// A Python code object, copied by the kernel the first time a traced
+/// process runs it (per code address and first line), so that frames can be
+/// resolved after the process is gone.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CodeRecord {
+    pub header: Header,
+    pub code: u64,
+    pub firstlineno: i32,
+    pub co_flags: u32,
+    /// Bytes of `filename` used, and the string kind (1, 2 or 4 bytes per
+    /// character; 0 if unreadable).
+    pub filename_len: u32,
+    pub filename_kind: u32,
+    pub name_len: u32,
+    pub name_kind: u32,
+    /// Bytes of `table` used; `table_full` if the table is longer.
+    pub table_len: u32,
+    pub table_full: u32,
+    pub filename: [u8; MAX_CODE_STR],
+    pub name: [u8; MAX_CODE_STR],
+    pub table: [u8; MAX_CODE_TABLE],
 }
 
 pub mod py_config {
@@ -188,6 +233,15 @@ pub mod py_config {
     pub const NONE: u32 = u32::MAX;
     /// An `owner_cstack` no owner byte equals.
     pub const NO_OWNER: u32 = 0x100;
+}
+
+/// Key of the kernel's set of code objects already copied.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CodeKey {
+    pub pid: u32,
+    pub firstlineno: i32,
+    pub code: u64,
 }
 
 /// `free` (len 0) or `munmap` (len in bytes).
@@ -217,8 +271,10 @@ pub mod counter {
     pub const STALE_PENDING: u32 = 5;
     /// Returns that found no matching entry (attached mid-call).
     pub const UNMATCHED_RETURNS: u32 = 6;
+    /// Code object copies dropped because the ring buffer was full.
+    pub const LOST_CODE: u32 = 7;
     /// Number of counters.
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 8;
 }
 
 // SAFETY: #[repr(C)] integers only, every bit pattern valid.

@@ -24,8 +24,9 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use tracer_common::{
-    AllocRecord, FreeRecord, Header, MAX_PY_DEPTH, MAX_STACK_DEPTH, PyConfig, PyFrame, counter,
-    exec, exiting, flags, func, kind, py_config,
+    AllocRecord, CodeKey, CodeRecord, FreeRecord, Header, MAX_CODE_STR, MAX_CODE_TABLE,
+    MAX_PY_DEPTH, MAX_STACK_DEPTH, PyConfig, PyFrame, counter, exec, exiting, flags, func, kind,
+    py_config,
 };
 
 /// Processes whose allocations are recorded (tgid -> 1), written by userspace.
@@ -238,6 +239,88 @@ struct Walk {
 #[map]
 static WALK: PerCpuArray<Walk> = PerCpuArray::with_max_entries(1, 0);
 
+/// Code objects already copied to userspace (`CodeRecord`). A process runs
+/// thousands at most; eviction only costs a second copy.
+#[map]
+static CODE_SEEN: LruHashMap<CodeKey, u8> = LruHashMap::with_max_entries(65536, 0);
+
+/// Reads a `str` object's characters into `dst`. Returns (bytes, kind).
+#[inline(always)]
+fn read_str(cfg: &PyConfig, obj: u64, dst: &mut [u8; MAX_CODE_STR]) -> (u32, u32) {
+    let (Some(length), Some(state)) = (user::<i64>(obj + 16), user::<u32>(obj + 32)) else {
+        return (0, 0);
+    };
+    let kind = (state >> 2) & 7;
+    let ascii = state & (1 << 6) != 0;
+    let data = obj
+        + u64::from(if ascii {
+            cfg.str_ascii_data
+        } else {
+            cfg.str_compact_data
+        });
+    let mut n = (length as u64).wrapping_mul(u64::from(kind));
+    if n > MAX_CODE_STR as u64 {
+        n = MAX_CODE_STR as u64;
+    }
+    // SAFETY: n <= the size of dst.
+    let ok = unsafe {
+        aya_ebpf::helpers::generated::bpf_probe_read_user(
+            dst.as_mut_ptr().cast(),
+            n as u32,
+            data as *const core::ffi::c_void,
+        )
+    } == 0;
+    if ok { (n as u32, kind) } else { (0, 0) }
+}
+
+/// Copies the code object `code` (first line `firstlineno`) to userspace
+/// unless it was already.
+#[inline(always)]
+fn copy_code(cfg: &PyConfig, pid: u32, code: u64, firstlineno: i32) {
+    let key = CodeKey {
+        pid,
+        firstlineno,
+        code,
+    };
+    // SAFETY: presence test only.
+    if unsafe { CODE_SEEN.get(key) }.is_some() {
+        return;
+    }
+    let Some(mut entry) = EVENTS.reserve::<CodeRecord>(0) else {
+        count(counter::LOST_CODE);
+        return;
+    };
+    // SAFETY: the reservation is a CodeRecord's worth of ring buffer.
+    let rec = unsafe { &mut *entry.as_mut_ptr() };
+    rec.header = header(kind::CODE, bpf_get_current_pid_tgid(), 0);
+    rec.code = code;
+    rec.firstlineno = firstlineno;
+    rec.co_flags = user::<u32>(code + u64::from(cfg.code_flags)).unwrap_or(0);
+    let filename = user::<u64>(code + u64::from(cfg.code_filename)).unwrap_or(0);
+    (rec.filename_len, rec.filename_kind) = read_str(cfg, filename, &mut rec.filename);
+    let name = user::<u64>(code + u64::from(cfg.code_name)).unwrap_or(0);
+    (rec.name_len, rec.name_kind) = read_str(cfg, name, &mut rec.name);
+    let table = user::<u64>(code + u64::from(cfg.code_linetable)).unwrap_or(0);
+    let size = user::<i64>(table + 16).unwrap_or(0).max(0) as u64;
+    let mut n = size;
+    if n > MAX_CODE_TABLE as u64 {
+        n = MAX_CODE_TABLE as u64;
+    }
+    // SAFETY: n <= the size of rec.table.
+    let ok = unsafe {
+        aya_ebpf::helpers::generated::bpf_probe_read_user(
+            rec.table.as_mut_ptr().cast(),
+            n as u32,
+            (table + 32) as *const core::ffi::c_void,
+        )
+    } == 0;
+    rec.table_len = if ok { n as u32 } else { 0 };
+    rec.table_full = u32::from(size > n);
+    entry.submit(0);
+    count(counter::EVENTS);
+    let _ = CODE_SEEN.insert(key, 0, 0);
+}
+
 /// Where the Python frames of the current thread start: its frame chain,
 /// through the GIL-state TSS key (unlike `_Py_tss_tstate`, still set while
 /// C code runs with the GIL released). 0 if it has none.
@@ -292,8 +375,11 @@ extern "C" fn walk_step(_index: u64, _ctx: *mut core::ffi::c_void) -> i64 {
     };
     let code = code & !u64::from(cfg.code_tag_bits);
     let owner = u32::from(user::<u8>(frame + u64::from(cfg.frame_owner)).unwrap_or(0));
-    // Shim frames of C code (3.12+) are not Python frames.
-    if owner != cfg.owner_cstack {
+    // Shim frames of C code (3.12+), and frames whose executable is no code
+    // object (3.14's base frame), are not Python frames.
+    let is_code = cfg.code_type == 0 || user::<u64>(code + 8) == Some(cfg.code_type);
+    if owner != cfg.owner_cstack && is_code {
+        let firstlineno = user::<i32>(code + u64::from(cfg.code_firstlineno)).unwrap_or(0);
         // SAFETY: head + (n + 1) frames fit in OUT (checked above).
         unsafe {
             let at = out
@@ -303,11 +389,12 @@ extern "C" fn walk_step(_index: u64, _ctx: *mut core::ffi::c_void) -> i64 {
             *at = PyFrame {
                 code,
                 instr: user::<u64>(frame + u64::from(cfg.frame_instr)).unwrap_or(0),
-                firstlineno: user::<i32>(code + u64::from(cfg.code_firstlineno)).unwrap_or(0),
+                firstlineno,
                 _pad: 0,
             };
         }
         walk.n += 1;
+        copy_code(cfg, pid, code, firstlineno);
     }
     walk.frame = user::<u64>(frame + u64::from(cfg.frame_previous)).unwrap_or(0);
     i64::from(walk.frame == 0)

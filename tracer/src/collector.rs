@@ -2,8 +2,8 @@
 //! stack, and applies it to the heap model.
 
 use tracer_common::{
-    AllocRecord, FreeRecord, Header, MAX_PY_DEPTH, MAX_STACK_DEPTH, PyFrame, exec, exiting, flags,
-    func, kind,
+    AllocRecord, CodeRecord, FreeRecord, Header, MAX_PY_DEPTH, MAX_STACK_DEPTH, PyFrame, exec,
+    exiting, flags, func, kind,
 };
 
 use crate::{
@@ -82,6 +82,13 @@ impl Collector {
                     reason,
                 });
                 return Some(Notice::Exiting(pid));
+            }
+            kind::CODE => {
+                match read::<CodeRecord>(bytes) {
+                    Some(rec) => self.stacks.python.learn(pid, &rec),
+                    None => self.malformed += 1,
+                }
+                return None;
             }
             kind::EXEC => {
                 self.stacks.exec(pid);

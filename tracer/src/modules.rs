@@ -68,4 +68,24 @@ impl Modules {
     pub fn get(&self, id: ModuleId) -> &Module {
         &self.list[id.0 as usize]
     }
+
+    /// Where debug files of these modules may be, besides the system's:
+    /// `<prefix>/lib/debug` of a binary at `<prefix>/bin/...` unpacked in a
+    /// private tree.
+    pub fn debug_dirs(&self) -> Vec<PathBuf> {
+        let mut dirs = vec![PathBuf::from("/usr/lib/debug"), PathBuf::from("/lib/debug")];
+        for m in &self.list {
+            let Some(prefix) = std::path::Path::new(&m.path)
+                .parent()
+                .and_then(|p| p.parent())
+            else {
+                continue;
+            };
+            let dir = prefix.join("lib/debug");
+            if !dirs.contains(&dir) && dir.is_dir() {
+                dirs.push(dir);
+            }
+        }
+        dirs
+    }
 }

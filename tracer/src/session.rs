@@ -121,25 +121,27 @@ fn check_pid(pid: u32) -> Result<()> {
     Ok(())
 }
 
-/// Every process on the host whose map names a python file: `--all`'s
-/// candidates (the check of each is `python::detect`).
+/// Whether `pid`'s map names a python file: a cheap first test of `--all`'s
+/// candidates (the real one is `python::detect`).
+fn maps_python(pid: u32) -> bool {
+    ProcessMaps::read(pid).is_ok_and(|maps| {
+        maps.files().any(|m| {
+            m.path
+                .rsplit('/')
+                .next()
+                .is_some_and(|n| n.contains("python"))
+        })
+    })
+}
+
+/// Every process on the host that may run CPython.
 fn python_candidates() -> Vec<u32> {
     let me = std::process::id();
     let Ok(dir) = fs::read_dir("/proc") else {
         return Vec::new();
     };
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| pid != me)
-        .filter(|pid| {
-            ProcessMaps::read(*pid).is_ok_and(|maps| {
-                maps.files().any(|m| {
-                    m.path
-                        .rsplit('/')
-                        .next()
-                        .is_some_and(|n| n.contains("python"))
-                })
-            })
-        })
+        .filter(|&pid| pid != me && maps_python(pid))
         .collect()
 }
 
@@ -454,6 +456,9 @@ fn adopt(rec: &mut Recording, pid: u32) -> bool {
     if rec.targets.contains_key(&pid) {
         return true;
     }
+    if !maps_python(pid) {
+        return false;
+    }
     rec.targets.insert(pid, Target::new(pid, false));
     match rec.setup(pid) {
         Ok(Setup {
@@ -498,13 +503,15 @@ fn build_report(
         in_flight_full: k.in_flight_full,
         stale_in_flight: k.stale_in_flight,
         unmatched_returns: k.unmatched_returns,
+        nested_calls: k.nested_calls,
+        lost_code: k.lost_code,
         malformed_records: collector.malformed,
         ..Counters::default()
     };
     let heap = &collector.heap;
     let totals = report::summarize(heap, &mut counters);
     let min_age_ns = (args.min_age.max(0.0) * 1e9) as u64;
-    let mut symbolizer = Symbolizer::new(view);
+    let mut symbolizer = Symbolizer::new(view, &collector.stacks.modules.debug_dirs());
     let mut stack_of = |id| symbolizer.stack(&collector.stacks, id).clone();
     let leaks = report::entries(
         &report::leaks(heap, monotonic_ns(), min_age_ns),

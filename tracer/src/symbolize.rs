@@ -170,12 +170,14 @@ pub struct Symbolizer {
 }
 
 impl Symbolizer {
-    pub fn new(view: View) -> Self {
+    /// `debug_dirs`: where to look for separate debug files (by build id).
+    pub fn new(view: View, debug_dirs: &[std::path::PathBuf]) -> Self {
         Self {
             blazesym: symbolize::Symbolizer::builder()
                 .enable_code_info(true)
                 .enable_inlined_fns(true)
                 .enable_demangling(true)
+                .set_debug_dirs(Some(debug_dirs))
                 .build(),
             frames: HashMap::new(),
             stacks: HashMap::new(),

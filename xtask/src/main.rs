@@ -14,6 +14,11 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod interpreters;
+
+/// Where the tests' fetched interpreters are unpacked (git-ignored).
+const TEST_CACHE: &str = "tests/cache";
+
 /// bpf-linker release known to work with the pinned nightly (it loads the
 /// nightly's own libLLVM).
 const BPF_LINKER_VERSION: &str = "0.10.4";
@@ -71,7 +76,13 @@ fn run(task: Task) -> Result<()> {
     let root = workspace_root()?;
     env::set_current_dir(&root)?;
     match task {
-        Task::Setup => setup(),
+        Task::Setup => {
+            setup()?;
+            if is_root() {
+                interpreters::ensure(&root.join(TEST_CACHE))?;
+            }
+            Ok(())
+        }
         Task::Build => {
             setup()?;
             build()
@@ -144,7 +155,7 @@ fn output(cmd: &mut Command) -> Option<String> {
         .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
 }
 
-fn check(cmd: &mut Command) -> Result<()> {
+pub(crate) fn check(cmd: &mut Command) -> Result<()> {
     let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed: {status}");
@@ -261,6 +272,7 @@ fn test(root: &Path, harness_args: &[OsString]) -> Result<()> {
     let mut e2e = Command::new("cargo");
     e2e.args(["test", "--package", "tests", "--", "--test-threads=1"])
         .args(harness_args)
-        .env("TRACER_BIN", root.join("target/release/tracer"));
+        .env("TRACER_BIN", root.join("target/release/tracer"))
+        .env("TRACER_TEST_CACHE", root.join(TEST_CACHE));
     check(&mut e2e)
 }

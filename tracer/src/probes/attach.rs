@@ -304,10 +304,11 @@ fn attach_pymalloc(
         let returns = f.program != "free_entry";
         let place = placement::choose(elf.bytes_at(file_offset, 32), !returns);
         let cookie = u64::from(f.func) | u64::from(f.context_first) << 32;
-        probes.attach(f.program, path, file_offset + place.offset, Some(cookie))?;
+        // The return probe first, as for libc's functions.
         if returns {
             probes.attach("alloc_return", path, file_offset + place.offset, None)?;
         }
+        probes.attach(f.program, path, file_offset + place.offset, Some(cookie))?;
         if place.how == How::SingleStepped {
             single_stepped.push(format!("{name} ({})", place.instruction));
         }
@@ -343,12 +344,14 @@ fn attach_allocators(
         }
         let code = elf.bytes_at(func.file_offset, 32);
         let place = placement::choose(code, !f.returns);
-        probes.attach(f.program, path, func.file_offset + place.offset, None)?;
         if f.returns {
             // Never past a NULL check here, so the return address is still
-            // at the stack pointer where the entry probe sits.
+            // at the stack pointer where the entry probe sits. Attached
+            // first: in a running process, an entry seen without its return
+            // would leave the thread's call in flight.
             probes.attach("alloc_return", path, func.file_offset + place.offset, None)?;
         }
+        probes.attach(f.program, path, func.file_offset + place.offset, None)?;
         if f.hot && place.how == How::SingleStepped {
             single_stepped_hot.push(format!("{} ({})", f.symbol, place.instruction));
         }

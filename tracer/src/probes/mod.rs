@@ -51,6 +51,7 @@ pub struct KernelCounters {
     pub nested_calls: u64,
     pub stale_in_flight: u64,
     pub unmatched_returns: u64,
+    pub lost_code: u64,
 }
 
 impl Probes {
@@ -174,6 +175,7 @@ impl Probes {
             nested_calls: sum(counter::NESTED_CALLS)?,
             stale_in_flight: sum(counter::STALE_PENDING)?,
             unmatched_returns: sum(counter::UNMATCHED_RETURNS)?,
+            lost_code: sum(counter::LOST_CODE)?,
         })
     }
 }

@@ -26,6 +26,13 @@ pub struct CodeObject {
 /// `co_flags` bit of 3.13's shim code objects (`CO_NO_MONITORING_EVENTS`).
 const CO_NO_MONITORING_EVENTS: u32 = 0x0200_0000;
 
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CodeError {
+    /// The frame's executable is another kind of object.
+    NotCode,
+    Unreadable(String),
+}
+
 impl CodeObject {
     /// Reads the code object at `addr`; `code_type` (the address of
     /// `PyCode_Type`), when known, must be its type.
@@ -34,14 +41,20 @@ impl CodeObject {
         layout: &CodeLayout,
         addr: u64,
         code_type: Option<u64>,
-    ) -> Result<Self, String> {
-        let e = |err: super::memory::ReadError| err.to_string();
+    ) -> Result<Self, CodeError> {
         if let Some(code_type) = code_type {
-            let ob_type = memory.u64(addr + 8).map_err(e)?;
+            let ob_type = memory
+                .u64(addr + 8)
+                .map_err(|e| CodeError::Unreadable(e.to_string()))?;
             if ob_type != code_type {
-                return Err(format!("{addr:#x} is not a code object"));
+                return Err(CodeError::NotCode);
             }
         }
+        Self::read_fields(memory, layout, addr).map_err(CodeError::Unreadable)
+    }
+
+    fn read_fields(memory: &Memory, layout: &CodeLayout, addr: u64) -> Result<Self, String> {
+        let e = |err: super::memory::ReadError| err.to_string();
         let name_at = layout.qualname.unwrap_or(layout.name);
         Ok(Self {
             name: read_str(memory, layout, memory.u64(addr + name_at).map_err(e)?)?,
@@ -52,8 +65,22 @@ impl CodeObject {
             )?,
             firstlineno: memory.u32(addr + layout.firstlineno).map_err(e)? as i32,
             table: read_bytes(memory, memory.u64(addr + layout.linetable).map_err(e)?)?,
-            hidden: memory.u32(addr + layout.flags).map_err(e)? & CO_NO_MONITORING_EVENTS != 0,
+            hidden: is_hidden(memory.u32(addr + layout.flags).map_err(e)?),
         })
+    }
+
+    /// A code object the kernel copied (`CodeRecord`).
+    pub fn from_record(rec: &tracer_common::CodeRecord) -> Self {
+        let text = |bytes: &[u8], len: u32, kind: u32| {
+            decode(&bytes[..(len as usize).min(bytes.len())], kind)
+        };
+        Self {
+            name: text(&rec.name, rec.name_len, rec.name_kind),
+            filename: text(&rec.filename, rec.filename_len, rec.filename_kind),
+            firstlineno: rec.firstlineno,
+            table: rec.table[..(rec.table_len as usize).min(rec.table.len())].to_vec(),
+            hidden: is_hidden(rec.co_flags),
+        }
     }
 
     /// The line of a frame of this code object (at `addr`) whose
@@ -72,6 +99,29 @@ impl CodeObject {
                 None => u32::try_from(self.firstlineno).ok(),
             },
         }
+    }
+}
+
+fn is_hidden(co_flags: u32) -> bool {
+    co_flags & CO_NO_MONITORING_EVENTS != 0
+}
+
+/// Characters of a compact string of `kind` bytes each.
+fn decode(raw: &[u8], kind: u32) -> String {
+    match kind {
+        1 => raw.iter().map(|&b| char::from(b)).collect(),
+        2 => String::from_utf16_lossy(
+            &raw.chunks_exact(2)
+                .map(|c| u16::from_ne_bytes([c[0], c[1]]))
+                .collect::<Vec<_>>(),
+        ),
+        _ => raw
+            .chunks_exact(4)
+            .map(|c| {
+                char::from_u32(u32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
+                    .unwrap_or(char::REPLACEMENT_CHARACTER)
+            })
+            .collect(),
     }
 }
 

@@ -94,6 +94,14 @@ impl Layout {
             code_firstlineno: 0,
             code_tag_bits: 0,
             _pad: 0,
+            // Filled from `CodeLayout` and by `python::detect`.
+            code_type: 0,
+            code_filename: 0,
+            code_name: 0,
+            code_linetable: 0,
+            code_flags: 0,
+            str_ascii_data: 0,
+            str_compact_data: 0,
         };
         let layout = match minor {
             8..=10 => Layout {
@@ -152,7 +160,21 @@ impl Layout {
             },
             _ => from_debug_offsets(minor, memory, runtime, base)?,
         };
-        Ok(layout)
+        let c = &layout.code;
+        // Every code and string offset is a few hundred bytes at most.
+        let small = |v: u64| v as u32;
+        Ok(Layout {
+            kernel: PyConfig {
+                code_filename: small(c.filename),
+                code_name: small(c.qualname.unwrap_or(c.name)),
+                code_linetable: small(c.linetable),
+                code_flags: small(c.flags),
+                str_ascii_data: small(c.ascii_data),
+                str_compact_data: small(c.compact_data),
+                ..layout.kernel
+            },
+            ..layout
+        })
     }
 }
 

@@ -11,7 +11,11 @@ use std::collections::HashMap;
 
 use tracer_common::{PyConfig, PyFrame};
 
-use self::{code::CodeObject, layout::Layout, memory::Memory};
+use self::{
+    code::{CodeError, CodeObject},
+    layout::Layout,
+    memory::Memory,
+};
 use crate::{
     elf::ElfFile,
     proc_maps::{FileId, Mapping, ProcessMaps, mapped_file_path},
@@ -93,24 +97,42 @@ pub fn detect(pid: u32, maps: &ProcessMaps) -> Result<Option<Interpreter>, Detec
     let runtime = bias.wrapping_add(runtime_vaddr);
     let memory = Memory::new(pid);
     let layout = Layout::for_version(minor, &memory, runtime)?;
-    let pthread_specific = glibc_specific_block(pid, maps).ok_or(DetectError::NotGlibc)?;
+    let pthread_specific = match glibc_specific_block(pid, maps) {
+        Some(offset) => offset,
+        // Still in its dynamic loader: libc is not mapped yet.
+        None if !maps_a_libc(maps) => return Ok(None),
+        None => return Err(DetectError::NotGlibc),
+    };
+    let code_type = elf.symbol("PyCode_Type").map(|v| bias.wrapping_add(v));
     Ok(Some(Interpreter {
         version: format!("3.{minor}"),
         module: mapping.path.clone(),
         config: PyConfig {
             runtime,
             pthread_specific,
+            code_type: code_type.unwrap_or(0),
             ..layout.kernel
         },
         layout,
-        code_type: elf.symbol("PyCode_Type").map(|v| bias.wrapping_add(v)),
+        code_type,
     }))
+}
+
+fn is_glibc_name(name: &str) -> bool {
+    name.starts_with("libc.so") || name.starts_with("libc-")
+}
+
+/// Whether a C library (glibc's, or musl's loader-and-libc) is mapped.
+fn maps_a_libc(maps: &ProcessMaps) -> bool {
+    maps.files().any(|m| {
+        let name = m.path.rsplit('/').next().unwrap_or("");
+        is_glibc_name(name) || name.starts_with("ld-musl") || name.starts_with("libc.musl")
+    })
 }
 
 fn glibc_specific_block(pid: u32, maps: &ProcessMaps) -> Option<u32> {
     maps.files().find_map(|m: &Mapping| {
-        let name = m.path.rsplit('/').next()?;
-        if !name.starts_with("libc.so") && !name.starts_with("libc-") {
+        if !is_glibc_name(m.path.rsplit('/').next()?) {
             return None;
         }
         tls::specific_block_offset(&ElfFile::open(&mapped_file_path(pid, maps, m)).ok()?)
@@ -134,7 +156,10 @@ struct Process {
     memory: Memory,
     /// By (address, co_firstlineno): a code object freed and another made
     /// at its address is read again unless both start on the same line.
-    codes: HashMap<(u64, i32), Result<CodeObject, String>>,
+    codes: HashMap<(u64, i32), Result<CodeObject, CodeError>>,
+    /// Kernel copies whose line table was cut: used only if the process can
+    /// no longer be read.
+    partial: HashMap<(u64, i32), CodeObject>,
 }
 
 /// Resolves Python frames of the traced CPython processes, while they run:
@@ -152,8 +177,23 @@ impl Resolver {
                 interpreter,
                 memory: Memory::new(pid),
                 codes: HashMap::new(),
+                partial: HashMap::new(),
             },
         );
+    }
+
+    /// A code object the kernel copied while `pid` ran it.
+    pub fn learn(&mut self, pid: u32, rec: &tracer_common::CodeRecord) {
+        let Some(p) = self.processes.get_mut(&pid) else {
+            return;
+        };
+        let key = (rec.code, rec.firstlineno);
+        let code = CodeObject::from_record(rec);
+        if rec.table_full == 0 {
+            p.codes.insert(key, Ok(code));
+        } else {
+            p.partial.insert(key, code);
+        }
     }
 
     /// `pid` replaced its image: its code objects are gone.
@@ -185,14 +225,20 @@ impl Resolver {
         }
         let module = format!("python{}", p.interpreter.version);
         let layout = p.interpreter.layout;
-        let code = p
-            .codes
-            .entry((frame.code, frame.firstlineno))
-            .or_insert_with(|| {
-                CodeObject::read(&p.memory, &layout.code, frame.code, p.interpreter.code_type)
-            });
+        let key = (frame.code, frame.firstlineno);
+        let code = p.codes.entry(key).or_insert_with(|| {
+            match CodeObject::read(&p.memory, &layout.code, frame.code, p.interpreter.code_type) {
+                Err(CodeError::Unreadable(why)) => {
+                    p.partial.remove(&key).ok_or(CodeError::Unreadable(why))
+                }
+                read => read,
+            }
+        });
         match code {
             Ok(code) if code.hidden => None,
+            // Frames whose executable is no code object are the
+            // interpreter's own (3.13's shims, 3.14's base frame).
+            Err(CodeError::NotCode) => None,
             Ok(code) => Some(PyLocation {
                 module,
                 function: code.name.clone(),
@@ -200,7 +246,7 @@ impl Resolver {
                 line: code.line(layout.code.lines, frame.code, frame.instr),
                 unknown: None,
             }),
-            Err(why) => Some(unknown(module, why.clone())),
+            Err(CodeError::Unreadable(why)) => Some(unknown(module, why.clone())),
         }
     }
 }

@@ -107,10 +107,13 @@ pub struct Counters {
     pub implied_frees: u64,
     pub unmatched_unmaps: u64,
     pub in_flight_full: u64,
+    pub nested_calls: u64,
     pub stale_in_flight: u64,
     pub unmatched_returns: u64,
     pub malformed_records: u64,
     pub truncated_stacks: u64,
+    /// Python code objects the kernel could not copy (ring buffer full).
+    pub lost_code: u64,
 }
 
 /// Totals over every traced process.
