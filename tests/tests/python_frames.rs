@@ -120,7 +120,7 @@ fn each_thread_leaks_in_its_own_function() {
 
 #[test]
 fn small_objects_with_pymalloc() {
-    const COUNT: u64 = 20_000;
+    const COUNT: u64 = 5_000;
     let line = line_of(&workload("small_leak.py"), "# LEAK");
     for_each_interpreter(|python| {
         // LTO builds inline the object allocator into its callers, where no

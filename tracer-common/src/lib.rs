@@ -49,6 +49,10 @@ pub mod func {
     pub const PYOBJECT_MALLOC: u32 = 11;
     pub const PYOBJECT_CALLOC: u32 = 12;
     pub const PYOBJECT_REALLOC: u32 = 13;
+    /// CPython's `PyMem_*` domain, served by the same allocator.
+    pub const PYMEM_MALLOC: u32 = 14;
+    pub const PYMEM_CALLOC: u32 = 15;
+    pub const PYMEM_REALLOC: u32 = 16;
 }
 
 /// `Header::flags` bits.

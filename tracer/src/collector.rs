@@ -153,7 +153,9 @@ impl Collector {
         );
         let (pid, tid, ts_ns) = (h.pid, h.tid, h.ts_ns);
         Some(match rec.func {
-            func::REALLOC | func::REALLOCARRAY | func::PYOBJECT_REALLOC if rec.old_addr != 0 => {
+            func::REALLOC | func::REALLOCARRAY | func::PYOBJECT_REALLOC | func::PYMEM_REALLOC
+                if rec.old_addr != 0 =>
+            {
                 HeapEvent::Realloc {
                     pid,
                     tid,

@@ -7,8 +7,9 @@ use anyhow::{Context as _, Result, bail};
 use log::{debug, info};
 
 /// Oldest kernel with everything used: BPF ring buffers (5.8),
-/// `bpf_get_current_task_btf` and `bpf_task_pt_regs` (5.15).
-const MIN_KERNEL: (u32, u32) = (5, 15);
+/// `bpf_get_current_task_btf`, `bpf_task_pt_regs` and uprobe attach cookies
+/// (5.15), `bpf_loop` (5.17).
+const MIN_KERNEL: (u32, u32) = (5, 17);
 
 pub fn check() -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
@@ -129,6 +130,7 @@ mod tests {
     fn parses_kernel_releases() {
         assert_eq!(kernel_version("6.18.44-fc-v657"), Some((6, 18)));
         assert_eq!(kernel_version("5.15.0-91-generic"), Some((5, 15)));
+        assert!(kernel_version("5.15.0-91-generic").is_some_and(|v| v < MIN_KERNEL));
         assert_eq!(kernel_version("4.19"), Some((4, 19)));
         assert_eq!(kernel_version("garbage"), None);
         assert!(kernel_version("5.4.0").is_some_and(|v| v < MIN_KERNEL));

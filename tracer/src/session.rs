@@ -448,6 +448,10 @@ pub async fn record(args: RecordArgs) -> Result<()> {
     if let Some(dir) = &args.output {
         write_outputs(dir, &report, args.top)?;
     }
+    use std::io::Write as _;
+    std::io::stdout().flush()?;
+    drop((ring, logger));
+    rec.probes.detach_in_background();
     Ok(())
 }
 

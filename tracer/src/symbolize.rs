@@ -334,6 +334,9 @@ pub fn allocator_name(func: u32) -> &'static str {
         func::PYOBJECT_MALLOC => "PyObject_Malloc",
         func::PYOBJECT_CALLOC => "PyObject_Calloc",
         func::PYOBJECT_REALLOC => "PyObject_Realloc",
+        func::PYMEM_MALLOC => "PyMem_Malloc",
+        func::PYMEM_CALLOC => "PyMem_Calloc",
+        func::PYMEM_REALLOC => "PyMem_Realloc",
         _ => "[allocation]",
     }
 }

@@ -60,7 +60,8 @@ const ALLOC_FUNCTIONS: [AllocFunction; 10] = [
     },
 ];
 
-/// CPython's object allocator (`--pymalloc`): the exported entry points,
+/// CPython's object allocator (`--pymalloc`): the exported entry points of
+/// its object and mem domains (both served by pymalloc since 3.6),
 /// and the functions behind them (static in obmalloc.c, `.lto_priv.N` in LTO
 /// builds, found in the file's symbol table or its build-id debug file),
 /// which take the allocator's context pointer first. A call of one from the
@@ -86,7 +87,7 @@ const fn pyalloc(
     }
 }
 
-const PYMALLOC_FUNCTIONS: [PyAllocFunction; 8] = [
+const PYMALLOC_FUNCTIONS: [PyAllocFunction; 12] = [
     pyalloc(
         "PyObject_Malloc",
         "malloc_entry",
@@ -106,6 +107,10 @@ const PYMALLOC_FUNCTIONS: [PyAllocFunction; 8] = [
         false,
     ),
     pyalloc("PyObject_Free", "free_entry", 0, false),
+    pyalloc("PyMem_Malloc", "malloc_entry", func::PYMEM_MALLOC, false),
+    pyalloc("PyMem_Calloc", "calloc_entry", func::PYMEM_CALLOC, false),
+    pyalloc("PyMem_Realloc", "realloc_entry", func::PYMEM_REALLOC, false),
+    pyalloc("PyMem_Free", "free_entry", 0, false),
     pyalloc(
         "_PyObject_Malloc",
         "malloc_entry",
@@ -285,7 +290,14 @@ fn attach_pymalloc(
     let mut probed_addresses = Vec::new();
     let mut single_stepped = Vec::new();
     for f in &PYMALLOC_FUNCTIONS {
-        let matches = |name: &str| is_symbol_or_lto_copy(name, f.symbol);
+        // Without LTO every call of the internal functions comes through the
+        // exported ones, and probing both would report each free twice
+        // (frees have no return probe to tell nesting): only LTO copies,
+        // which inlined callers reach directly, are probed.
+        let matches = |name: &str| {
+            is_symbol_or_lto_copy(name, f.symbol)
+                && (!f.context_first || name.contains(".lto_priv."))
+        };
         let Some((name, found)) = elf
             .find_function(matches)
             .or_else(|| debug.as_ref()?.find_function(matches))

@@ -179,3 +179,39 @@ impl Probes {
         })
     }
 }
+
+impl Probes {
+    /// Removes the probes without making this process wait for it.
+    ///
+    /// Each uprobe removal waits for an RCU grace period, one after the
+    /// other (~80 ms each here, seconds for all of them), in whichever
+    /// process drops the last reference to its perf event. So the probes are
+    /// silenced now, and a child that shares the descriptors outlives this
+    /// process: its exit drops the last references, in the background. If
+    /// the child is killed instead, its exit does the same.
+    pub fn detach_in_background(mut self) {
+        let pids: Vec<u32> = self.traced.keys().filter_map(Result::ok).collect();
+        for pid in pids {
+            self.untrace_pid(pid);
+        }
+        // SAFETY: the runtime is single-threaded (current_thread), and the
+        // child only makes async-signal-safe calls before _exit.
+        match unsafe { nix::unistd::fork() } {
+            Ok(nix::unistd::ForkResult::Child) => unsafe {
+                let parent = libc::getppid();
+                // Do not hold the terminal or a reader's pipe open.
+                let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+                for fd in 0..3 {
+                    libc::dup2(null, fd);
+                }
+                while libc::getppid() == parent {
+                    libc::usleep(10_000);
+                }
+                libc::_exit(0);
+            },
+            // This process's references go when it exits, before the child's.
+            Ok(nix::unistd::ForkResult::Parent { .. }) => std::mem::forget(self),
+            Err(err) => log::debug!("removing probes in the foreground: {err}"),
+        }
+    }
+}
