@@ -36,6 +36,8 @@ use crate::{
 /// its map is read again this often, for this long, to probe them.
 const EXEC_RESCAN_EVERY: Duration = Duration::from_millis(5);
 const EXEC_RESCAN_FOR: Duration = Duration::from_secs(2);
+/// `--all`: when an exec'd process not named python* is checked for a CPython.
+const EXEC_SETTLE: Duration = Duration::from_millis(200);
 
 struct Target {
     command: String,
@@ -384,7 +386,14 @@ pub async fn record(args: RecordArgs) -> Result<()> {
             } = notice
                 && (rec.targets.contains_key(&pid) || args.all)
             {
-                rescans.insert(pid, (Instant::now() + EXEC_RESCAN_FOR, traced_by_name));
+                // --all: other processes' execs are looked at once, when their
+                // loader is done: a busy host execs hundreds a second.
+                let wait = if traced_by_name || rec.targets.contains_key(&pid) {
+                    EXEC_RESCAN_FOR
+                } else {
+                    EXEC_SETTLE
+                };
+                rescans.insert(pid, (Instant::now() + wait, traced_by_name));
                 if let Some(t) = rec.targets.get_mut(&pid) {
                     t.command = command_line(pid);
                 }
@@ -400,7 +409,7 @@ pub async fn record(args: RecordArgs) -> Result<()> {
                     }
                 }
                 // --all: a new process, adopted once it shows a CPython.
-                false => {
+                false if traced_by_name || now >= until => {
                     if adopt(&mut rec, pid) {
                         watch_exit(pid, exit_tx.clone()).unwrap_or_else(|e| debug!("{e:#}"));
                         done.push(pid);
@@ -411,6 +420,7 @@ pub async fn record(args: RecordArgs) -> Result<()> {
                         rec.collector.heap.forget(pid);
                     }
                 }
+                false => {}
             }
             if now >= until {
                 done.push(pid);

@@ -145,21 +145,7 @@ fn read_str(memory: &Memory, layout: &CodeLayout, addr: u64) -> Result<String, S
     let raw = memory
         .read(data, length as usize * kind as usize)
         .map_err(e)?;
-    Ok(match kind {
-        1 => raw.iter().map(|&b| char::from(b)).collect(),
-        2 => String::from_utf16_lossy(
-            &raw.chunks_exact(2)
-                .map(|c| u16::from_ne_bytes([c[0], c[1]]))
-                .collect::<Vec<_>>(),
-        ),
-        _ => raw
-            .chunks_exact(4)
-            .map(|c| {
-                char::from_u32(u32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
-                    .unwrap_or(char::REPLACEMENT_CHARACTER)
-            })
-            .collect(),
-    })
+    Ok(decode(&raw, kind))
 }
 
 /// A `bytes` object's contents.
