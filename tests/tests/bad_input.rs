@@ -65,9 +65,15 @@ fn pid_without_libc() {
 
 #[test]
 fn not_root() {
+    // A copy nobody can reach: the checkout may be in root's home.
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let copy = dir.path().join("tracer");
+    std::fs::copy(tracer_path(), &copy).expect("copy tracer");
     let out = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(tracer_path())
+        .arg(&copy)
         .args(["record", "--pid", "1"])
         .stdin(Stdio::null())
         .output()
