@@ -228,9 +228,10 @@ fn build() -> Result<()> {
 fn test(root: &Path, harness_args: &[OsString]) -> Result<()> {
     if !is_root() {
         bail!(
-            "the end-to-end tests load eBPF programs and need root: run `sudo -E cargo xtask test`"
+            "the end-to-end tests load eBPF programs and need root: run `sudo -E env PATH=\"$PATH\" cargo xtask test`"
         );
     }
+    interpreters::ensure(&root.join(TEST_CACHE))?;
     check(Command::new("cargo").args(["fmt", "--all", "--check"]))?;
     check(Command::new("cargo").args([
         "clippy",
