@@ -2,7 +2,7 @@
 
 use std::{ffi::OsString, path::PathBuf};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Traces memory allocations of running Python (and other) processes with
 /// eBPF, without restarting or changing them, and reports what leaks and
@@ -22,6 +22,100 @@ pub enum Command {
     /// Record allocations of running processes (--pid) or of a command
     /// started by tracer (after --), then print the leak and hotspot reports.
     Record(RecordArgs),
+    /// Make a report from a capture (`record -o DIR` writes DIR/capture.tracer):
+    /// offline, on any machine, without root.
+    Report(ReportArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ReportKind {
+    /// Live allocations at the end (or when each process began to exit).
+    Leaks,
+    /// Bytes allocated per stack.
+    Hotspots,
+    /// The live set at each process's highest live heap.
+    Peak,
+    /// Allocations freed soon after they were made.
+    Temporary,
+    /// Per process and thread: allocated, freed, live, peak.
+    Summary,
+    /// An interactive SVG flamegraph (of --of).
+    Flamegraph,
+    /// A gzipped pprof profile (alloc_* and inuse_* sample types).
+    Pprof,
+    /// A speedscope JSON profile (of --of).
+    Speedscope,
+    /// One self-contained HTML page with all of it.
+    Html,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+/// What a flamegraph or speedscope profile weighs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Of {
+    Leaks,
+    Hotspots,
+    Peak,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The capture file.
+    pub capture: PathBuf,
+
+    #[arg(value_enum, default_value_t = ReportKind::Summary)]
+    pub kind: ReportKind,
+
+    /// Write the report to FILE instead of stdout.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    /// text or json (report.json, with every section) for leaks, hotspots,
+    /// peak, temporary and summary.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+
+    /// Flamegraph and speedscope: which report to draw.
+    #[arg(long, value_enum, default_value_t = Of::Leaks)]
+    pub of: Of,
+
+    #[command(flatten)]
+    pub view: ViewArgs,
+
+    /// Temporary: freed within this many milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 1.0)]
+    pub temporary_ms: f64,
+
+    /// Temporary: freed before this many more allocations of the same
+    /// thread (memray's threshold), instead of --temporary-ms.
+    #[arg(long, value_name = "N")]
+    pub temporary_allocations: Option<u64>,
+}
+
+/// How entries are chosen and shown, in every report.
+#[derive(Debug, Args)]
+pub struct ViewArgs {
+    /// Leaks: only allocations at least this old when the leak set was
+    /// taken (like memleak's -o).
+    #[arg(long, value_name = "SECS", default_value_t = 0.0)]
+    pub min_age: f64,
+
+    /// Show the N largest entries of each report (text and JSON).
+    #[arg(short = 'T', long, value_name = "N", default_value_t = 10)]
+    pub top: usize,
+
+    /// Show Python frames only (after the allocation function).
+    #[arg(long, conflicts_with = "native_only")]
+    pub python_only: bool,
+
+    /// Show native frames only.
+    #[arg(long)]
+    pub native_only: bool,
 }
 
 #[derive(Debug, Args)]
@@ -41,32 +135,24 @@ pub struct RecordArgs {
     #[arg(long)]
     pub pymalloc: bool,
 
-    /// Show Python frames only (after the allocation function).
-    #[arg(long, conflicts_with = "native_only")]
-    pub python_only: bool,
-
-    /// Show native frames only.
-    #[arg(long)]
-    pub native_only: bool,
+    #[command(flatten)]
+    pub view: ViewArgs,
 
     /// Stop recording after this many seconds (default: until every target
     /// exits, or Ctrl-C / SIGTERM).
     #[arg(short, long, value_name = "SECS")]
     pub duration: Option<f64>,
 
-    /// Also write report.json, stacks.folded (leaked bytes) and
+    /// Also write capture.tracer (every event, to report again with
+    /// `tracer report`), report.json, stacks.folded (leaked bytes) and
     /// hotspots.folded (allocated bytes) into this directory.
     #[arg(short, long, value_name = "DIR")]
     pub output: Option<PathBuf>,
 
-    /// Leaks: only allocations at least this old when the leak set was
-    /// taken (like memleak's -o).
-    #[arg(long, value_name = "SECS", default_value_t = 0.0)]
-    pub min_age: f64,
-
-    /// Show the N largest entries of each report (text and JSON).
-    #[arg(short = 'T', long, value_name = "N", default_value_t = 10)]
-    pub top: usize,
+    /// With --output: how often to sample each process's memory (live heap
+    /// and resident set) and make the capture readable up to now, in ms.
+    #[arg(long, value_name = "MS", default_value_t = 100)]
+    pub sample_ms: u64,
 
     /// Ring buffer between the kernel and tracer, in MiB (a power of two).
     #[arg(long, value_name = "MIB", default_value_t = 32)]
@@ -75,4 +161,19 @@ pub struct RecordArgs {
     /// The command to start and trace from its first allocation.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,
+}
+
+impl ViewArgs {
+    pub fn view(&self) -> crate::symbolize::View {
+        use crate::symbolize::View;
+        match (self.python_only, self.native_only) {
+            (true, _) => View::Python,
+            (_, true) => View::Native,
+            _ => View::Mixed,
+        }
+    }
+
+    pub fn min_age_ns(&self) -> u64 {
+        (self.min_age.max(0.0) * 1e9) as u64
+    }
 }

@@ -27,6 +27,8 @@ pub struct Collector {
     pub heap: HeapModel,
     /// Records too short for their kind: a tracer bug if ever non-zero.
     pub malformed: u64,
+    /// With `Some`, every event applied is also kept here for a capture.
+    pub journal: Option<Vec<HeapEvent>>,
     frames: Vec<u64>,
     python: Vec<PyFrame>,
 }
@@ -40,6 +42,14 @@ fn read<T: Copy>(bytes: &[u8]) -> Option<T> {
 }
 
 impl Collector {
+    /// `journal`: keep the events applied, for a capture.
+    pub fn new(journal: bool) -> Self {
+        Self {
+            journal: journal.then(Vec::new),
+            ..Self::default()
+        }
+    }
+
     pub fn apply(&mut self, bytes: &[u8]) -> Option<Notice> {
         let Some(header) = read::<Header>(bytes) else {
             self.malformed += 1;
@@ -56,12 +66,14 @@ impl Collector {
                 if header.kind == kind::FREE {
                     HeapEvent::Free {
                         pid,
+                        tid: header.tid,
                         ts_ns: header.ts_ns,
                         addr: rec.addr,
                     }
                 } else {
                     HeapEvent::Unmap {
                         pid,
+                        tid: header.tid,
                         ts_ns: header.ts_ns,
                         addr: rec.addr,
                         len: rec.len,
@@ -76,7 +88,7 @@ impl Collector {
                 };
                 // Its libraries may be unmapped soon: keep its map as it is now.
                 self.stacks.refresh_maps(pid);
-                self.heap.apply(&HeapEvent::Exiting {
+                self.record(HeapEvent::Exiting {
                     pid,
                     ts_ns: header.ts_ns,
                     reason,
@@ -102,8 +114,15 @@ impl Collector {
                 return None;
             }
         };
-        self.heap.apply(&event);
+        self.record(event);
         None
+    }
+
+    fn record(&mut self, event: HeapEvent) {
+        self.heap.apply(&event);
+        if let Some(journal) = &mut self.journal {
+            journal.push(event);
+        }
     }
 
     fn alloc_event(&mut self, bytes: &[u8]) -> Option<HeapEvent> {

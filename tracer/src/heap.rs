@@ -13,7 +13,7 @@ use crate::stacks::StackId;
 pub type Pid = u32;
 
 /// One event, as the heap model needs it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum HeapEvent {
     Alloc {
         pid: Pid,
@@ -35,6 +35,7 @@ pub enum HeapEvent {
     },
     Free {
         pid: Pid,
+        tid: u32,
         ts_ns: u64,
         addr: u64,
     },
@@ -59,6 +60,7 @@ pub enum HeapEvent {
     },
     Unmap {
         pid: Pid,
+        tid: u32,
         ts_ns: u64,
         addr: u64,
         len: u64,
@@ -71,7 +73,7 @@ pub enum HeapEvent {
     },
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ExitReason {
     /// CPython's `Py_FinalizeEx` was entered.
@@ -102,7 +104,8 @@ pub struct StackStats {
 pub struct Totals {
     /// Allocations, reallocations and anonymous mappings.
     pub allocs: u64,
-    /// Frees and unmaps that matched a live allocation.
+    /// Frees that matched a live allocation, and mappings (or the parts of
+    /// them) unmapped.
     pub frees: u64,
     pub bytes_allocated: u64,
     pub bytes_freed: u64,
@@ -115,6 +118,27 @@ pub struct Totals {
     /// Allocations returned at an address that was still live: the free in
     /// between was not seen.
     pub implied_frees: u64,
+}
+
+/// What one thread's allocations came to. Memory is charged to the thread
+/// that allocated it, whichever thread frees it, so that a thread's live
+/// bytes are the memory it is responsible for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ThreadTotals {
+    pub allocs: u64,
+    pub bytes_allocated: u64,
+    pub frees: u64,
+    pub bytes_freed: u64,
+    pub live_bytes: u64,
+    /// Its most live bytes at once.
+    pub peak_bytes: u64,
+}
+
+/// A process's highest live heap, and when it was first reached.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Peak {
+    pub bytes: u64,
+    pub ts_ns: u64,
 }
 
 /// The live set when a process began to exit.
@@ -132,6 +156,8 @@ pub struct ProcessHeap {
     regions: BTreeMap<u64, Allocation>,
     stacks: HashMap<StackId, StackStats>,
     totals: Totals,
+    threads: BTreeMap<u32, ThreadTotals>,
+    peak: Peak,
     exit: Option<ExitSnapshot>,
 }
 
@@ -142,6 +168,15 @@ impl ProcessHeap {
 
     pub fn stacks(&self) -> &HashMap<StackId, StackStats> {
         &self.stacks
+    }
+
+    /// By thread id.
+    pub fn threads(&self) -> &BTreeMap<u32, ThreadTotals> {
+        &self.threads
+    }
+
+    pub fn peak(&self) -> Peak {
+        self.peak
     }
 
     pub fn exit_snapshot(&self) -> Option<&ExitSnapshot> {
@@ -168,6 +203,9 @@ impl ProcessHeap {
         s.live_count += 1;
         self.totals.live_bytes += a.size;
         self.totals.live_count += 1;
+        let t = self.threads.entry(a.tid).or_default();
+        t.live_bytes += a.size;
+        t.peak_bytes = t.peak_bytes.max(t.live_bytes);
     }
 
     fn remove_live(&mut self, a: &Allocation) {
@@ -177,6 +215,9 @@ impl ProcessHeap {
         }
         self.totals.live_bytes = self.totals.live_bytes.saturating_sub(a.size);
         self.totals.live_count = self.totals.live_count.saturating_sub(1);
+        if let Some(t) = self.threads.get_mut(&a.tid) {
+            t.live_bytes = t.live_bytes.saturating_sub(a.size);
+        }
     }
 
     fn count_alloc(&mut self, a: &Allocation) {
@@ -185,6 +226,17 @@ impl ProcessHeap {
         s.alloc_count += 1;
         self.totals.allocs += 1;
         self.totals.bytes_allocated += a.size;
+        let t = self.threads.entry(a.tid).or_default();
+        t.allocs += 1;
+        t.bytes_allocated += a.size;
+    }
+
+    fn count_free(&mut self, a: &Allocation) {
+        self.totals.frees += 1;
+        self.totals.bytes_freed += a.size;
+        let t = self.threads.entry(a.tid).or_default();
+        t.frees += 1;
+        t.bytes_freed += a.size;
     }
 
     fn alloc(&mut self, addr: u64, a: Allocation) {
@@ -199,8 +251,7 @@ impl ProcessHeap {
     fn free(&mut self, addr: u64) {
         match self.live.remove(&addr) {
             Some(old) => {
-                self.totals.frees += 1;
-                self.totals.bytes_freed += old.size;
+                self.count_free(&old);
                 self.remove_live(&old);
             }
             None => self.totals.unmatched_frees += 1,
@@ -255,6 +306,16 @@ impl ProcessHeap {
     }
 
     pub fn apply(&mut self, event: &HeapEvent) {
+        self.apply_event(event);
+        if self.totals.live_bytes > self.peak.bytes {
+            self.peak = Peak {
+                bytes: self.totals.live_bytes,
+                ts_ns: event.ts_ns(),
+            };
+        }
+    }
+
+    fn apply_event(&mut self, event: &HeapEvent) {
         match *event {
             HeapEvent::Alloc {
                 tid,
@@ -323,9 +384,9 @@ impl ProcessHeap {
                 // was mapped before tracing, or from a file.
                 let removed = self.unmap(old_addr, old_addr.saturating_add(old_len));
                 if !removed.is_empty() {
-                    let freed: u64 = removed.iter().map(|(_, r)| r.size).sum();
-                    self.totals.frees += 1;
-                    self.totals.bytes_freed += freed;
+                    for (_, r) in &removed {
+                        self.count_free(r);
+                    }
                     self.map(
                         addr,
                         Allocation {
@@ -341,9 +402,9 @@ impl ProcessHeap {
                 let removed = self.unmap(addr, addr.saturating_add(len));
                 if removed.is_empty() {
                     self.totals.unmatched_unmaps += 1;
-                } else {
-                    self.totals.frees += 1;
-                    self.totals.bytes_freed += removed.iter().map(|(_, r)| r.size).sum::<u64>();
+                }
+                for (_, r) in &removed {
+                    self.count_free(r);
                 }
             }
             HeapEvent::Exiting { ts_ns, reason, .. } => {
@@ -386,6 +447,18 @@ impl HeapModel {
 }
 
 impl HeapEvent {
+    pub fn ts_ns(&self) -> u64 {
+        match *self {
+            HeapEvent::Alloc { ts_ns, .. }
+            | HeapEvent::Realloc { ts_ns, .. }
+            | HeapEvent::Free { ts_ns, .. }
+            | HeapEvent::Map { ts_ns, .. }
+            | HeapEvent::Remap { ts_ns, .. }
+            | HeapEvent::Unmap { ts_ns, .. }
+            | HeapEvent::Exiting { ts_ns, .. } => ts_ns,
+        }
+    }
+
     pub fn pid(&self) -> Pid {
         match *self {
             HeapEvent::Alloc { pid, .. }
@@ -421,6 +494,7 @@ mod tests {
     fn free(addr: u64) -> HeapEvent {
         HeapEvent::Free {
             pid: PID,
+            tid: PID,
             ts_ns: 0,
             addr,
         }
@@ -440,6 +514,7 @@ mod tests {
     fn unmap(addr: u64, len: u64) -> HeapEvent {
         HeapEvent::Unmap {
             pid: PID,
+            tid: PID,
             ts_ns: 0,
             addr,
             len,
@@ -483,6 +558,75 @@ mod tests {
         let mut leaks = p.leak_set();
         leaks.sort_by_key(|a| a.ts_ns);
         assert_eq!(leaks.iter().map(|a| a.size).collect::<Vec<_>>(), [50, 100]);
+    }
+
+    #[test]
+    fn threads_are_charged_for_what_they_allocate_and_peak_is_kept() {
+        let on = |tid: u32, e: HeapEvent| match e {
+            HeapEvent::Alloc {
+                pid,
+                ts_ns,
+                addr,
+                size,
+                stack,
+                ..
+            } => HeapEvent::Alloc {
+                pid,
+                tid,
+                ts_ns,
+                addr,
+                size,
+                stack,
+            },
+            HeapEvent::Free {
+                pid, ts_ns, addr, ..
+            } => HeapEvent::Free {
+                pid,
+                tid,
+                ts_ns,
+                addr,
+            },
+            other => other,
+        };
+        let m = model(&[
+            on(1, alloc(0x1000, 100, S1, 1)),
+            on(2, alloc(0x2000, 300, S2, 2)),
+            on(1, free(0x2000)), // thread 1 frees thread 2's memory
+            on(2, alloc(0x3000, 50, S2, 4)),
+            map(0x10_0000, 4096, S1),
+            unmap(0x10_0000, 1024),
+        ]);
+        let p = m.process(PID).expect("process");
+        let t1 = p.threads()[&1];
+        assert_eq!(
+            (t1.allocs, t1.frees, t1.live_bytes, t1.peak_bytes),
+            (1, 0, 100, 100)
+        );
+        let t2 = p.threads()[&2];
+        assert_eq!(
+            (
+                t2.allocs,
+                t2.bytes_allocated,
+                t2.frees,
+                t2.bytes_freed,
+                t2.live_bytes,
+                t2.peak_bytes
+            ),
+            (2, 350, 1, 300, 50, 300)
+        );
+        let mapper = p.threads()[&PID];
+        assert_eq!(
+            (mapper.bytes_freed, mapper.live_bytes, mapper.peak_bytes),
+            (1024, 3072, 4096)
+        );
+        assert_eq!(
+            p.peak(),
+            Peak {
+                bytes: 150 + 4096,
+                ts_ns: 0
+            }
+        );
+        assert_eq!(p.totals().bytes_freed, 300 + 1024);
     }
 
     #[test]

@@ -20,6 +20,7 @@ use tokio::{
 };
 
 use crate::{
+    capture::{self, Record},
     cli::RecordArgs,
     clock::monotonic_ns,
     collector::{Collector, Notice},
@@ -28,7 +29,7 @@ use crate::{
     probes::{AttachedFiles, Probes},
     proc_maps::ProcessMaps,
     python::{self, DetectError},
-    report::{self, Counters, ProcessInfo, Report},
+    report::{self, Counters, ProcessInfo, Recorded, Report},
     symbolize::{Symbolizer, View},
 };
 
@@ -36,6 +37,8 @@ use crate::{
 /// its map is read again this often, for this long, to probe them.
 const EXEC_RESCAN_EVERY: Duration = Duration::from_millis(5);
 const EXEC_RESCAN_FOR: Duration = Duration::from_secs(2);
+/// The capture's name in `--output`.
+pub const CAPTURE_FILE: &str = "capture.tracer";
 /// `--all`: when an exec'd process not named python* is checked for a CPython.
 const EXEC_SETTLE: Duration = Duration::from_millis(200);
 
@@ -169,9 +172,158 @@ struct Recording {
     files: AttachedFiles,
     collector: Collector,
     targets: BTreeMap<u32, Target>,
+    capture: Option<Capture>,
+}
+
+/// The capture being written (`--output`).
+struct Capture {
+    path: std::path::PathBuf,
+    writer: capture::Writer,
+    /// Made at the first write, when the targets' libraries are known (for
+    /// the debug directories beside unpacked interpreters).
+    symbolizer: Option<Symbolizer>,
+    /// Stacks 0 to `stacks_written - 1` are in the file.
+    stacks_written: usize,
+    processes_written: std::collections::HashSet<u32>,
+}
+
+/// A process's resident set in bytes, from /proc/PID/statm.
+fn rss_bytes(pid: u32) -> Option<u64> {
+    let statm = fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page).ok()?)
 }
 
 impl Recording {
+    /// Writes what the capture lacks: the events since the last call, new
+    /// processes, stacks (symbolized), and a memory sample of each running
+    /// target; then makes it all readable from the file.
+    fn write_capture(&mut self) -> Result<()> {
+        let Some(cap) = &mut self.capture else {
+            return Ok(());
+        };
+        let path = cap.path.display().to_string();
+        let write_err = |e| anyhow::anyhow!("writing {path}: {e}");
+        let events = self
+            .collector
+            .journal
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default();
+        for event in events {
+            cap.writer.write(&Record::Event(event)).map_err(write_err)?;
+        }
+        let infos = Self::infos(&self.targets, &self.collector);
+        for info in &infos {
+            if cap.processes_written.insert(info.pid) {
+                cap.writer.write(&process_record(info)).map_err(write_err)?;
+            }
+        }
+        let stacks = &self.collector.stacks;
+        let symbolizer = cap
+            .symbolizer
+            .get_or_insert_with(|| Symbolizer::new(&stacks.modules.debug_dirs()));
+        for id in cap.stacks_written..stacks.len() {
+            let id = crate::stacks::StackId(id as u32);
+            let def = symbolizer.stack(stacks, id).clone();
+            cap.writer
+                .write(&Record::Stack { id, def })
+                .map_err(write_err)?;
+        }
+        cap.stacks_written = self.collector.stacks.len();
+        let now = monotonic_ns();
+        for (&pid, _) in self.targets.iter().filter(|(_, t)| !t.exited) {
+            let sample = Record::Sample {
+                pid,
+                ts_ns: now,
+                live_bytes: self
+                    .collector
+                    .heap
+                    .process(pid)
+                    .map_or(0, |p| p.totals().live_bytes),
+                rss_bytes: rss_bytes(pid),
+            };
+            cap.writer.write(&sample).map_err(write_err)?;
+        }
+        cap.writer.flush().map_err(write_err)
+    }
+
+    /// Ends the capture: final process facts, counters, the end time.
+    fn finish_capture(&mut self) -> Result<Option<std::path::PathBuf>> {
+        self.write_capture()?;
+        let counters = self.counters()?;
+        let infos = Self::infos(&self.targets, &self.collector);
+        let Some(mut cap) = self.capture.take() else {
+            return Ok(None);
+        };
+        let path = cap.path.clone();
+        let shown = path.display().to_string();
+        let write_err = |e| anyhow::anyhow!("writing {shown}: {e}");
+        for info in &infos {
+            cap.writer.write(&process_record(info)).map_err(write_err)?;
+            if let Some(status) = &info.exit_status {
+                cap.writer
+                    .write(&Record::ExitStatus {
+                        pid: info.pid,
+                        status: status.clone(),
+                    })
+                    .map_err(write_err)?;
+            }
+        }
+        cap.writer
+            .write(&Record::Counters(counters))
+            .map_err(write_err)?;
+        cap.writer
+            .write(&Record::End {
+                end_ns: monotonic_ns(),
+            })
+            .map_err(write_err)?;
+        cap.writer.finish().map_err(write_err)?;
+        Ok(Some(path))
+    }
+
+    /// The kernel's counters and the collector's.
+    fn counters(&self) -> Result<Counters> {
+        let k = self.probes.counters()?;
+        Ok(Counters {
+            events: k.events,
+            lost_events: k.lost_events,
+            lost_stacks: k.lost_stacks,
+            in_flight_full: k.in_flight_full,
+            stale_in_flight: k.stale_in_flight,
+            unmatched_returns: k.unmatched_returns,
+            nested_calls: k.nested_calls,
+            lost_code: k.lost_code,
+            malformed_records: self.collector.malformed,
+            ..Counters::default()
+        })
+    }
+
+    fn process_infos(&self) -> Vec<ProcessInfo> {
+        Self::infos(&self.targets, &self.collector)
+    }
+
+    fn infos(targets: &BTreeMap<u32, Target>, collector: &Collector) -> Vec<ProcessInfo> {
+        targets
+            .iter()
+            .map(|(&pid, t)| ProcessInfo {
+                pid,
+                explicit: t.explicit,
+                command: t.command.clone(),
+                exit: None,
+                exit_status: t.exit_status.clone(),
+                python: collector
+                    .stacks
+                    .python
+                    .interpreter(pid)
+                    .map(|i| describe(&i.version, &i.module)),
+                notes: t.notes.clone(),
+            })
+            .collect()
+    }
+
     /// Probes the files `pid` maps, opens them for its stacks, and if it
     /// runs CPython configures its Python frames. Safe to repeat.
     fn setup(&mut self, pid: u32) -> Result<Setup> {
@@ -202,6 +354,16 @@ impl Recording {
             Err(err) => Err(err),
         };
         Ok(Setup { allocator, python })
+    }
+}
+
+fn process_record(info: &ProcessInfo) -> Record {
+    Record::Process {
+        pid: info.pid,
+        command: info.command.clone(),
+        python: info.python.clone(),
+        notes: info.notes.clone(),
+        explicit: info.explicit,
     }
 }
 
@@ -261,11 +423,28 @@ pub async fn record(args: RecordArgs) -> Result<()> {
         warn!("no Python frames: {err:#}");
         0
     });
+    let capture = match &args.output {
+        Some(dir) => {
+            fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            let path = dir.join(CAPTURE_FILE);
+            let writer = capture::Writer::create(&path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+            Some(Capture {
+                path,
+                writer,
+                symbolizer: None,
+                stacks_written: 0,
+                processes_written: Default::default(),
+            })
+        }
+        None => None,
+    };
     let mut rec = Recording {
         probes: Probes::load(args.ring_mb << 20, fsbase, args.all)?,
         files: AttachedFiles::new(args.pymalloc),
-        collector: Collector::default(),
+        collector: Collector::new(capture.is_some()),
         targets: BTreeMap::new(),
+        capture,
     };
     for &pid in &args.pids {
         rec.targets.insert(pid, Target::new(pid, true));
@@ -291,6 +470,12 @@ pub async fn record(args: RecordArgs) -> Result<()> {
     let mut logger = readable(rec.probes.take_logger()?)?;
     let start_ns = monotonic_ns();
     let started = Instant::now();
+    if let Some(cap) = &mut rec.capture {
+        cap.writer
+            .write(&Record::Start { start_ns })
+            .with_context(|| format!("writing {}", cap.path.display()))?;
+    }
+    let mut tick = tokio::time::interval(Duration::from_millis(args.sample_ms.max(10)));
 
     if !args.command.is_empty() {
         let mut traced = false;
@@ -378,6 +563,11 @@ pub async fn record(args: RecordArgs) -> Result<()> {
                 }
             }
             _ = sleep(EXEC_RESCAN_EVERY), if !rescans.is_empty() => {}
+            _ = tick.tick(), if rec.capture.is_some() => {
+                // Take the newest events first: a sample is of the heap now.
+                drain(ring.get_mut(), &mut rec.collector, &mut notices);
+                rec.write_capture()?;
+            }
         }
         for notice in notices.drain(..) {
             if let Notice::Exec {
@@ -448,15 +638,23 @@ pub async fn record(args: RecordArgs) -> Result<()> {
         }
     }
 
-    let view = match (args.python_only, args.native_only) {
-        (true, _) => View::Python,
-        (_, true) => View::Native,
-        _ => View::Mixed,
-    };
-    let report = build_report(&rec, &args, view, start_ns, started.elapsed())?;
-    print!("{}", report::text::render(&report, args.top));
-    if let Some(dir) = &args.output {
-        write_outputs(dir, &report, args.top)?;
+    let view = args.view.view();
+    let report = build_report(&rec, &args, view, start_ns)?;
+    print!("{}", report::text::render(&report, args.view.top));
+    if let (Some(path), Some(dir)) = (rec.finish_capture()?, &args.output) {
+        // The files are made from the capture, as `tracer report` makes them.
+        let (records, error) = capture::read_file(&path);
+        if let Some(error) = error {
+            bail!("reading back {}: {error}", path.display());
+        }
+        let contents = capture::Contents::new(records);
+        let full = report::from_capture(
+            &contents,
+            view,
+            args.view.min_age_ns(),
+            report::replay::Temporary::Within { ns: 1_000_000 },
+        );
+        write_outputs(dir, &full, args.view.top)?;
     }
     use std::io::Write as _;
     std::io::stdout().flush()?;
@@ -501,88 +699,29 @@ fn describe_status(status: &std::process::ExitStatus) -> String {
     }
 }
 
-fn build_report(
-    rec: &Recording,
-    args: &RecordArgs,
-    view: View,
-    start_ns: u64,
-    elapsed: Duration,
-) -> Result<Report> {
-    let k = rec.probes.counters()?;
+fn build_report(rec: &Recording, args: &RecordArgs, view: View, start_ns: u64) -> Result<Report> {
     let collector = &rec.collector;
-    let mut counters = Counters {
-        events: k.events,
-        lost_events: k.lost_events,
-        lost_stacks: k.lost_stacks,
-        in_flight_full: k.in_flight_full,
-        stale_in_flight: k.stale_in_flight,
-        unmatched_returns: k.unmatched_returns,
-        nested_calls: k.nested_calls,
-        lost_code: k.lost_code,
-        malformed_records: collector.malformed,
-        ..Counters::default()
-    };
-    let heap = &collector.heap;
-    let totals = report::summarize(heap, &mut counters);
-    let min_age_ns = (args.min_age.max(0.0) * 1e9) as u64;
-    let mut symbolizer = Symbolizer::new(view, &collector.stacks.modules.debug_dirs());
-    let mut stack_of = |id| symbolizer.stack(&collector.stacks, id).clone();
-    let leaks = report::entries(
-        &report::leaks(heap, monotonic_ns(), min_age_ns),
-        &mut stack_of,
-    );
-    let hotspots = report::entries(&report::hotspots(heap), &mut stack_of);
-    counters.truncated_stacks = hotspots.iter().filter(|e| e.truncated).count() as u64;
-    let processes = rec
-        .targets
-        .iter()
-        .map(|(&pid, t)| ProcessInfo {
-            pid,
-            command: t.command.clone(),
-            exit: heap
-                .process(pid)
-                .and_then(|p| p.exit_snapshot())
-                .map(|s| (s.reason, s.ts_ns.saturating_sub(start_ns) as f64 / 1e9)),
-            exit_status: t.exit_status.clone(),
-            python: collector
-                .stacks
-                .python
-                .interpreter(pid)
-                .map(|i| describe(&i.version, &i.module)),
-            notes: t.notes.clone(),
-        })
-        .filter(|p| {
-            // --all: a process found but gone before it allocated anything.
-            rec.targets.get(&p.pid).is_some_and(|t| t.explicit) || heap.process(p.pid).is_some()
-        })
-        .collect();
-    Ok(Report {
-        duration_s: elapsed.as_secs_f64(),
-        processes,
-        totals,
-        counters,
-        min_age_s: args.min_age,
-        leaks,
-        hotspots,
-    })
+    let mut symbolizer = Symbolizer::new(&collector.stacks.modules.debug_dirs());
+    Ok(report::build(
+        Recorded {
+            heap: &collector.heap,
+            processes: rec.process_infos(),
+            counters: rec.counters()?,
+            start_ns,
+            end_ns: monotonic_ns(),
+        },
+        args.view.min_age_ns(),
+        |id| view.show(symbolizer.stack(&collector.stacks, id)),
+    ))
 }
 
 fn write_outputs(dir: &Path, report: &Report, top: usize) -> Result<()> {
-    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let write = |name: &str, text: String| {
         let path = dir.join(name);
         fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
     };
     write("report.json", report::json::render(report, top)?)?;
-    let command_of = |pid: u32| {
-        report
-            .processes
-            .iter()
-            .find(|p| p.pid == pid)
-            .and_then(|p| p.command.split_whitespace().next())
-            .map(|c| c.rsplit('/').next().unwrap_or(c).to_owned())
-            .unwrap_or_else(|| "process".to_owned())
-    };
+    let command_of = |pid| report::command_name(report, pid);
     write(
         "stacks.folded",
         report::folded::render(&report.leaks, command_of),

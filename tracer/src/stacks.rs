@@ -26,7 +26,9 @@ use crate::{
     python::{PyLocation, Resolver},
 };
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct StackId(pub u32);
 
 /// A frame of a native stack.
@@ -136,6 +138,11 @@ const MAPS_REREAD_NS: u64 = 1_000_000;
 impl StackTable {
     pub fn get(&self, id: StackId) -> &Stack {
         &self.stacks[id.0 as usize]
+    }
+
+    /// Stacks interned so far: ids are 0 to `len() - 1`.
+    pub fn len(&self) -> usize {
+        self.stacks.len()
     }
 
     pub fn python_location(&self, id: PyLocId) -> &PyLocation {

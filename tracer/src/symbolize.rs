@@ -17,7 +17,7 @@ use crate::{
     stacks::{Cut, NativeFrame, StackId, StackTable},
 };
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FrameKind {
     Native,
@@ -25,7 +25,7 @@ pub enum FrameKind {
 }
 
 /// One frame of a report's stack.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Frame {
     pub kind: FrameKind,
     pub function: String,
@@ -34,13 +34,10 @@ pub struct Frame {
     pub file: Option<String>,
     pub line: Option<u32>,
     /// Native frames: the offset in the module's file.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub offset: Option<u64>,
     /// Compiled into its caller: shares the caller's address.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub inlined: bool,
     /// Why the frame has no function name, if it has none.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub unknown: Option<String>,
 }
 
@@ -80,13 +77,50 @@ impl Frame {
     }
 }
 
-/// A symbolized stack, innermost frame first.
+/// A symbolized stack, innermost frame first, as a view shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SymbolizedStack {
     pub frames: Vec<Frame>,
     /// The stack may be missing outer frames: it was cut, or it does not end
     /// in a thread's entry function.
     pub truncated: bool,
+}
+
+/// A symbolized stack with its native and Python parts apart, from which
+/// every view is made (and which captures keep).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StackDef {
+    /// The allocation function first, then its callers.
+    pub native: Vec<Frame>,
+    pub native_truncated: bool,
+    /// The thread's Python frames, innermost first.
+    pub python: Vec<Frame>,
+    pub python_truncated: bool,
+}
+
+impl View {
+    pub fn show(self, stack: &StackDef) -> SymbolizedStack {
+        let native = match self {
+            // The allocation function stays first.
+            View::Python => stack.native.iter().take(1).cloned().collect(),
+            _ => stack.native.clone(),
+        };
+        let python = match self {
+            View::Native => Vec::new(),
+            _ => stack.python.clone(),
+        };
+        // The Python frames, where there are some, reach the thread's first
+        // Python frame: the stack is complete unless they were cut.
+        let truncated = if python.is_empty() {
+            stack.native_truncated
+        } else {
+            stack.python_truncated
+        };
+        SymbolizedStack {
+            frames: merge(native, python),
+            truncated,
+        }
+    }
 }
 
 /// Functions a complete stack ends in: where the kernel starts a process or
@@ -165,13 +199,12 @@ fn merge(native: Vec<Frame>, python: Vec<Frame>) -> Vec<Frame> {
 pub struct Symbolizer {
     blazesym: symbolize::Symbolizer,
     frames: HashMap<(ModuleId, u64), Vec<Frame>>,
-    stacks: HashMap<StackId, SymbolizedStack>,
-    view: View,
+    stacks: HashMap<StackId, StackDef>,
 }
 
 impl Symbolizer {
     /// `debug_dirs`: where to look for separate debug files (by build id).
-    pub fn new(view: View, debug_dirs: &[std::path::PathBuf]) -> Self {
+    pub fn new(debug_dirs: &[std::path::PathBuf]) -> Self {
         Self {
             blazesym: symbolize::Symbolizer::builder()
                 .enable_code_info(true)
@@ -181,13 +214,12 @@ impl Symbolizer {
                 .build(),
             frames: HashMap::new(),
             stacks: HashMap::new(),
-            view,
         }
     }
 }
 
 impl Symbolizer {
-    pub fn stack(&mut self, table: &StackTable, id: StackId) -> &SymbolizedStack {
+    pub fn stack(&mut self, table: &StackTable, id: StackId) -> &StackDef {
         if !self.stacks.contains_key(&id) {
             let symbolized = self.symbolize(table, id);
             self.stacks.insert(id, symbolized);
@@ -195,16 +227,14 @@ impl Symbolizer {
         &self.stacks[&id]
     }
 
-    fn symbolize(&mut self, table: &StackTable, id: StackId) -> SymbolizedStack {
+    fn symbolize(&mut self, table: &StackTable, id: StackId) -> StackDef {
         let stack = table.get(id);
         let mut native = Vec::with_capacity(stack.frames.len() + 4);
         if let Some((probed, callers)) = stack.frames.split_first() {
             native.push(allocator_frame(table, stack.func, *probed));
-            if self.view != View::Python {
-                for frame in callers {
-                    // Return addresses point after the call: look up the call itself.
-                    native.extend(self.native(table, *frame, 1));
-                }
+            for frame in callers {
+                // Return addresses point after the call: look up the call itself.
+                native.extend(self.native(table, *frame, 1));
             }
         }
         let reached_root = native
@@ -218,24 +248,15 @@ impl Symbolizer {
                 "stack not captured".into(),
             ));
         }
-        let python: Vec<Frame> = match self.view {
-            View::Native => Vec::new(),
-            _ => stack
+        StackDef {
+            native,
+            native_truncated,
+            python: stack
                 .python
                 .iter()
                 .map(|id| python_frame(table.python_location(*id)))
                 .collect(),
-        };
-        // The Python frames, where there are some, reach the thread's first
-        // Python frame: the stack is complete unless they were cut.
-        let truncated = if python.is_empty() {
-            native_truncated
-        } else {
-            stack.python_cut.is_some()
-        };
-        SymbolizedStack {
-            frames: merge(native, python),
-            truncated,
+            python_truncated: stack.python_cut.is_some(),
         }
     }
 

@@ -3,7 +3,10 @@
 use serde::Serialize;
 
 use super::{Counters, Entry, Report};
-use crate::{heap::ExitReason, symbolize::Frame};
+use crate::{
+    heap::ExitReason,
+    symbolize::{Frame, FrameKind},
+};
 
 pub const VERSION: u32 = 1;
 
@@ -18,6 +21,19 @@ struct Json<'a> {
     min_age_s: f64,
     leaks: Vec<JsonEntry<'a>>,
     hotspots: Vec<JsonEntry<'a>>,
+    /// Made from a capture: what needs the whole sequence of events.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    history: Option<JsonHistory<'a>>,
+}
+
+#[derive(Serialize)]
+struct JsonHistory<'a> {
+    /// The live set at each process's peak, by stack.
+    peak: Vec<JsonEntry<'a>>,
+    temporary_rule: &'a str,
+    temporary: Vec<JsonEntry<'a>>,
+    /// Memory over time, every process.
+    timeline: &'a [super::TimelinePoint],
 }
 
 #[derive(Serialize)]
@@ -31,6 +47,8 @@ struct Process<'a> {
     leaks_taken_at: Option<ExitReason>,
     leaks_taken_at_s: Option<f64>,
     exit_status: Option<&'a str>,
+    /// Allocated, freed, live, leaked and peak bytes, and by thread.
+    summary: Option<&'a super::summary::ProcessSummary>,
     /// This process's own top entries.
     leaks: Vec<JsonEntry<'a>>,
     hotspots: Vec<JsonEntry<'a>>,
@@ -55,7 +73,38 @@ struct JsonEntry<'a> {
     pid: u32,
     command: &'a str,
     truncated: bool,
-    stack: &'a [Frame],
+    stack: Vec<JsonFrame<'a>>,
+}
+
+/// A frame as report.json shows it: optional fields only where they apply.
+#[derive(Serialize)]
+struct JsonFrame<'a> {
+    kind: FrameKind,
+    function: &'a str,
+    module: &'a str,
+    file: Option<&'a str>,
+    line: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offset: Option<u64>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    inlined: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unknown: Option<&'a str>,
+}
+
+impl<'a> From<&'a Frame> for JsonFrame<'a> {
+    fn from(f: &'a Frame) -> Self {
+        Self {
+            kind: f.kind,
+            function: &f.function,
+            module: &f.module,
+            file: f.file.as_deref(),
+            line: f.line,
+            offset: f.offset,
+            inlined: f.inlined,
+            unknown: f.unknown.as_deref(),
+        }
+    }
 }
 
 /// The first `top` entries of `list` that `keep` accepts.
@@ -78,7 +127,7 @@ fn entries<'a>(
                 .find(|p| p.pid == e.pid)
                 .map_or("", |p| p.command.as_str()),
             truncated: e.truncated,
-            stack: &e.stack,
+            stack: e.stack.iter().map(JsonFrame::from).collect(),
         })
         .collect()
 }
@@ -101,6 +150,7 @@ pub fn render(report: &Report, top: usize) -> serde_json::Result<String> {
                 leaks_taken_at: p.exit.map(|(reason, _)| reason),
                 leaks_taken_at_s: p.exit.map(|(_, at)| at),
                 exit_status: p.exit_status.as_deref(),
+                summary: report.summary.iter().find(|s| s.pid == p.pid),
                 leaks: entries(report, &report.leaks, top, |e| e.pid == p.pid),
                 hotspots: entries(report, &report.hotspots, top, |e| e.pid == p.pid),
             })
@@ -119,6 +169,12 @@ pub fn render(report: &Report, top: usize) -> serde_json::Result<String> {
         min_age_s: report.min_age_s,
         leaks: entries(report, &report.leaks, top, |_| true),
         hotspots: entries(report, &report.hotspots, top, |_| true),
+        history: report.history.as_ref().map(|h| JsonHistory {
+            peak: entries(report, &h.peak, top, |_| true),
+            temporary_rule: &h.temporary_rule,
+            temporary: entries(report, &h.temporary, top, |_| true),
+            timeline: &h.timeline,
+        }),
     };
     serde_json::to_string_pretty(&json)
 }
@@ -126,7 +182,7 @@ pub fn render(report: &Report, top: usize) -> serde_json::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{report::ProcessInfo, symbolize::FrameKind};
+    use crate::report::ProcessInfo;
 
     #[test]
     fn follows_the_schema() {
@@ -168,6 +224,8 @@ mod tests {
             min_age_s: 0.0,
             leaks: vec![entry(20), entry(10)],
             hotspots: vec![entry(20), entry(10)],
+            summary: vec![],
+            history: None,
         };
         let v: serde_json::Value =
             serde_json::from_str(&render(&report, 1).expect("json")).expect("parse");

@@ -1,8 +1,14 @@
 //! Reports: pure functions of the heap model (which stacks leak, which
 //! allocate most), then rendered as text, JSON and folded stacks.
 
+pub mod flamegraph;
 pub mod folded;
+pub mod html;
 pub mod json;
+pub mod pprof;
+pub mod replay;
+pub mod speedscope;
+pub mod summary;
 pub mod text;
 
 use std::collections::HashMap;
@@ -10,7 +16,7 @@ use std::collections::HashMap;
 use crate::{
     heap::{ExitReason, HeapModel, Pid},
     stacks::StackId,
-    symbolize::{Frame, SymbolizedStack},
+    symbolize::{Frame, SymbolizedStack, View},
 };
 
 /// Bytes and allocations of one (process, stack).
@@ -22,8 +28,81 @@ pub struct Group {
     pub count: u64,
 }
 
+/// Every report of a capture: what `build` makes of its final heap, and
+/// the history of its events. Stacks the capture does not define (cut
+/// short before they were written) say so.
+pub fn from_capture(
+    contents: &crate::capture::Contents,
+    view: View,
+    min_age_ns: u64,
+    temporary_rule: replay::Temporary,
+) -> Report {
+    let mut heap = HeapModel::default();
+    for e in &contents.events {
+        heap.apply(e);
+    }
+    let stack_of = |id: StackId| match contents.stacks.get(&id) {
+        Some(def) => view.show(def),
+        None => SymbolizedStack {
+            frames: vec![Frame {
+                kind: crate::symbolize::FrameKind::Native,
+                function: Frame::UNKNOWN_FUNCTION.to_owned(),
+                module: String::new(),
+                file: None,
+                line: None,
+                offset: None,
+                inlined: false,
+                unknown: Some("stack not in the capture (cut short)".into()),
+            }],
+            truncated: true,
+        },
+    };
+    let mut report = build(
+        Recorded {
+            heap: &heap,
+            processes: contents.processes.values().cloned().collect(),
+            counters: contents.counters,
+            start_ns: contents.start_ns,
+            end_ns: contents.end_ns,
+        },
+        min_age_ns,
+        stack_of,
+    );
+    let since_start = |ts: u64| ts.saturating_sub(contents.start_ns) as f64 / 1e9;
+    report.history = Some(History {
+        peak: entries(&replay::at_peaks(&contents.events, &heap), stack_of),
+        temporary: entries(
+            &replay::temporary(&contents.events, temporary_rule),
+            stack_of,
+        ),
+        temporary_rule: temporary_rule.to_string(),
+        timeline: contents
+            .samples
+            .iter()
+            .map(|&(pid, ts, live_bytes, rss_bytes)| TimelinePoint {
+                pid,
+                t: since_start(ts),
+                live_bytes,
+                rss_bytes,
+            })
+            .collect(),
+    });
+    report
+}
+
+/// A process's program name (without its path), for flamegraph roots.
+pub fn command_name(report: &Report, pid: Pid) -> String {
+    report
+        .processes
+        .iter()
+        .find(|p| p.pid == pid)
+        .and_then(|p| p.command.split_whitespace().next())
+        .map(|c| c.rsplit('/').next().unwrap_or(c).to_owned())
+        .unwrap_or_else(|| "process".to_owned())
+}
+
 /// Sorts by bytes, then count, then pid and stack for a stable order.
-fn sorted(mut groups: Vec<Group>) -> Vec<Group> {
+pub(super) fn sorted(mut groups: Vec<Group>) -> Vec<Group> {
     groups.sort_by(|a, b| {
         (b.bytes, b.count, a.pid, a.stack).cmp(&(a.bytes, a.count, b.pid, b.stack))
     });
@@ -86,6 +165,9 @@ pub struct Entry {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ProcessInfo {
     pub pid: Pid,
+    /// Named by the user (not found by `--all`): reported even if it made
+    /// no allocation.
+    pub explicit: bool,
     pub command: String,
     /// When its leak set was taken, if it began to exit while recorded.
     pub exit: Option<(ExitReason, f64)>,
@@ -98,7 +180,7 @@ pub struct ProcessInfo {
 }
 
 /// Counters of what could not be recorded or matched.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Counters {
     pub events: u64,
     pub lost_events: u64,
@@ -138,6 +220,82 @@ pub struct Report {
     pub leaks: Vec<Entry>,
     /// Every allocating stack, largest first.
     pub hotspots: Vec<Entry>,
+    /// Each process's and thread's totals and peak, in pid order.
+    pub summary: Vec<summary::ProcessSummary>,
+    /// What needs the whole event sequence: made from a capture.
+    pub history: Option<History>,
+}
+
+/// The reports made by replaying a capture's events.
+#[derive(Clone, Debug, PartialEq)]
+pub struct History {
+    /// The live set at each process's peak, by stack.
+    pub peak: Vec<Entry>,
+    /// Allocations freed soon after they were made, by stack.
+    pub temporary: Vec<Entry>,
+    pub temporary_rule: String,
+    pub timeline: Vec<TimelinePoint>,
+}
+
+/// Memory of one process at one moment.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct TimelinePoint {
+    pub pid: Pid,
+    /// Seconds after recording began.
+    pub t: f64,
+    /// Live bytes in the heap model.
+    pub live_bytes: u64,
+    /// The process's resident set, from /proc.
+    pub rss_bytes: Option<u64>,
+}
+
+/// Everything a report is made from, recorded live or read from a capture.
+pub struct Recorded<'a> {
+    pub heap: &'a HeapModel,
+    pub processes: Vec<ProcessInfo>,
+    /// The kernel's counters and the collector's; the heap model's are added.
+    pub counters: Counters,
+    pub start_ns: u64,
+    pub end_ns: u64,
+}
+
+/// Leaks, hotspots, totals and process facts from a heap model.
+pub fn build(
+    rec: Recorded<'_>,
+    min_age_ns: u64,
+    mut stack_of: impl FnMut(StackId) -> SymbolizedStack,
+) -> Report {
+    let heap = rec.heap;
+    let mut counters = rec.counters;
+    let totals = summarize(heap, &mut counters);
+    let leaks = entries(&leaks(heap, rec.end_ns, min_age_ns), &mut stack_of);
+    let hotspots = entries(&hotspots(heap), &mut stack_of);
+    counters.truncated_stacks = hotspots.iter().filter(|e| e.truncated).count() as u64;
+    let since_start = |ts: u64| ts.saturating_sub(rec.start_ns) as f64 / 1e9;
+    let processes = rec
+        .processes
+        .into_iter()
+        // --all: a process found but gone before it allocated anything.
+        .filter(|p| p.explicit || heap.process(p.pid).is_some())
+        .map(|p| ProcessInfo {
+            exit: heap
+                .process(p.pid)
+                .and_then(|h| h.exit_snapshot())
+                .map(|s| (s.reason, since_start(s.ts_ns))),
+            ..p
+        })
+        .collect();
+    Report {
+        duration_s: since_start(rec.end_ns),
+        processes,
+        totals,
+        counters,
+        min_age_s: min_age_ns as f64 / 1e9,
+        leaks,
+        hotspots,
+        summary: summary::summaries(heap, rec.start_ns),
+        history: None,
+    }
 }
 
 /// Totals over every process of the heap model (the leak sets' bytes as
@@ -216,6 +374,7 @@ mod tests {
             alloc(1, 0x30, 500, 2, 3_000),
             HeapEvent::Free {
                 pid: 1,
+                tid: 1,
                 ts_ns: 3_500,
                 addr: 0x30,
             },
@@ -228,6 +387,7 @@ mod tests {
             },
             HeapEvent::Free {
                 pid: 2,
+                tid: 2,
                 ts_ns: 1_600,
                 addr: 0x10,
             },

@@ -2,7 +2,10 @@
 
 use std::fmt::Write as _;
 
-use super::{Entry, Report};
+use super::{
+    Entry, Report,
+    summary::{Activity, ProcessSummary},
+};
 use crate::{heap::ExitReason, symbolize::Frame};
 
 /// Bytes with a binary unit, e.g. `97.66 MiB`.
@@ -78,7 +81,22 @@ fn write_entry(out: &mut String, rank: usize, e: &Entry, what: &str) {
     }
 }
 
+/// A part of a report, shown per process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Section {
+    Leaks,
+    Hotspots,
+    Peak,
+    Temporary,
+    Summary,
+}
+
+/// The leak and hotspot reports: what `tracer record` prints.
 pub fn render(report: &Report, top: usize) -> String {
+    render_sections(report, &[Section::Leaks, Section::Hotspots], top)
+}
+
+pub fn render_sections(report: &Report, sections: &[Section], top: usize) -> String {
     let mut out = String::new();
     let n = report.processes.len();
     let _ = writeln!(
@@ -107,11 +125,6 @@ pub fn render(report: &Report, top: usize) -> String {
         grouped(c.unmatched_frees),
         grouped(c.truncated_stacks)
     );
-    let age = if report.min_age_s > 0.0 {
-        format!(", at least {} s old", report.min_age_s)
-    } else {
-        String::new()
-    };
     for p in &report.processes {
         let _ = writeln!(out);
         let _ = writeln!(out, "== pid {}  {}", p.pid, p.command);
@@ -131,34 +144,100 @@ pub fn render(report: &Report, top: usize) -> String {
         for note in &p.notes {
             let _ = writeln!(out, "   note: {note}");
         }
-        let leaks: Vec<&Entry> = report.leaks.iter().filter(|e| e.pid == p.pid).collect();
-        let hotspots: Vec<&Entry> = report.hotspots.iter().filter(|e| e.pid == p.pid).collect();
-        let _ = writeln!(
-            out,
-            "Top {} leaks of pid {} (live when it began to exit, or at the end{age}):",
-            top.min(leaks.len()),
-            p.pid
-        );
-        if leaks.is_empty() {
-            let _ = writeln!(out, "  none");
-        }
-        for (i, e) in leaks.iter().take(top).enumerate() {
-            write_entry(&mut out, i + 1, e, "live allocations");
-        }
-        let _ = writeln!(
-            out,
-            "Top {} hotspots of pid {} (allocated during the recording):",
-            top.min(hotspots.len()),
-            p.pid
-        );
-        if hotspots.is_empty() {
-            let _ = writeln!(out, "  none");
-        }
-        for (i, e) in hotspots.iter().take(top).enumerate() {
-            write_entry(&mut out, i + 1, e, "allocations");
+        for section in sections {
+            write_section(&mut out, report, p.pid, *section, top);
         }
     }
     out
+}
+
+fn write_section(out: &mut String, report: &Report, pid: u32, section: Section, top: usize) {
+    let history = report.history.as_ref();
+    let (title, list, what): (String, &[Entry], &str) = match section {
+        Section::Leaks => {
+            let age = if report.min_age_s > 0.0 {
+                format!(", at least {} s old", report.min_age_s)
+            } else {
+                String::new()
+            };
+            (
+                format!("leaks of pid {pid} (live when it began to exit, or at the end{age})"),
+                &report.leaks,
+                "live allocations",
+            )
+        }
+        Section::Hotspots => (
+            format!("hotspots of pid {pid} (allocated during the recording)"),
+            &report.hotspots,
+            "allocations",
+        ),
+        Section::Peak => {
+            let Some(h) = history else { return };
+            let title = match report.summary.iter().find(|s| s.pid == pid) {
+                Some(s) if s.activity.peak_bytes > 0 => format!(
+                    "allocations of pid {pid} live at its peak ({} at {:.2} s)",
+                    human_bytes(s.activity.peak_bytes),
+                    s.peak_at_s
+                ),
+                _ => format!("allocations of pid {pid} live at its peak (no heap)"),
+            };
+            (title, &h.peak, "live allocations")
+        }
+        Section::Temporary => {
+            let Some(h) = history else { return };
+            (
+                format!("temporary allocations of pid {pid} ({})", h.temporary_rule),
+                &h.temporary,
+                "allocations",
+            )
+        }
+        Section::Summary => {
+            if let Some(s) = report.summary.iter().find(|s| s.pid == pid) {
+                write_summary(out, s);
+            }
+            return;
+        }
+    };
+    let mine: Vec<&Entry> = list.iter().filter(|e| e.pid == pid).collect();
+    let _ = writeln!(out, "Top {} {title}:", top.min(mine.len()));
+    if mine.is_empty() {
+        let _ = writeln!(out, "  none");
+    }
+    for (i, e) in mine.iter().take(top).enumerate() {
+        write_entry(out, i + 1, e, what);
+    }
+}
+
+fn write_summary(out: &mut String, s: &ProcessSummary) {
+    let row = |out: &mut String, who: &str, a: &Activity| {
+        let _ = writeln!(
+            out,
+            "  {who:<14} {:>12} in {:>9}  {:>12} in {:>9}  {:>12}  {:>12}  {:>12}",
+            human_bytes(a.allocated_bytes),
+            grouped(a.allocations),
+            human_bytes(a.freed_bytes),
+            grouped(a.frees),
+            human_bytes(a.live_bytes),
+            human_bytes(a.leaked_bytes),
+            human_bytes(a.peak_bytes),
+        );
+    };
+    let _ = writeln!(
+        out,
+        "Summary (memory charged to the thread that allocated it; leaked = live when it began to exit):\n  {:<14} {:>25}  {:>25}  {:>12}  {:>12}  {:>12}",
+        "", "allocated", "freed", "live at end", "leaked", "peak"
+    );
+    row(out, "process", &s.activity);
+    for (tid, a) in &s.threads {
+        row(out, &format!("thread {tid}"), a);
+    }
+    let _ = writeln!(
+        out,
+        "  peak reached at {:.2} s; unmatched frees {}, implied frees {}",
+        s.peak_at_s,
+        grouped(s.unmatched_frees),
+        grouped(s.implied_frees)
+    );
 }
 
 #[cfg(test)]
@@ -195,6 +274,7 @@ mod tests {
             duration_s: 1.5,
             processes: vec![ProcessInfo {
                 pid: 42,
+                explicit: true,
                 command: "python3 leak.py".into(),
                 exit: Some((ExitReason::PyFinalize, 1.25)),
                 exit_status: Some("exited with status 0".into()),
@@ -221,6 +301,8 @@ mod tests {
                 truncated: true,
             }],
             hotspots: vec![],
+            summary: vec![],
+            history: None,
         };
         let text = render(&report, 10);
         assert!(

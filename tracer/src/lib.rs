@@ -1,0 +1,82 @@
+//! tracer: an eBPF memory allocation tracer for Python services.
+//!
+//! Data flows one way: probes (kernel) -> collector -> heap model ->
+//! symbolizer -> reports. See docs/ for the hard parts.
+
+pub mod capture;
+mod cli;
+mod clock;
+mod collector;
+mod elf;
+mod heap;
+mod host;
+mod launch;
+mod modules;
+mod offline;
+mod probes;
+mod proc_maps;
+mod python;
+mod report;
+mod session;
+mod stacks;
+mod symbolize;
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
+        .format_timestamp(None)
+        .format_target(false)
+        .init();
+}
+
+/// The `tracer` command: parses the command line, runs it, and turns every
+/// error into one line on stderr and a non-zero exit.
+pub fn main() -> ExitCode {
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) if !err.use_stderr() => {
+            // --help, --version
+            let _ = err.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(err) => {
+            let rendered = err.to_string();
+            let first = rendered.lines().next().unwrap_or("invalid arguments");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("error: {first} (see `tracer --help`)");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            cli::Command::Record(args) => session::record(args).await,
+            cli::Command::Report(args) => offline::run(args),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

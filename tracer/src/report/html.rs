@@ -1,0 +1,277 @@
+//! One self-contained HTML page: summary, memory over time, flamegraphs,
+//! the top tables with Python file:line, and the loss counters. Nothing is
+//! fetched: the style is inline, the plot is SVG drawn here, and each
+//! flamegraph is inferno's SVG (with its own script) in a data: iframe.
+
+use std::fmt::Write as _;
+
+use base64::Engine as _;
+
+use super::{
+    Entry, Report, TimelinePoint, flamegraph,
+    text::{grouped, human_bytes},
+};
+use crate::symbolize::{Frame, FrameKind};
+
+fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+const STYLE: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222}\
+h1{font-size:22px}h2{font-size:18px;margin-top:28px}\
+table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}\
+td.l,th.l{text-align:left}code{font-size:13px}details pre{margin:4px 0;font-size:12px}\
+iframe{width:100%;height:520px;border:1px solid #ccc}.note{color:#555}";
+
+/// Where an entry's memory was asked for, for a table: its innermost Python
+/// frame, else its innermost native frame past the allocation function.
+fn origin(e: &Entry) -> String {
+    let f = e
+        .stack
+        .iter()
+        .find(|f| f.kind == FrameKind::Python)
+        .or_else(|| e.stack.get(1))
+        .or_else(|| e.stack.first());
+    match f {
+        Some(f) => match (&f.file, f.line) {
+            (Some(file), Some(line)) => format!("{} ({file}:{line})", f.function),
+            _ => format!("{} [{}]", f.function, f.module_name()),
+        },
+        None => "[no stack]".to_owned(),
+    }
+}
+
+fn frame_line(f: &Frame) -> String {
+    match (&f.file, f.line) {
+        (Some(file), Some(line)) => format!("{}  {file}:{line}", f.function),
+        _ => format!("{}  [{}]", f.function, f.module_name()),
+    }
+}
+
+fn table(out: &mut String, title: &str, entries: &[Entry], top: usize) {
+    let _ = writeln!(out, "<h2>{}</h2>", esc(title));
+    if entries.is_empty() {
+        let _ = writeln!(out, "<p class=note>none</p>");
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "<table><tr><th>#</th><th>bytes</th><th>allocations</th><th>pid</th><th class=l>where</th></tr>"
+    );
+    for (i, e) in entries.iter().take(top).enumerate() {
+        let stack: Vec<String> = e.stack.iter().map(|f| esc(&frame_line(f))).collect();
+        let _ = writeln!(
+            out,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=l><details><summary><code>{}</code></summary><pre>{}{}</pre></details></td></tr>",
+            i + 1,
+            human_bytes(e.bytes),
+            grouped(e.count),
+            e.pid,
+            esc(&origin(e)),
+            stack.join("\n"),
+            if e.truncated { "\n... (truncated)" } else { "" }
+        );
+    }
+    let _ = writeln!(out, "</table>");
+}
+
+/// Memory over time as an SVG line chart: live heap (solid) and resident
+/// set (dashed) of each process.
+fn plot(points: &[TimelinePoint]) -> String {
+    const W: f64 = 900.0;
+    const H: f64 = 260.0;
+    const PAD: f64 = 50.0;
+    let t_max = points.iter().map(|p| p.t).fold(0.0_f64, f64::max).max(1e-3);
+    let y_max = points
+        .iter()
+        .map(|p| p.live_bytes.max(p.rss_bytes.unwrap_or(0)))
+        .max()
+        .unwrap_or(0)
+        .max(1) as f64;
+    let x = |t: f64| PAD + t / t_max * (W - 2.0 * PAD);
+    let y = |v: f64| H - PAD + 10.0 - v / y_max * (H - 2.0 * PAD);
+    let mut svg = format!(
+        "<svg xmlns='http://www.w3.org/2000/svg' width='{W}' height='{H}' role='img' aria-label='memory over time'>\
+<line x1='{PAD}' y1='{b}' x2='{r}' y2='{b}' stroke='#888'/><line x1='{PAD}' y1='20' x2='{PAD}' y2='{b}' stroke='#888'/>\
+<text x='{PAD}' y='{lb}' font-size='11'>0 s</text><text x='{r}' y='{lb}' font-size='11' text-anchor='end'>{t_max:.2} s</text>\
+<text x='4' y='24' font-size='11'>{top}</text>",
+        b = H - PAD + 10.0,
+        r = W - PAD,
+        lb = H - PAD + 26.0,
+        top = human_bytes(y_max as u64),
+    );
+    const COLORS: [&str; 6] = [
+        "#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b",
+    ];
+    let mut pids: Vec<u32> = points.iter().map(|p| p.pid).collect();
+    pids.sort_unstable();
+    pids.dedup();
+    for (i, pid) in pids.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let mine: Vec<&TimelinePoint> = points.iter().filter(|p| p.pid == *pid).collect();
+        let line = |v: &dyn Fn(&TimelinePoint) -> Option<u64>| -> String {
+            mine.iter()
+                .filter_map(|p| v(p).map(|v| format!("{:.1},{:.1}", x(p.t), y(v as f64))))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let _ = write!(
+            svg,
+            "<polyline fill='none' stroke='{color}' stroke-width='2' points='{}'/>\
+<polyline fill='none' stroke='{color}' stroke-dasharray='5,4' points='{}'/>\
+<text x='{}' y='{}' font-size='11' fill='{color}'>pid {pid}: live heap (solid), resident set (dashed)</text>",
+            line(&|p| Some(p.live_bytes)),
+            line(&|p| p.rss_bytes),
+            PAD + 10.0,
+            34.0 + 14.0 * i as f64,
+        );
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
+fn flamegraph_frame(out: &mut String, title: &str, entries: &[Entry], report: &Report) {
+    let command_of = |pid| super::command_name(report, pid);
+    let _ = writeln!(out, "<h2>{}</h2>", esc(title));
+    match flamegraph::svg(entries, title, command_of) {
+        Ok(svg) => {
+            let data = base64::engine::general_purpose::STANDARD.encode(svg);
+            let _ = writeln!(
+                out,
+                "<iframe title='{}' src='data:image/svg+xml;base64,{data}'></iframe>",
+                esc(title)
+            );
+        }
+        Err(err) => {
+            let _ = writeln!(
+                out,
+                "<p class=note>no flamegraph: {}</p>",
+                esc(&err.to_string())
+            );
+        }
+    }
+}
+
+pub fn render(report: &Report, top: usize) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>tracer report</title><style>{STYLE}</style></head><body>"
+    );
+    let _ = writeln!(
+        out,
+        "<h1>tracer report</h1><p>Recorded {:.2} s; {} process(es).</p>",
+        report.duration_s,
+        report.processes.len()
+    );
+    let c = &report.counters;
+    let _ = writeln!(
+        out,
+        "<h2>What could not be recorded</h2><table><tr><th class=l>events</th><th>lost events</th><th>lost stacks</th><th>lost code copies</th><th>unmatched frees</th><th>truncated stacks</th></tr>\
+<tr><td class=l>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr></table>",
+        grouped(c.events),
+        grouped(c.lost_events),
+        grouped(c.lost_stacks),
+        grouped(c.lost_code),
+        grouped(c.unmatched_frees),
+        grouped(c.truncated_stacks)
+    );
+    let history = report.history.as_ref();
+    let _ = writeln!(
+        out,
+        "<h2>Summary</h2><table><tr><th>pid</th><th class=l>command</th><th>allocated</th><th>freed</th><th>leaked (live when it began to exit)</th><th>live at the end</th><th>peak</th></tr>"
+    );
+    for p in &report.processes {
+        let a = report
+            .summary
+            .iter()
+            .find(|s| s.pid == p.pid)
+            .map(|s| s.activity)
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "<tr><td>{}</td><td class=l><code>{}</code><br><span class=note>{}</span></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            p.pid,
+            esc(&p.command),
+            esc(&p
+                .python
+                .iter()
+                .chain(&p.notes)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("; ")),
+            human_bytes(a.allocated_bytes),
+            human_bytes(a.freed_bytes),
+            human_bytes(a.leaked_bytes),
+            human_bytes(a.live_bytes),
+            human_bytes(a.peak_bytes)
+        );
+    }
+    let _ = writeln!(out, "</table>");
+    if let Some(h) = history {
+        let _ = writeln!(out, "<h2>Memory over time</h2>{}", plot(&h.timeline));
+    }
+    table(&mut out, "Top leaks", &report.leaks, top);
+    flamegraph_frame(
+        &mut out,
+        "Leaks flamegraph (live bytes)",
+        &report.leaks,
+        report,
+    );
+    table(&mut out, "Top hotspots", &report.hotspots, top);
+    flamegraph_frame(
+        &mut out,
+        "Hotspots flamegraph (allocated bytes)",
+        &report.hotspots,
+        report,
+    );
+    if let Some(h) = history {
+        table(&mut out, "Live at the peak", &h.peak, top);
+        table(
+            &mut out,
+            &format!("Temporary allocations ({})", h.temporary_rule),
+            &h.temporary,
+            top,
+        );
+    }
+    let _ = writeln!(out, "</body></html>");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_text() {
+        assert_eq!(
+            esc("<a href=\"x\">&'"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
+    }
+
+    #[test]
+    fn plots_every_process() {
+        let p = |pid, t, live| TimelinePoint {
+            pid,
+            t,
+            live_bytes: live,
+            rss_bytes: Some(live * 2),
+        };
+        let svg = plot(&[p(1, 0.0, 10), p(1, 1.0, 20), p(2, 0.5, 5)]);
+        assert_eq!(svg.matches("<polyline").count(), 4);
+        assert!(svg.contains("pid 2"));
+        assert!(plot(&[]).ends_with("</svg>"));
+    }
+}
