@@ -117,3 +117,24 @@ fn kernel_without_uprobes() {
         .expect("run unshare");
     assert_one_line_error(&out, "no uprobe support");
 }
+
+#[test]
+fn missing_capture_file() {
+    let out = tracer()
+        .args(["report", "/nonexistent/capture.tracer", "leaks"])
+        .output()
+        .expect("run");
+    assert_one_line_error(
+        &out,
+        "/nonexistent/capture.tracer: cannot open it: No such file or directory",
+    );
+}
+
+#[test]
+fn not_a_capture_file() {
+    let out = tracer()
+        .args(["report", "/etc/passwd", "leaks"])
+        .output()
+        .expect("run");
+    assert_one_line_error(&out, "/etc/passwd: not a tracer capture");
+}

@@ -80,6 +80,7 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT
 const STALE_NS: u64 = 1_000_000_000;
 
 const MAP_ANONYMOUS: u64 = 0x20;
+const PROT_NONE: u64 = 0;
 
 #[inline(always)]
 fn count(index: u32) {
@@ -712,13 +713,17 @@ pub fn free_entry(ctx: ProbeContext) -> u32 {
 pub fn mmap_enter(ctx: TracePointContext) -> u32 {
     let Some(id) = traced() else { return 0 };
     // SAFETY: offsets from events/syscalls/sys_enter_mmap/format.
-    let (len, map_flags) = unsafe {
+    let (len, prot, map_flags) = unsafe {
         (
             ctx.read_at::<u64>(24).unwrap_or(0),
+            ctx.read_at::<u64>(32).unwrap_or(0),
             ctx.read_at::<u64>(40).unwrap_or(0),
         )
     };
-    if map_flags & MAP_ANONYMOUS == 0 {
+    // A PROT_NONE mapping reserves address space and holds no data: glibc
+    // reserves 128 MiB per malloc arena (from inside `free` too, which has
+    // no return probe to mark it in flight) and every thread stack so.
+    if map_flags & MAP_ANONYMOUS == 0 || prot == PROT_NONE {
         return 0;
     }
     // Inside malloc and friends, a mapping is the allocator's own business.

@@ -16,10 +16,10 @@ mod offline;
 mod probes;
 mod proc_maps;
 mod python;
-mod report;
+pub mod report;
 mod session;
 mod stacks;
-mod symbolize;
+pub mod symbolize;
 
 use std::process::ExitCode;
 

@@ -22,7 +22,12 @@ pub fn run(args: ReportArgs) -> Result<()> {
     if records.is_empty()
         && let Some(error) = &error
     {
-        bail!("{shown}: {error}: give a capture.tracer written by `tracer record -o DIR`");
+        match error {
+            capture::CaptureError::NotCapture => bail!(
+                "{shown}: {error}: give the capture.tracer that `tracer record -o DIR` writes"
+            ),
+            _ => bail!("{shown}: {error}"),
+        }
     }
     let rule = match args.temporary_allocations {
         Some(n) => Temporary::BeforeAllocations(n),

@@ -30,7 +30,7 @@ use crate::{
     proc_maps::ProcessMaps,
     python::{self, DetectError},
     report::{self, Counters, ProcessInfo, Recorded, Report},
-    symbolize::{Symbolizer, View},
+    symbolize::{Symbolizer, Unsymbolized, View},
 };
 
 /// After an exec, the new image's libraries appear over a few milliseconds;
@@ -178,10 +178,7 @@ struct Recording {
 /// The capture being written (`--output`).
 struct Capture {
     path: std::path::PathBuf,
-    writer: capture::Writer,
-    /// Made at the first write, when the targets' libraries are known (for
-    /// the debug directories beside unpacked interpreters).
-    symbolizer: Option<Symbolizer>,
+    writer: capture::background::Background,
     /// Stacks 0 to `stacks_written - 1` are in the file.
     stacks_written: usize,
     processes_written: std::collections::HashSet<u32>,
@@ -191,51 +188,32 @@ struct Capture {
 fn rss_bytes(pid: u32) -> Option<u64> {
     let statm = fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // An exited process not yet reaped reads as zero pages.
+    if pages == 0 {
+        return None;
+    }
     // SAFETY: sysconf has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     Some(pages * u64::try_from(page).ok()?)
 }
 
 impl Recording {
-    /// Writes what the capture lacks: the events since the last call, new
-    /// processes, stacks (symbolized), and a memory sample of each running
-    /// target; then makes it all readable from the file.
+    /// Sends the capture what it lacks: a memory sample of each running
+    /// target (of the heap model as just drained), the events since the
+    /// last call, new processes, new stacks, the counters; then has it all
+    /// made readable from the file. The capture's thread does the writing.
     fn write_capture(&mut self) -> Result<()> {
-        let Some(cap) = &mut self.capture else {
+        if self.capture.is_none() {
             return Ok(());
-        };
-        let path = cap.path.display().to_string();
-        let write_err = |e| anyhow::anyhow!("writing {path}: {e}");
-        let events = self
-            .collector
-            .journal
-            .as_mut()
-            .map(std::mem::take)
-            .unwrap_or_default();
-        for event in events {
-            cap.writer.write(&Record::Event(event)).map_err(write_err)?;
         }
-        let infos = Self::infos(&self.targets, &self.collector);
-        for info in &infos {
-            if cap.processes_written.insert(info.pid) {
-                cap.writer.write(&process_record(info)).map_err(write_err)?;
-            }
-        }
-        let stacks = &self.collector.stacks;
-        let symbolizer = cap
-            .symbolizer
-            .get_or_insert_with(|| Symbolizer::new(&stacks.modules.debug_dirs()));
-        for id in cap.stacks_written..stacks.len() {
-            let id = crate::stacks::StackId(id as u32);
-            let def = symbolizer.stack(stacks, id).clone();
-            cap.writer
-                .write(&Record::Stack { id, def })
-                .map_err(write_err)?;
-        }
-        cap.stacks_written = self.collector.stacks.len();
+        // A capture cut short still says what was lost until then.
+        let counters = self.counters()?;
         let now = monotonic_ns();
-        for (&pid, _) in self.targets.iter().filter(|(_, t)| !t.exited) {
-            let sample = Record::Sample {
+        let mut records: Vec<Record> = self
+            .targets
+            .iter()
+            .filter(|(_, t)| !t.exited)
+            .map(|(&pid, _)| Record::Sample {
                 pid,
                 ts_ns: now,
                 live_bytes: self
@@ -244,44 +222,68 @@ impl Recording {
                     .process(pid)
                     .map_or(0, |p| p.totals().live_bytes),
                 rss_bytes: rss_bytes(pid),
-            };
-            cap.writer.write(&sample).map_err(write_err)?;
+            })
+            .collect();
+        let infos = Self::infos(&self.targets, &self.collector);
+        let Some(cap) = &mut self.capture else {
+            return Ok(());
+        };
+        let events = self
+            .collector
+            .journal
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default();
+        records.extend(events.into_iter().map(Record::Event));
+        for info in &infos {
+            if cap.processes_written.insert(info.pid) {
+                records.push(process_record(info));
+            }
+        }
+        records.push(Record::Counters(counters));
+        let stacks = &self.collector.stacks;
+        let new: Vec<_> = (cap.stacks_written..stacks.len())
+            .map(|id| {
+                let id = crate::stacks::StackId(id as u32);
+                (id, Unsymbolized::new(stacks, id))
+            })
+            .collect();
+        cap.stacks_written = stacks.len();
+        let path = cap.path.display().to_string();
+        let write_err = |e| anyhow::anyhow!("writing {path}: {e}");
+        cap.writer.records(records).map_err(write_err)?;
+        if !new.is_empty() {
+            cap.writer
+                .stacks(stacks.modules.debug_dirs(), new)
+                .map_err(write_err)?;
         }
         cap.writer.flush().map_err(write_err)
     }
 
-    /// Ends the capture: final process facts, counters, the end time.
-    fn finish_capture(&mut self) -> Result<Option<std::path::PathBuf>> {
+    /// Ends the capture: the last events and counters, final process
+    /// facts, the end time; waits for its thread to write them.
+    fn finish_capture(&mut self, end_ns: u64) -> Result<Option<std::path::PathBuf>> {
         self.write_capture()?;
-        let counters = self.counters()?;
         let infos = Self::infos(&self.targets, &self.collector);
-        let Some(mut cap) = self.capture.take() else {
+        let Some(cap) = self.capture.take() else {
             return Ok(None);
         };
-        let path = cap.path.clone();
-        let shown = path.display().to_string();
-        let write_err = |e| anyhow::anyhow!("writing {shown}: {e}");
+        let mut records = Vec::new();
         for info in &infos {
-            cap.writer.write(&process_record(info)).map_err(write_err)?;
+            records.push(process_record(info));
             if let Some(status) = &info.exit_status {
-                cap.writer
-                    .write(&Record::ExitStatus {
-                        pid: info.pid,
-                        status: status.clone(),
-                    })
-                    .map_err(write_err)?;
+                records.push(Record::ExitStatus {
+                    pid: info.pid,
+                    status: status.clone(),
+                });
             }
         }
-        cap.writer
-            .write(&Record::Counters(counters))
-            .map_err(write_err)?;
-        cap.writer
-            .write(&Record::End {
-                end_ns: monotonic_ns(),
-            })
-            .map_err(write_err)?;
+        records.push(Record::End { end_ns });
+        let shown = cap.path.display().to_string();
+        let write_err = |e| anyhow::anyhow!("writing {shown}: {e}");
+        cap.writer.records(records).map_err(write_err)?;
         cap.writer.finish().map_err(write_err)?;
-        Ok(Some(path))
+        Ok(Some(cap.path))
     }
 
     /// The kernel's counters and the collector's.
@@ -428,11 +430,11 @@ pub async fn record(args: RecordArgs) -> Result<()> {
             fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
             let path = dir.join(CAPTURE_FILE);
             let writer = capture::Writer::create(&path)
+                .and_then(capture::background::Background::start)
                 .with_context(|| format!("cannot create {}", path.display()))?;
             Some(Capture {
                 path,
                 writer,
-                symbolizer: None,
                 stacks_written: 0,
                 processes_written: Default::default(),
             })
@@ -472,10 +474,12 @@ pub async fn record(args: RecordArgs) -> Result<()> {
     let started = Instant::now();
     if let Some(cap) = &mut rec.capture {
         cap.writer
-            .write(&Record::Start { start_ns })
+            .records(vec![Record::Start { start_ns }])
             .with_context(|| format!("writing {}", cap.path.display()))?;
     }
     let mut tick = tokio::time::interval(Duration::from_millis(args.sample_ms.max(10)));
+    // A late tick is one sample late, not a burst of samples of one moment.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     if !args.command.is_empty() {
         let mut traced = false;
@@ -638,24 +642,29 @@ pub async fn record(args: RecordArgs) -> Result<()> {
         }
     }
 
+    let end_ns = monotonic_ns();
     let view = args.view.view();
-    let report = build_report(&rec, &args, view, start_ns)?;
-    print!("{}", report::text::render(&report, args.view.top));
-    if let (Some(path), Some(dir)) = (rec.finish_capture()?, &args.output) {
-        // The files are made from the capture, as `tracer report` makes them.
-        let (records, error) = capture::read_file(&path);
-        if let Some(error) = error {
-            bail!("reading back {}: {error}", path.display());
+    let report = match (rec.finish_capture(end_ns)?, &args.output) {
+        (Some(path), Some(dir)) => {
+            // Every report is made from the capture, as `tracer report`
+            // makes it: what is printed is what the files hold.
+            let (records, error) = capture::read_file(&path);
+            if let Some(error) = error {
+                bail!("reading back {}: {error}", path.display());
+            }
+            let contents = capture::Contents::new(records);
+            let full = report::from_capture(
+                &contents,
+                view,
+                args.view.min_age_ns(),
+                report::replay::Temporary::Within { ns: 1_000_000 },
+            );
+            write_outputs(dir, &full, args.view.top)?;
+            full
         }
-        let contents = capture::Contents::new(records);
-        let full = report::from_capture(
-            &contents,
-            view,
-            args.view.min_age_ns(),
-            report::replay::Temporary::Within { ns: 1_000_000 },
-        );
-        write_outputs(dir, &full, args.view.top)?;
-    }
+        _ => build_report(&rec, &args, view, start_ns, end_ns)?,
+    };
+    print!("{}", report::text::render(&report, args.view.top));
     use std::io::Write as _;
     std::io::stdout().flush()?;
     drop((ring, logger));
@@ -699,7 +708,13 @@ fn describe_status(status: &std::process::ExitStatus) -> String {
     }
 }
 
-fn build_report(rec: &Recording, args: &RecordArgs, view: View, start_ns: u64) -> Result<Report> {
+fn build_report(
+    rec: &Recording,
+    args: &RecordArgs,
+    view: View,
+    start_ns: u64,
+    end_ns: u64,
+) -> Result<Report> {
     let collector = &rec.collector;
     let mut symbolizer = Symbolizer::new(&collector.stacks.modules.debug_dirs());
     Ok(report::build(
@@ -708,7 +723,7 @@ fn build_report(rec: &Recording, args: &RecordArgs, view: View, start_ns: u64) -
             processes: rec.process_infos(),
             counters: rec.counters()?,
             start_ns,
-            end_ns: monotonic_ns(),
+            end_ns,
         },
         args.view.min_age_ns(),
         |id| view.show(symbolizer.stack(&collector.stacks, id)),

@@ -196,6 +196,80 @@ fn merge(native: Vec<Frame>, python: Vec<Frame>) -> Vec<Frame> {
     }
 }
 
+/// A stack with what symbolizing it needs and nothing of the stack table,
+/// so that it can be symbolized on another thread.
+#[derive(Clone, Debug)]
+pub struct Unsymbolized {
+    /// The probed allocation function, already named (none if the kernel
+    /// captured no frame).
+    allocator: Option<Frame>,
+    /// Its callers' return addresses.
+    callers: Vec<NativeRef>,
+    cut: Option<Cut>,
+    python: Vec<Frame>,
+    python_truncated: bool,
+}
+
+/// A native frame and the file it points into.
+#[derive(Clone, Debug)]
+enum NativeRef {
+    Module {
+        module: ModuleId,
+        path: String,
+        /// Where to read the file, or why it cannot be read.
+        file: Result<std::path::PathBuf, String>,
+        file_offset: u64,
+    },
+    Unmapped {
+        addr: u64,
+    },
+}
+
+impl Unsymbolized {
+    pub fn new(table: &StackTable, id: StackId) -> Self {
+        let stack = table.get(id);
+        let (allocator, callers) = match stack.frames.split_first() {
+            Some((probed, callers)) => (
+                Some(allocator_frame(table, stack.func, *probed)),
+                callers.iter().map(|f| native_ref(table, *f)).collect(),
+            ),
+            None => (None, Vec::new()),
+        };
+        Self {
+            allocator,
+            callers,
+            cut: stack.cut,
+            python: stack
+                .python
+                .iter()
+                .map(|id| python_frame(table.python_location(*id)))
+                .collect(),
+            python_truncated: stack.python_cut.is_some(),
+        }
+    }
+}
+
+fn native_ref(table: &StackTable, frame: NativeFrame) -> NativeRef {
+    match frame {
+        NativeFrame::Module {
+            module,
+            file_offset,
+        } => {
+            let m = table.modules.get(module);
+            NativeRef::Module {
+                module,
+                path: m.path.clone(),
+                file: match &m.elf {
+                    Ok(_) => Ok(m.symbolize_path.clone()),
+                    Err(err) => Err(err.clone()),
+                },
+                file_offset,
+            }
+        }
+        NativeFrame::Unmapped { addr } => NativeRef::Unmapped { addr },
+    }
+}
+
 pub struct Symbolizer {
     blazesym: symbolize::Symbolizer,
     frames: HashMap<(ModuleId, u64), Vec<Frame>>,
@@ -216,26 +290,22 @@ impl Symbolizer {
             stacks: HashMap::new(),
         }
     }
-}
 
-impl Symbolizer {
+    /// The stack `id` of `table`, symbolized once.
     pub fn stack(&mut self, table: &StackTable, id: StackId) -> &StackDef {
         if !self.stacks.contains_key(&id) {
-            let symbolized = self.symbolize(table, id);
+            let symbolized = self.symbolize(&Unsymbolized::new(table, id));
             self.stacks.insert(id, symbolized);
         }
         &self.stacks[&id]
     }
 
-    fn symbolize(&mut self, table: &StackTable, id: StackId) -> StackDef {
-        let stack = table.get(id);
-        let mut native = Vec::with_capacity(stack.frames.len() + 4);
-        if let Some((probed, callers)) = stack.frames.split_first() {
-            native.push(allocator_frame(table, stack.func, *probed));
-            for frame in callers {
-                // Return addresses point after the call: look up the call itself.
-                native.extend(self.native(table, *frame, 1));
-            }
+    pub fn symbolize(&mut self, stack: &Unsymbolized) -> StackDef {
+        let mut native = Vec::with_capacity(stack.callers.len() + 4);
+        native.extend(stack.allocator.clone());
+        for frame in &stack.callers {
+            // Return addresses point after the call: look up the call itself.
+            native.extend(self.native(frame, 1));
         }
         let reached_root = native
             .last()
@@ -251,26 +321,24 @@ impl Symbolizer {
         StackDef {
             native,
             native_truncated,
-            python: stack
-                .python
-                .iter()
-                .map(|id| python_frame(table.python_location(*id)))
-                .collect(),
-            python_truncated: stack.python_cut.is_some(),
+            python: stack.python.clone(),
+            python_truncated: stack.python_truncated,
         }
     }
 
     /// The frames (several if inlined) at a native frame, innermost first.
-    fn native(&mut self, table: &StackTable, frame: NativeFrame, back: u64) -> Vec<Frame> {
-        let (module, file_offset) = match frame {
-            NativeFrame::Module {
+    fn native(&mut self, frame: &NativeRef, back: u64) -> Vec<Frame> {
+        let (module, path, file, file_offset) = match frame {
+            NativeRef::Module {
                 module,
+                path,
+                file,
                 file_offset,
-            } => (module, file_offset),
-            NativeFrame::Unmapped { addr } => {
+            } => (*module, path, file, *file_offset),
+            NativeRef::Unmapped { addr } => {
                 return vec![Frame::unknown(
                     "[anonymous]".into(),
-                    addr,
+                    *addr,
                     "address in no file mapping".into(),
                 )];
             }
@@ -278,25 +346,24 @@ impl Symbolizer {
         if let Some(frames) = self.frames.get(&(module, file_offset)) {
             return frames.clone();
         }
-        let m = table.modules.get(module);
-        let frames = match &m.elf {
-            Err(err) => vec![Frame::unknown(m.path.clone(), file_offset, err.clone())],
-            Ok(_) => {
-                let src = Source::Elf(Elf::new(&m.symbolize_path));
+        let frames = match file {
+            Err(err) => vec![Frame::unknown(path.clone(), file_offset, err.clone())],
+            Ok(file) => {
+                let src = Source::Elf(Elf::new(file));
                 let query = file_offset.saturating_sub(back);
                 match self
                     .blazesym
                     .symbolize_single(&src, Input::FileOffset(query))
                 {
-                    Ok(Symbolized::Sym(sym)) => frames_of(&sym, &m.path, file_offset),
+                    Ok(Symbolized::Sym(sym)) => frames_of(&sym, path, file_offset),
                     Ok(Symbolized::Unknown(reason)) => {
                         vec![Frame::unknown(
-                            m.path.clone(),
+                            path.clone(),
                             file_offset,
                             reason.to_string(),
                         )]
                     }
-                    Err(err) => vec![Frame::unknown(m.path.clone(), file_offset, err.to_string())],
+                    Err(err) => vec![Frame::unknown(path.clone(), file_offset, err.to_string())],
                 }
             }
         };

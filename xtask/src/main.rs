@@ -14,7 +14,9 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod fuzz;
 mod interpreters;
+mod validators;
 
 /// Where the tests' fetched interpreters are unpacked (git-ignored).
 const TEST_CACHE: &str = "tests/cache";
@@ -22,16 +24,31 @@ const TEST_CACHE: &str = "tests/cache";
 /// bpf-linker release known to work with the pinned nightly (it loads the
 /// nightly's own libLLVM).
 const BPF_LINKER_VERSION: &str = "0.10.4";
+/// Runs the capture reader's fuzz targets (on the pinned nightly).
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 /// Debian packages: `bpftool` lists loaded programs in the detach test,
 /// `gcc` builds the C test programs, `patchelf` points unpacked interpreters
 /// at their own glibc, `python3.11-dbg` carries the debug symbols of
-/// Debian's stripped python3.11 (found by build-id).
-const DEBIAN_PACKAGES: [(&str, &str); 4] = [
+/// Debian's stripped python3.11 (found by build-id); the report tests read
+/// tracer's exports with chromium, protoc and python3-protobuf (pprof),
+/// python3-jsonschema (speedscope), and npm fetches speedscope's schema.
+const DEBIAN_PACKAGES: [(&str, &str); 9] = [
     ("bpftool", "/usr/sbin/bpftool"),
     ("gcc", "/usr/bin/gcc"),
     ("patchelf", "/usr/bin/patchelf"),
     ("python3.11-dbg", "/usr/bin/python3.11-dbg"),
+    ("chromium", "/usr/bin/chromium"),
+    ("protobuf-compiler", "/usr/bin/protoc"),
+    (
+        "python3-protobuf",
+        "/usr/lib/python3/dist-packages/google/protobuf/__init__.py",
+    ),
+    (
+        "python3-jsonschema",
+        "/usr/lib/python3/dist-packages/jsonschema/__init__.py",
+    ),
+    ("npm", "/usr/bin/npm"),
 ];
 
 #[derive(Parser)]
@@ -80,6 +97,7 @@ fn run(task: Task) -> Result<()> {
             setup()?;
             if is_root() {
                 interpreters::ensure(&root.join(TEST_CACHE))?;
+                validators::ensure(&root.join(TEST_CACHE))?;
             }
             Ok(())
         }
@@ -148,7 +166,7 @@ fn succeeds(cmd: &mut Command) -> bool {
     cmd.output().is_ok_and(|o| o.status.success())
 }
 
-fn output(cmd: &mut Command) -> Option<String> {
+pub(crate) fn output(cmd: &mut Command) -> Option<String> {
     let o = cmd.output().ok()?;
     o.status
         .success()
@@ -161,6 +179,21 @@ pub(crate) fn check(cmd: &mut Command) -> Result<()> {
         bail!("{cmd:?} failed: {status}");
     }
     Ok(())
+}
+
+/// Installs `krate` at `version` with `cargo install` unless cargo lists it.
+pub(crate) fn cargo_install(krate: &str, version: &str) -> Result<()> {
+    let installed = output(Command::new("cargo").args(["install", "--list"])).unwrap_or_default();
+    if installed.contains(&format!("{krate} v{version}:")) {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {krate} {version}");
+    check(Command::new("cargo").args([
+        "install",
+        &format!("{krate}@{version}"),
+        "--locked",
+        "--force",
+    ]))
 }
 
 fn setup() -> Result<()> {
@@ -190,16 +223,8 @@ fn setup() -> Result<()> {
         }
         check(&mut cmd)?;
     }
-    let linker = output(Command::new("bpf-linker").arg("--version")).unwrap_or_default();
-    if !linker.contains(BPF_LINKER_VERSION) {
-        eprintln!("xtask: installing bpf-linker {BPF_LINKER_VERSION}");
-        check(Command::new("cargo").args([
-            "install",
-            &format!("bpf-linker@{BPF_LINKER_VERSION}"),
-            "--locked",
-            "--force",
-        ]))?;
-    }
+    cargo_install("bpf-linker", BPF_LINKER_VERSION)?;
+    cargo_install("cargo-fuzz", CARGO_FUZZ_VERSION)?;
     let missing: Vec<&str> = DEBIAN_PACKAGES
         .iter()
         .filter(|(_, path)| !Path::new(path).exists())
@@ -232,6 +257,7 @@ fn test(root: &Path, harness_args: &[OsString]) -> Result<()> {
         );
     }
     interpreters::ensure(&root.join(TEST_CACHE))?;
+    validators::ensure(&root.join(TEST_CACHE))?;
     check(Command::new("cargo").args(["fmt", "--all", "--check"]))?;
     check(Command::new("cargo").args([
         "clippy",
@@ -275,5 +301,10 @@ fn test(root: &Path, harness_args: &[OsString]) -> Result<()> {
         .args(harness_args)
         .env("TRACER_BIN", root.join("target/release/tracer"))
         .env("TRACER_TEST_CACHE", root.join(TEST_CACHE));
-    check(&mut e2e)
+    check(&mut e2e)?;
+    // A filtered run is someone's quick check, not the whole suite.
+    if harness_args.is_empty() {
+        fuzz::run(root, &nightly()?)?;
+    }
+    Ok(())
 }

@@ -194,11 +194,16 @@ impl Probes {
         for pid in pids {
             self.untrace_pid(pid);
         }
+        // Taken before the fork: the parent may be gone (and the child
+        // reparented) before the child first runs.
+        let parent = std::process::id() as libc::pid_t;
         // SAFETY: the runtime is single-threaded (current_thread), and the
         // child only makes async-signal-safe calls before _exit.
         match unsafe { nix::unistd::fork() } {
             Ok(nix::unistd::ForkResult::Child) => unsafe {
-                let parent = libc::getppid();
+                // tracer's handlers (inherited) would swallow these.
+                libc::signal(libc::SIGINT, libc::SIG_DFL);
+                libc::signal(libc::SIGTERM, libc::SIG_DFL);
                 // Do not hold the terminal or a reader's pipe open.
                 let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
                 for fd in 0..3 {

@@ -1,4 +1,8 @@
 //! Interactive SVG flamegraphs, drawn by inferno from folded stacks.
+//!
+//! Drawn as icicles, roots at the top (as memray draws them): Python stacks
+//! run dozens of frames deep, and the top of the picture is what a browser,
+//! or the HTML report's frame, shows first.
 
 use super::{Entry, folded};
 
@@ -18,6 +22,7 @@ pub fn svg(
     options.title = title.to_owned();
     options.count_name = "bytes".to_owned();
     options.name_type = "Frame:".to_owned();
+    options.direction = inferno::flamegraph::Direction::Inverted;
     let mut out = Vec::new();
     inferno::flamegraph::from_lines(&mut options, lines.lines(), &mut out)?;
     String::from_utf8(out).map_err(std::io::Error::other)

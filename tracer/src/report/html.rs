@@ -193,11 +193,11 @@ pub fn render(report: &Report, top: usize) -> String {
         "<h2>Summary</h2><table><tr><th>pid</th><th class=l>command</th><th>allocated</th><th>freed</th><th>leaked (live when it began to exit)</th><th>live at the end</th><th>peak</th></tr>"
     );
     for p in &report.processes {
-        let a = report
+        let (a, peak_at_s) = report
             .summary
             .iter()
             .find(|s| s.pid == p.pid)
-            .map(|s| s.activity)
+            .map(|s| (s.activity, s.peak_at_s))
             .unwrap_or_default();
         let _ = writeln!(
             out,
@@ -215,7 +215,7 @@ pub fn render(report: &Report, top: usize) -> String {
             human_bytes(a.freed_bytes),
             human_bytes(a.leaked_bytes),
             human_bytes(a.live_bytes),
-            human_bytes(a.peak_bytes)
+            format!("{} at {peak_at_s:.2} s", human_bytes(a.peak_bytes))
         );
     }
     let _ = writeln!(out, "</table>");

@@ -8,6 +8,8 @@
 //! its last flush. Stacks are written symbolized, after the events that use
 //! them; readers resolve them at the end.
 
+pub mod background;
+
 use std::{
     fs::File,
     io::{self, BufWriter, Read, Write},
@@ -177,13 +179,16 @@ impl Writer {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CaptureError {
-    #[error("cannot read {0}")]
+    #[error("cannot open it: {0}")]
     Open(String),
     #[error("not a tracer capture (no TRACECAP header)")]
     NotCapture,
     #[error("capture version {0}, this tracer reads version {VERSION}")]
     Version(u16),
-    #[error("truncated at byte {offset} of its records, after {records} complete records")]
+    /// Offsets count the decompressed record stream, after the header.
+    #[error(
+        "cut short at byte {offset} of its records, after {records} complete records (a recording that was killed ends so)"
+    )]
     Truncated { offset: u64, records: u64 },
     #[error("corrupt at byte {offset} of its records, after {records} complete records: {reason}")]
     Corrupt {
@@ -204,10 +209,7 @@ pub fn read(input: impl Read) -> (Vec<Record>, Option<CaptureError>) {
 pub fn read_file(path: &Path) -> (Vec<Record>, Option<CaptureError>) {
     match File::open(path) {
         Ok(file) => read(io::BufReader::new(file)),
-        Err(err) => (
-            Vec::new(),
-            Some(CaptureError::Open(format!("{}: {err}", path.display()))),
-        ),
+        Err(err) => (Vec::new(), Some(CaptureError::Open(err.to_string()))),
     }
 }
 
@@ -247,8 +249,10 @@ fn read_into(mut input: impl Read, records: &mut Vec<Record>) -> Result<(), Capt
         };
         let len = match read_len(&mut stream) {
             Ok(Some(len)) => len,
-            Ok(None) => return Ok(()),
-            Err(Short::End) => return Err(truncated()),
+            // zstd reads a stream cut at a flush as one that ended: only
+            // the end record says the recording finished.
+            Ok(None) if matches!(records.last(), Some(Record::End { .. })) => return Ok(()),
+            Ok(None) | Err(Short::End) => return Err(truncated()),
             Err(Short::Io(e)) => return Err(corrupt(e)),
         };
         if len > MAX_RECORD {
@@ -390,6 +394,26 @@ mod tests {
         );
         assert!(read_back.len() >= 2, "{read_back:?}");
         assert_eq!(read_back[..], records[..read_back.len()]);
+    }
+
+    #[test]
+    fn a_capture_killed_after_a_flush_reads_whole_but_says_it_was_cut() {
+        let records = sample_records();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.tracer");
+        let mut w = Writer::create(&path).expect("create");
+        for r in &records[..3] {
+            w.write(r).expect("write");
+        }
+        w.flush().expect("flush");
+        // Killed here: never finished, no end record.
+        std::mem::forget(w);
+        let (read_back, err) = read_file(&path);
+        assert_eq!(read_back, records[..3]);
+        assert!(
+            matches!(err, Some(CaptureError::Truncated { records: 3, .. })),
+            "{err:?}"
+        );
     }
 
     #[test]
