@@ -1,6 +1,7 @@
 //! Captures and every report made from them, each export read back by an
 //! independent reader (inferno's flamegraph tool, pprof's own profile.proto
-//! through Python's protobuf package, speedscope's JSON schema, Chromium),
+//! through Python's protobuf package and `go tool pprof`, speedscope's JSON
+//! schema, Chromium),
 //! with byte totals that match report.json exactly.
 //!
 //! The workload, report_shapes.py, makes one of each shape at known lines:
@@ -454,6 +455,34 @@ fn pprof_decoded_with_the_official_proto() {
         .map(|e| e["count"].as_u64().expect("count"))
         .sum();
     assert!(totals["inuse_objects"].as_u64() >= Some(live_count));
+    // go tool pprof, pprof's own reader, sums the same.
+    let out = Command::new("go")
+        .args(["tool", "pprof", "-raw"])
+        .arg(&profile)
+        .output()
+        .expect("go tool pprof (Debian's golang-go, installed by `cargo xtask test`)");
+    assert_success("go tool pprof -raw", &out);
+    let mut sums = [0u64; 4];
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some((values, _locations)) = line.split_once(':') else {
+            continue;
+        };
+        let values: Vec<u64> = values
+            .split_whitespace()
+            .map_while(|v| v.parse().ok())
+            .collect();
+        if let [a, b, c, d] = values[..] {
+            for (sum, v) in sums.iter_mut().zip([a, b, c, d]) {
+                *sum += v;
+            }
+        }
+    }
+    assert_eq!(
+        sums[1],
+        r.total("bytes_allocated"),
+        "go tool pprof alloc_space"
+    );
+    assert_eq!(sums[3], r.total("live_bytes"), "go tool pprof inuse_space");
     // Python frames are functions with their file and line.
     let heaviest = &decoded["heaviest"]["inuse_space"]["frames"];
     let leak_line = r.line("# LEAK");

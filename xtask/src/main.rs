@@ -32,8 +32,9 @@ const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// at their own glibc, `python3.11-dbg` carries the debug symbols of
 /// Debian's stripped python3.11 (found by build-id); the report tests read
 /// tracer's exports with chromium, protoc and python3-protobuf (pprof),
-/// python3-jsonschema (speedscope), and npm fetches speedscope's schema.
-const DEBIAN_PACKAGES: [(&str, &str); 9] = [
+/// golang-go (`go tool pprof`), python3-jsonschema (speedscope), and npm
+/// fetches speedscope's schema.
+const DEBIAN_PACKAGES: [(&str, &str); 10] = [
     ("bpftool", "/usr/sbin/bpftool"),
     ("gcc", "/usr/bin/gcc"),
     ("patchelf", "/usr/bin/patchelf"),
@@ -49,6 +50,7 @@ const DEBIAN_PACKAGES: [(&str, &str); 9] = [
         "/usr/lib/python3/dist-packages/jsonschema/__init__.py",
     ),
     ("npm", "/usr/bin/npm"),
+    ("golang-go", "/usr/bin/go"),
 ];
 
 #[derive(Parser)]

@@ -39,6 +39,14 @@ fn fresh_dir(dir: &Path) -> Result<()> {
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))
 }
 
+/// The file of `dir` named `*.extension`, if there is one.
+fn file_ending(dir: &Path, extension: &str) -> Option<std::path::PathBuf> {
+    fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == extension))
+}
+
 fn fetch_profile_proto(dest: &Path) -> Result<()> {
     let work = dest.with_extension("download");
     fresh_dir(&work)?;
@@ -58,10 +66,7 @@ fn fetch_profile_proto(dest: &Path) -> Result<()> {
                 .current_dir(&work),
         )?;
     }
-    let deb = fs::read_dir(&work)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.extension().is_some_and(|x| x == "deb"))
-        .context("apt-get download left no .deb")?;
+    let deb = file_ending(&work, "deb").context("apt-get download left no .deb")?;
     let unpacked = work.join("root");
     check(Command::new("dpkg").arg("-x").arg(&deb).arg(&unpacked))?;
     fresh_dir(dest)?;
@@ -87,10 +92,7 @@ fn fetch_speedscope_schema(dest: &Path) -> Result<()> {
             .args(["pack", "--silent", SPEEDSCOPE])
             .current_dir(&work),
     )?;
-    let tarball = fs::read_dir(&work)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.extension().is_some_and(|x| x == "tgz"))
-        .context("npm pack left no tarball")?;
+    let tarball = file_ending(&work, "tgz").context("npm pack left no tarball")?;
     check(
         Command::new("tar")
             .arg("-xzf")

@@ -201,7 +201,7 @@ pub fn render(report: &Report, top: usize) -> String {
             .unwrap_or_default();
         let _ = writeln!(
             out,
-            "<tr><td>{}</td><td class=l><code>{}</code><br><span class=note>{}</span></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td class=l><code>{}</code><br><span class=note>{}</span></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} at {peak_at_s:.2} s</td></tr>",
             p.pid,
             esc(&p.command),
             esc(&p
@@ -215,7 +215,7 @@ pub fn render(report: &Report, top: usize) -> String {
             human_bytes(a.freed_bytes),
             human_bytes(a.leaked_bytes),
             human_bytes(a.live_bytes),
-            format!("{} at {peak_at_s:.2} s", human_bytes(a.peak_bytes))
+            human_bytes(a.peak_bytes)
         );
     }
     let _ = writeln!(out, "</table>");

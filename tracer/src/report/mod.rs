@@ -14,7 +14,7 @@ pub mod text;
 use std::collections::HashMap;
 
 use crate::{
-    heap::{ExitReason, HeapModel, Pid},
+    heap::{Allocation, ExitReason, HeapModel, Pid},
     stacks::StackId,
     symbolize::{Frame, SymbolizedStack, View},
 };
@@ -116,22 +116,34 @@ pub fn leaks(heap: &HeapModel, end_ts_ns: u64, min_age_ns: u64) -> Vec<Group> {
     let mut groups = Vec::new();
     for (pid, process) in heap.processes() {
         let as_of = process.exit_snapshot().map_or(end_ts_ns, |s| s.ts_ns);
-        let mut by_stack: HashMap<StackId, (u64, u64)> = HashMap::new();
-        for a in process.leak_set() {
-            if as_of.saturating_sub(a.ts_ns) >= min_age_ns {
-                let e = by_stack.entry(a.stack).or_default();
-                e.0 += a.size;
-                e.1 += 1;
-            }
-        }
-        groups.extend(by_stack.into_iter().map(|(stack, (bytes, count))| Group {
+        let leaks = process.leak_set();
+        let old_enough = leaks
+            .iter()
+            .filter(|a| as_of.saturating_sub(a.ts_ns) >= min_age_ns);
+        groups.extend(by_stack(pid, old_enough));
+    }
+    sorted(groups)
+}
+
+/// `allocations` of `pid` grouped by stack.
+pub(super) fn by_stack<'a>(
+    pid: Pid,
+    allocations: impl IntoIterator<Item = &'a Allocation>,
+) -> impl Iterator<Item = Group> {
+    let mut groups: HashMap<StackId, (u64, u64)> = HashMap::new();
+    for a in allocations {
+        let g = groups.entry(a.stack).or_default();
+        g.0 += a.size;
+        g.1 += 1;
+    }
+    groups
+        .into_iter()
+        .map(move |(stack, (bytes, count))| Group {
             pid,
             stack,
             bytes,
             count,
-        }));
-    }
-    sorted(groups)
+        })
 }
 
 /// Bytes and allocations made per stack over the whole recording.

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use super::{Group, sorted};
+use super::{Group, by_stack, sorted};
 use crate::{
     heap::{HeapEvent, HeapModel, Pid},
     stacks::StackId,
@@ -33,18 +33,7 @@ pub fn at_peaks(events: &[HeapEvent], heap: &HeapModel) -> Vec<Group> {
             continue;
         }
         pending.remove(&pid);
-        let mut by_stack: HashMap<StackId, (u64, u64)> = HashMap::new();
-        for a in p.live() {
-            let g = by_stack.entry(a.stack).or_default();
-            g.0 += a.size;
-            g.1 += 1;
-        }
-        groups.extend(by_stack.into_iter().map(|(stack, (bytes, count))| Group {
-            pid,
-            stack,
-            bytes,
-            count,
-        }));
+        groups.extend(by_stack(pid, p.live()));
     }
     sorted(groups)
 }
