@@ -67,6 +67,17 @@ pub mod flags {
     pub const PY_TRUNCATED: u32 = 1 << 3;
     /// The Python frame chain could not be read to its end.
     pub const PY_LOST: u32 = 1 << 4;
+    /// In flight only: the call was not chosen by `--sample-bytes`; its
+    /// return only settles a reallocated pointer that was.
+    pub const UNSAMPLED: u32 = 1 << 5;
+}
+
+/// The kernel's gap table for `--sample-bytes` (see tracer's sampling.rs).
+pub mod sampling {
+    /// Entries (a power of two: indexed by random bits).
+    pub const GAP_TABLE_LEN: usize = 1024;
+    /// Entries are gaps between samples in units of N / 2^GAP_SCALE_BITS.
+    pub const GAP_SCALE_BITS: u32 = 16;
 }
 
 /// `Header::flags` of an [`kind::EXITING`] record: what marked the start of
@@ -277,8 +288,10 @@ pub mod counter {
     pub const UNMATCHED_RETURNS: u32 = 6;
     /// Code object copies dropped because the ring buffer was full.
     pub const LOST_CODE: u32 = 7;
+    /// Allocation calls and frees left out by `--sample-bytes`.
+    pub const UNSAMPLED: u32 = 8;
     /// Number of counters.
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 9;
 }
 
 // SAFETY: #[repr(C)] integers only, every bit pattern valid.

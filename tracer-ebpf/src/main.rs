@@ -9,7 +9,10 @@
 
 use aya_ebpf::{
     EbpfContext, Global,
-    bindings::{BPF_F_USER_STACK, pt_regs},
+    bindings::{
+        BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
+        BPF_RB_RING_SIZE, pt_regs,
+    },
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_task_btf, bpf_ktime_get_ns,
         bpf_probe_read_kernel, bpf_probe_read_user,
@@ -19,14 +22,14 @@ use aya_ebpf::{
         },
     },
     macros::{map, tracepoint, uprobe, uretprobe},
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
 use aya_log_ebpf::debug;
 use tracer_common::{
     AllocRecord, CodeKey, CodeRecord, FreeRecord, Header, MAX_CODE_STR, MAX_CODE_TABLE,
     MAX_PY_DEPTH, MAX_STACK_DEPTH, PyConfig, PyFrame, counter, exec, exiting, flags, func, kind,
-    py_config,
+    py_config, sampling,
 };
 
 /// Processes whose allocations are recorded (tgid -> 1), written by userspace.
@@ -70,6 +73,27 @@ static FSBASE_OFFSET: Global<u64> = Global::new(0);
 #[unsafe(no_mangle)]
 static ALL_EXECS: Global<u8> = Global::new(0);
 
+/// `--sample-bytes`: the mean bytes between samples; 0 records every call.
+#[unsafe(no_mangle)]
+static SAMPLE_BYTES: Global<u64> = Global::new(0);
+
+/// Exponential gaps between samples, in units of SAMPLE_BYTES / 2^16, set
+/// by userspace (tracer's sampling.rs): a random entry is a random gap.
+#[map]
+static GAP_TABLE: Array<u32> = Array::with_max_entries(sampling::GAP_TABLE_LEN as u32, 0);
+
+/// Bytes left until the next sample, per CPU (0: not drawn yet). The
+/// bytes are a Poisson process, so the count may move between CPUs as
+/// threads do without biasing anything.
+#[map]
+static SAMPLE_LEFT: PerCpuArray<i64> = PerCpuArray::with_max_entries(1, 0);
+
+/// With sampling: the live addresses of sampled allocations, so that only
+/// their frees are sent. LRU: an allocation evicted unfreed (more than 1M
+/// sampled allocations live at once) would later show as a leak.
+#[map]
+static SAMPLED: LruHashMap<u64, u8> = LruHashMap::with_max_entries(1 << 20, 0);
+
 /// Per-CPU counters, indexed by `tracer_common::counter`.
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
@@ -81,6 +105,21 @@ const STALE_NS: u64 = 1_000_000_000;
 
 const MAP_ANONYMOUS: u64 = 0x20;
 const PROT_NONE: u64 = 0;
+
+/// Ring buffer flags for a record: wake tracer only once a quarter of the
+/// ring is full. Waking it for each record (the default when it keeps up)
+/// costs the traced thread an interrupt and a context switch per
+/// allocation; tracer drains every few milliseconds on its own.
+#[inline(always)]
+fn wakeup() -> u64 {
+    let avail = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    let size = EVENTS.query(BPF_RB_RING_SIZE as u64);
+    if avail > size / 4 {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
+}
 
 #[inline(always)]
 fn count(index: u32) {
@@ -142,6 +181,35 @@ impl Call {
     }
 }
 
+/// Whether an allocation call of `size` bytes is sampled: a point of the
+/// Poisson process over allocated bytes falls in it.
+#[inline(always)]
+fn sampled(mean: u64, size: u64) -> bool {
+    let Some(left) = SAMPLE_LEFT.get_ptr_mut(0) else {
+        return true;
+    };
+    // SAFETY: a per-CPU slot, touched only by this CPU with preemption off.
+    let left = unsafe { &mut *left };
+    let draw = || {
+        // SAFETY: no preconditions.
+        let r = unsafe { aya_ebpf::helpers::bpf_get_prandom_u32() };
+        let gap = GAP_TABLE
+            .get(r & (sampling::GAP_TABLE_LEN as u32 - 1))
+            .copied()
+            .unwrap_or(1 << sampling::GAP_SCALE_BITS);
+        (mean.wrapping_mul(u64::from(gap)) >> sampling::GAP_SCALE_BITS) as i64
+    };
+    if *left == 0 {
+        *left = draw().max(1);
+    }
+    *left -= size as i64;
+    if *left > 0 {
+        return false;
+    }
+    *left = draw().max(1);
+    true
+}
+
 /// Starts recording an allocation call of the current (traced) thread.
 /// `sp` is the user stack pointer at the function's first instruction, where
 /// the return address is.
@@ -169,6 +237,34 @@ fn enter<C: EbpfContext>(ctx: &C, id: u64, sp: u64, call: Call) {
     // SAFETY: per-CPU scratch, not shared while this program runs.
     let rec = unsafe { &mut *rec };
     let mut rec_flags = 0;
+    let mean = SAMPLE_BYTES.load();
+    // Mappings are few and large: always recorded.
+    if mean != 0
+        && call.func != func::MMAP
+        && call.func != func::MREMAP
+        && !sampled(mean, call.size)
+    {
+        count(counter::UNSAMPLED);
+        // Still in flight: nested calls belong to it, and a realloc may
+        // move a sampled pointer.
+        rec.header = Header {
+            kind: kind::ALLOC,
+            pid: (id >> 32) as u32,
+            tid: id as u32,
+            flags: flags::UNSAMPLED,
+            ts_ns: now,
+        };
+        rec.func = call.func;
+        rec.nesting = 0;
+        rec.size = call.size;
+        rec.old_addr = call.old_addr;
+        rec.stack_len = 0;
+        let rec: &AllocRecord = rec;
+        if IN_FLIGHT.insert(id, rec, 0).is_err() {
+            count(counter::PENDING_FULL);
+        }
+        return;
+    }
     // SAFETY: a checked read of user memory.
     rec.caller = match unsafe { bpf_probe_read_user(sp as *const u64) } {
         Ok(caller) => caller,
@@ -235,6 +331,9 @@ struct Walk {
     n: u64,
     /// Where the Python frames start in `OUT` (after the native ones).
     head: u64,
+    /// The process's layout, copied once per walk rather than looked up
+    /// per frame.
+    cfg: PyConfig,
 }
 
 #[map]
@@ -317,7 +416,7 @@ fn copy_code(cfg: &PyConfig, pid: u32, code: u64, firstlineno: i32) {
     } == 0;
     rec.table_len = if ok { n as u32 } else { 0 };
     rec.table_full = u32::from(size > n);
-    entry.submit(0);
+    entry.submit(wakeup());
     count(counter::EVENTS);
     let _ = CODE_SEEN.insert(key, 0, 0);
 }
@@ -360,12 +459,9 @@ extern "C" fn walk_step(_index: u64, _ctx: *mut core::ffi::c_void) -> i64 {
         return 1;
     };
     let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    // SAFETY: the value is read only.
-    let Some(cfg) = (unsafe { PY_PROCS.get(pid) }) else {
-        return 1;
-    };
     // SAFETY: per-CPU state of this program run.
     let walk = unsafe { &mut *walk };
+    let cfg = &walk.cfg;
     let (frame, n, head) = (walk.frame, walk.n as usize, walk.head as usize);
     if frame == 0 || n >= MAX_PY_DEPTH || head > AllocRecord::wire_len(MAX_STACK_DEPTH, 0) {
         return 1;
@@ -397,8 +493,9 @@ extern "C" fn walk_step(_index: u64, _ctx: *mut core::ffi::c_void) -> i64 {
         walk.n += 1;
         copy_code(cfg, pid, code, firstlineno);
     }
-    walk.frame = user::<u64>(frame + u64::from(cfg.frame_previous)).unwrap_or(0);
-    i64::from(walk.frame == 0)
+    let previous = user::<u64>(frame + u64::from(cfg.frame_previous)).unwrap_or(0);
+    walk.frame = previous;
+    i64::from(previous == 0)
 }
 
 /// Walks the current thread's Python frames into `OUT` after its `head`
@@ -414,11 +511,11 @@ fn walk_python(cfg: &PyConfig, head: usize) -> (u32, u32) {
     };
     // SAFETY: per-CPU state of this program run.
     unsafe {
-        *walk = Walk {
-            frame,
-            n: 0,
-            head: head as u64,
-        };
+        let walk = &mut *walk;
+        walk.frame = frame;
+        walk.n = 0;
+        walk.head = head as u64;
+        walk.cfg = *cfg;
         // A frame may be a shim that is skipped: allow for some of those.
         bpf_loop(
             (MAX_PY_DEPTH + 16) as u32,
@@ -466,7 +563,7 @@ fn submit_alloc(rec: &AllocRecord) {
     let len = head + py_len * size_of::<PyFrame>();
     // SAFETY: `len` is at most MAX_WIRE_LEN, the size of `out`.
     let bytes = unsafe { core::slice::from_raw_parts(out, len) };
-    match EVENTS.output::<[u8]>(bytes, 0) {
+    match EVENTS.output::<[u8]>(bytes, wakeup()) {
         Ok(()) => count(counter::EVENTS),
         Err(_) => count(counter::LOST_EVENTS),
     }
@@ -479,14 +576,15 @@ fn submit_free(kind: u32, id: u64, addr: u64, len: u64) {
         addr,
         len,
     };
-    match EVENTS.output::<FreeRecord>(&rec, 0) {
+    match EVENTS.output::<FreeRecord>(&rec, wakeup()) {
         Ok(()) => count(counter::EVENTS),
         Err(_) => count(counter::LOST_EVENTS),
     }
 }
 
 fn submit_marker(kind: u32, id: u64, flags: u32) {
-    match EVENTS.output::<Header>(&header(kind, id, flags), 0) {
+    // Rare, and acted on at once (an exec needs probes on its libraries).
+    match EVENTS.output::<Header>(&header(kind, id, flags), BPF_RB_FORCE_WAKEUP as u64) {
         Ok(()) => count(counter::EVENTS),
         Err(_) => count(counter::LOST_EVENTS),
     }
@@ -516,6 +614,16 @@ fn complete(id: u64, ret: u64, only_func: Option<u32>) {
         rec.nesting -= 1;
         return;
     }
+    let sampling = SAMPLE_BYTES.load() != 0 && rec.func != func::MMAP && rec.func != func::MREMAP;
+    if sampling && rec.header.flags & flags::UNSAMPLED != 0 {
+        // A failed realloc leaves its pointer as it was.
+        if rec.old_addr != 0 && (ret != 0 || rec.size == 0) && SAMPLED.remove(rec.old_addr).is_ok()
+        {
+            submit_free(kind::FREE, id, rec.old_addr, 0);
+        }
+        let _ = IN_FLIGHT.remove(id);
+        return;
+    }
     let addr = match rec.func {
         // posix_memalign returns 0 and stores the pointer through its first argument.
         func::POSIX_MEMALIGN if ret as u32 == 0 => {
@@ -527,6 +635,16 @@ fn complete(id: u64, ret: u64, only_func: Option<u32>) {
         func::MMAP | func::MREMAP if ret > (-4096i64) as u64 => 0,
         _ => ret,
     };
+    if sampling {
+        // Userspace only knows sampled pointers: a realloc of another is a
+        // fresh allocation there.
+        if rec.old_addr != 0 && SAMPLED.remove(rec.old_addr).is_err() {
+            rec.old_addr = 0;
+        }
+        if addr != 0 {
+            let _ = SAMPLED.insert(addr, 0, 0);
+        }
+    }
     if addr != 0 {
         rec.addr = addr;
         submit_alloc(rec);
@@ -703,9 +821,14 @@ pub fn free_entry(ctx: ProbeContext) -> u32 {
         return 0;
     }
     let (_, [addr, _]) = cookie_of(&ctx, 0);
-    if addr != 0 {
-        submit_free(kind::FREE, id, addr, 0);
+    if addr == 0 {
+        return 0;
     }
+    if SAMPLE_BYTES.load() != 0 && SAMPLED.remove(addr).is_err() {
+        count(counter::UNSAMPLED);
+        return 0;
+    }
+    submit_free(kind::FREE, id, addr, 0);
     0
 }
 

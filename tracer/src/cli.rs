@@ -154,6 +154,14 @@ pub struct RecordArgs {
     #[arg(long, value_name = "MS", default_value_t = 100)]
     pub sample_ms: u64,
 
+    /// Record a sample of the allocations instead of every one: on average
+    /// one per N bytes allocated (Poisson, like tcmalloc), each weighted so
+    /// that bytes and counts stay unbiased estimates. Frees of unsampled
+    /// allocations are dropped in the kernel. Relative error of a total of
+    /// B bytes: about sqrt(N / B). The mode for production.
+    #[arg(long, value_name = "N")]
+    pub sample_bytes: Option<u64>,
+
     /// Ring buffer between the kernel and tracer, in MiB (a power of two).
     #[arg(long, value_name = "MIB", default_value_t = 32)]
     pub ring_mb: u32,

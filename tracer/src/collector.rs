@@ -8,6 +8,7 @@ use tracer_common::{
 
 use crate::{
     heap::{ExitReason, HeapEvent, HeapModel},
+    sampling::Sampling,
     stacks::{RawStack, StackTable},
 };
 
@@ -29,6 +30,8 @@ pub struct Collector {
     pub malformed: u64,
     /// With `Some`, every event applied is also kept here for a capture.
     pub journal: Option<Vec<HeapEvent>>,
+    /// `--sample-bytes`: allocation records are samples, weighted here.
+    pub sampling: Option<Sampling>,
     frames: Vec<u64>,
     python: Vec<PyFrame>,
 }
@@ -43,9 +46,10 @@ fn read<T: Copy>(bytes: &[u8]) -> Option<T> {
 
 impl Collector {
     /// `journal`: keep the events applied, for a capture.
-    pub fn new(journal: bool) -> Self {
+    pub fn new(journal: bool, sampling: Option<Sampling>) -> Self {
         Self {
             journal: journal.then(Vec::new),
+            sampling,
             ..Self::default()
         }
     }
@@ -171,6 +175,13 @@ impl Collector {
             },
         );
         let (pid, tid, ts_ns) = (h.pid, h.tid, h.ts_ns);
+        // Mappings are always recorded (see the kernel's `enter`).
+        let (size, count) = match self.sampling {
+            Some(s) if rec.func != func::MMAP && rec.func != func::MREMAP => {
+                s.weigh(rec.size, rec.addr)
+            }
+            _ => (rec.size, 1),
+        };
         Some(match rec.func {
             func::REALLOC | func::REALLOCARRAY | func::PYOBJECT_REALLOC | func::PYMEM_REALLOC
                 if rec.old_addr != 0 =>
@@ -181,7 +192,8 @@ impl Collector {
                     ts_ns,
                     old_addr: rec.old_addr,
                     addr: rec.addr,
-                    size: rec.size,
+                    size,
+                    count,
                     stack,
                 }
             }
@@ -208,7 +220,8 @@ impl Collector {
                 tid,
                 ts_ns,
                 addr: rec.addr,
-                size: rec.size,
+                size,
+                count,
                 stack,
             },
         })

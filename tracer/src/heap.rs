@@ -20,7 +20,10 @@ pub enum HeapEvent {
         tid: u32,
         ts_ns: u64,
         addr: u64,
+        /// Bytes, and allocations, this event stands for: the call's own
+        /// size and 1, or with sampling the estimate it is weighted to.
         size: u64,
+        count: u32,
         stack: StackId,
     },
     /// `realloc` of a non-NULL pointer (which may return the same address).
@@ -31,6 +34,7 @@ pub enum HeapEvent {
         old_addr: u64,
         addr: u64,
         size: u64,
+        count: u32,
         stack: StackId,
     },
     Free {
@@ -85,6 +89,8 @@ pub enum ExitReason {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Allocation {
     pub size: u64,
+    /// Allocations it stands for (more than 1 only when sampled).
+    pub count: u32,
     pub stack: StackId,
     pub ts_ns: u64,
     pub tid: u32,
@@ -200,9 +206,9 @@ impl ProcessHeap {
     fn add_live(&mut self, a: Allocation) {
         let s = self.stacks.entry(a.stack).or_default();
         s.live_bytes += a.size;
-        s.live_count += 1;
+        s.live_count += u64::from(a.count);
         self.totals.live_bytes += a.size;
-        self.totals.live_count += 1;
+        self.totals.live_count += u64::from(a.count);
         let t = self.threads.entry(a.tid).or_default();
         t.live_bytes += a.size;
         t.peak_bytes = t.peak_bytes.max(t.live_bytes);
@@ -211,10 +217,10 @@ impl ProcessHeap {
     fn remove_live(&mut self, a: &Allocation) {
         if let Some(s) = self.stacks.get_mut(&a.stack) {
             s.live_bytes = s.live_bytes.saturating_sub(a.size);
-            s.live_count = s.live_count.saturating_sub(1);
+            s.live_count = s.live_count.saturating_sub(u64::from(a.count));
         }
         self.totals.live_bytes = self.totals.live_bytes.saturating_sub(a.size);
-        self.totals.live_count = self.totals.live_count.saturating_sub(1);
+        self.totals.live_count = self.totals.live_count.saturating_sub(u64::from(a.count));
         if let Some(t) = self.threads.get_mut(&a.tid) {
             t.live_bytes = t.live_bytes.saturating_sub(a.size);
         }
@@ -223,19 +229,19 @@ impl ProcessHeap {
     fn count_alloc(&mut self, a: &Allocation) {
         let s = self.stacks.entry(a.stack).or_default();
         s.alloc_bytes += a.size;
-        s.alloc_count += 1;
-        self.totals.allocs += 1;
+        s.alloc_count += u64::from(a.count);
+        self.totals.allocs += u64::from(a.count);
         self.totals.bytes_allocated += a.size;
         let t = self.threads.entry(a.tid).or_default();
-        t.allocs += 1;
+        t.allocs += u64::from(a.count);
         t.bytes_allocated += a.size;
     }
 
     fn count_free(&mut self, a: &Allocation) {
-        self.totals.frees += 1;
+        self.totals.frees += u64::from(a.count);
         self.totals.bytes_freed += a.size;
         let t = self.threads.entry(a.tid).or_default();
-        t.frees += 1;
+        t.frees += u64::from(a.count);
         t.bytes_freed += a.size;
     }
 
@@ -322,12 +328,14 @@ impl ProcessHeap {
                 ts_ns,
                 addr,
                 size,
+                count,
                 stack,
                 ..
             } => self.alloc(
                 addr,
                 Allocation {
                     size,
+                    count,
                     stack,
                     ts_ns,
                     tid,
@@ -339,6 +347,7 @@ impl ProcessHeap {
                 old_addr,
                 addr,
                 size,
+                count,
                 stack,
                 ..
             } => {
@@ -347,6 +356,7 @@ impl ProcessHeap {
                     addr,
                     Allocation {
                         size,
+                        count,
                         stack,
                         ts_ns,
                         tid,
@@ -365,6 +375,7 @@ impl ProcessHeap {
                 addr,
                 Allocation {
                     size: len,
+                    count: 1,
                     stack,
                     ts_ns,
                     tid,
@@ -391,6 +402,7 @@ impl ProcessHeap {
                         addr,
                         Allocation {
                             size: len,
+                            count: 1,
                             stack,
                             ts_ns,
                             tid,
@@ -487,6 +499,7 @@ mod tests {
             ts_ns,
             addr,
             size,
+            count: 1,
             stack,
         }
     }
@@ -576,6 +589,7 @@ mod tests {
                 ts_ns,
                 addr,
                 size,
+                count: 1,
                 stack,
             },
             HeapEvent::Free {
@@ -640,6 +654,7 @@ mod tests {
                 old_addr: 0x1000,
                 addr: 0x5000,
                 size: 300,
+                count: 1,
                 stack: S2,
             },
         ]);

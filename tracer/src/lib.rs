@@ -6,9 +6,9 @@
 pub mod capture;
 mod cli;
 mod clock;
-mod collector;
+pub mod collector;
 mod elf;
-mod heap;
+pub mod heap;
 mod host;
 mod launch;
 mod modules;
@@ -17,8 +17,9 @@ mod probes;
 mod proc_maps;
 mod python;
 pub mod report;
+mod sampling;
 mod session;
-mod stacks;
+pub mod stacks;
 pub mod symbolize;
 
 use std::process::ExitCode;

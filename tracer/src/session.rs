@@ -30,8 +30,12 @@ use crate::{
     proc_maps::ProcessMaps,
     python::{self, DetectError},
     report::{self, Counters, ProcessInfo, Recorded, Report},
+    sampling::Sampling,
     symbolize::{Symbolizer, Unsymbolized, View},
 };
+
+/// How often the ring buffer is drained without a wakeup from the kernel.
+const DRAIN_EVERY: Duration = Duration::from_millis(10);
 
 /// After an exec, the new image's libraries appear over a few milliseconds;
 /// its map is read again this often, for this long, to probe them.
@@ -298,6 +302,7 @@ impl Recording {
             unmatched_returns: k.unmatched_returns,
             nested_calls: k.nested_calls,
             lost_code: k.lost_code,
+            unsampled: k.unsampled,
             malformed_records: self.collector.malformed,
             ..Counters::default()
         })
@@ -348,6 +353,7 @@ impl Recording {
                 info!("pid {pid}: {described}");
                 if let Some(t) = self.targets.get_mut(&pid) {
                     t.notes = allocator_notes(pid, &probed, self.files.pymalloc);
+                    t.notes.extend(self.collector.sampling.map(|s| s.note()));
                 }
                 self.collector.stacks.python.add(pid, interp);
                 Ok(Some(described))
@@ -417,6 +423,10 @@ pub async fn record(args: RecordArgs) -> Result<()> {
         Some(d) => Some(Duration::from_secs_f64(d)),
         None => None,
     };
+    let sampling = match args.sample_bytes {
+        Some(0) => bail!("--sample-bytes must be at least 1"),
+        n => n.map(|mean_bytes| Sampling { mean_bytes }),
+    };
     host::check()?;
     for &pid in &args.pids {
         check_pid(pid)?;
@@ -442,9 +452,9 @@ pub async fn record(args: RecordArgs) -> Result<()> {
         None => None,
     };
     let mut rec = Recording {
-        probes: Probes::load(args.ring_mb << 20, fsbase, args.all)?,
+        probes: Probes::load(args.ring_mb << 20, fsbase, args.all, sampling)?,
         files: AttachedFiles::new(args.pymalloc),
-        collector: Collector::new(capture.is_some()),
+        collector: Collector::new(capture.is_some(), sampling),
         targets: BTreeMap::new(),
         capture,
     };
@@ -477,6 +487,8 @@ pub async fn record(args: RecordArgs) -> Result<()> {
             .records(vec![Record::Start { start_ns }])
             .with_context(|| format!("writing {}", cap.path.display()))?;
     }
+    let mut drain_tick = tokio::time::interval(DRAIN_EVERY);
+    drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut tick = tokio::time::interval(Duration::from_millis(args.sample_ms.max(10)));
     // A late tick is one sample late, not a burst of samples of one moment.
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -567,6 +579,11 @@ pub async fn record(args: RecordArgs) -> Result<()> {
                 }
             }
             _ = sleep(EXEC_RESCAN_EVERY), if !rescans.is_empty() => {}
+            // The kernel wakes tracer only when its ring fills up (see
+            // `wakeup` in tracer-ebpf): drain it regularly.
+            _ = drain_tick.tick() => {
+                drain(ring.get_mut(), &mut rec.collector, &mut notices);
+            }
             _ = tick.tick(), if rec.capture.is_some() => {
                 // Take the newest events first: a sample is of the heap now.
                 drain(ring.get_mut(), &mut rec.collector, &mut notices);

@@ -141,7 +141,7 @@ impl StackTable {
     }
 
     /// Stacks interned so far: ids are 0 to `len() - 1`.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.stacks.len()
     }
 

@@ -14,6 +14,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod fuzz;
 mod interpreters;
 mod validators;
@@ -79,6 +80,20 @@ enum Task {
         #[arg(last = true)]
         args: Vec<OsString>,
     },
+    /// Measure what tracing costs (as root): every workload in
+    /// bench/workloads untraced, under tracer's modes, bpftrace, bcc's
+    /// memleak and memray. Prints a Markdown table and writes
+    /// bench/results/latest.json. Not part of `test`.
+    Bench {
+        /// Fewer rounds of smaller workloads (under 3 minutes).
+        #[arg(long)]
+        quick: bool,
+        /// Rounds of every mode (default 5; 2 with --quick).
+        #[arg(long)]
+        rounds: Option<usize>,
+        /// Only these workloads (churn, buffers, leak, threads, maxrate).
+        workloads: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -129,6 +144,26 @@ fn run(task: Task) -> Result<()> {
         Task::Test { args } => {
             setup()?;
             test(&root, &args)
+        }
+        Task::Bench {
+            quick,
+            rounds,
+            workloads,
+        } => {
+            if !is_root() {
+                bail!(
+                    "the benchmark loads eBPF programs and needs root: run `sudo -E env PATH=\"$PATH\" cargo xtask bench`"
+                );
+            }
+            setup()?;
+            bench::run(
+                &root,
+                &bench::Options {
+                    quick,
+                    rounds,
+                    workloads,
+                },
+            )
         }
     }
 }
@@ -227,7 +262,12 @@ fn setup() -> Result<()> {
     }
     cargo_install("bpf-linker", BPF_LINKER_VERSION)?;
     cargo_install("cargo-fuzz", CARGO_FUZZ_VERSION)?;
-    let missing: Vec<&str> = DEBIAN_PACKAGES
+    apt_install(&DEBIAN_PACKAGES)
+}
+
+/// Installs the Debian packages (name, a file it installs) that are missing.
+pub(crate) fn apt_install(packages: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .filter(|(_, path)| !Path::new(path).exists())
         .map(|(pkg, _)| *pkg)
@@ -248,7 +288,7 @@ fn setup() -> Result<()> {
     Ok(())
 }
 
-fn build() -> Result<()> {
+pub(crate) fn build() -> Result<()> {
     check(Command::new("cargo").args(["build", "--release", "--package", "tracer"]))
 }
 

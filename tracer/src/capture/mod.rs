@@ -26,7 +26,7 @@ use crate::{
 };
 
 pub const MAGIC: &[u8; 8] = b"TRACECAP";
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 /// No record is this large; a length beyond it is corruption.
 const MAX_RECORD: usize = 16 << 20;
 
@@ -336,6 +336,7 @@ mod tests {
                 ts_ns: 10,
                 addr: 0x1000,
                 size: 64,
+                count: 1,
                 stack: StackId(0),
             }),
             Record::Stack {

@@ -9,13 +9,15 @@ use std::path::Path;
 use anyhow::{Context as _, Result};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
         TracePoint, UProbe,
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
     },
 };
 use tracer_common::{PyConfig, counter};
+
+use crate::sampling::{self, Sampling};
 
 pub use attach::{AttachedFiles, FileProbes};
 pub use placement::{How, Placement};
@@ -52,6 +54,7 @@ pub struct KernelCounters {
     pub stale_in_flight: u64,
     pub unmatched_returns: u64,
     pub lost_code: u64,
+    pub unsampled: u64,
 }
 
 impl Probes {
@@ -59,9 +62,17 @@ impl Probes {
     /// `ring_bytes` must be a power of two multiple of the page size.
     /// `fsbase_offset` (see `host::fsbase_offset`) lets the programs read
     /// Python frames; 0 turns them off. `all_execs` reports every exec on
-    /// the host (`--all`).
-    pub fn load(ring_bytes: u32, fsbase_offset: u64, all_execs: bool) -> Result<Self> {
+    /// the host (`--all`). `sampling`: record only allocations chosen by
+    /// `--sample-bytes`.
+    pub fn load(
+        ring_bytes: u32,
+        fsbase_offset: u64,
+        all_execs: bool,
+        sampling: Option<Sampling>,
+    ) -> Result<Self> {
         let all_execs = u8::from(all_execs);
+        let sample_bytes = sampling.map_or(0, |s| s.mean_bytes);
+        let gaps = sampling::gap_table();
         // The programs' debug! calls cost nothing unless debug logging is on.
         let log_level: u8 = if log::max_level() >= log::LevelFilter::Debug {
             aya_log_common::Level::Debug as u8
@@ -73,6 +84,7 @@ impl Probes {
             .override_global(aya_log::LEVEL, &log_level, true)
             .override_global("FSBASE_OFFSET", &fsbase_offset, true)
             .override_global("ALL_EXECS", &all_execs, true)
+            .override_global("SAMPLE_BYTES", &sample_bytes, true)
             .load(EBPF_OBJECT)
             .context("loading the eBPF programs")?;
         for (name, program) in ebpf.programs_mut() {
@@ -90,6 +102,11 @@ impl Probes {
                 .try_into()?;
             tp.attach(category, event)
                 .with_context(|| format!("attaching to tracepoint {category}/{event}"))?;
+        }
+        let mut table: Array<_, u32> =
+            Array::try_from(ebpf.map_mut("GAP_TABLE").context("map GAP_TABLE missing")?)?;
+        for (i, gap) in gaps.iter().enumerate() {
+            table.set(i as u32, gap, 0)?;
         }
         let traced = HashMap::try_from(ebpf.take_map("TRACED").context("map TRACED missing")?)?;
         let counters =
@@ -176,6 +193,7 @@ impl Probes {
             stale_in_flight: sum(counter::STALE_PENDING)?,
             unmatched_returns: sum(counter::UNMATCHED_RETURNS)?,
             lost_code: sum(counter::LOST_CODE)?,
+            unsampled: sum(counter::UNSAMPLED)?,
         })
     }
 }

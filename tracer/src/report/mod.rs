@@ -134,7 +134,7 @@ pub(super) fn by_stack<'a>(
     for a in allocations {
         let g = groups.entry(a.stack).or_default();
         g.0 += a.size;
-        g.1 += 1;
+        g.1 += u64::from(a.count);
     }
     groups
         .into_iter()
@@ -208,6 +208,8 @@ pub struct Counters {
     pub truncated_stacks: u64,
     /// Python code objects the kernel could not copy (ring buffer full).
     pub lost_code: u64,
+    /// Allocation calls and frees left out by `--sample-bytes`.
+    pub unsampled: u64,
 }
 
 /// Totals over every traced process.
@@ -374,6 +376,7 @@ mod tests {
             ts_ns,
             addr,
             size,
+            count: 1,
             stack: StackId(stack),
         }
     }

@@ -73,8 +73,9 @@ pub fn temporary(events: &[HeapEvent], threshold: Temporary) -> Vec<Group> {
                 ts_ns,
                 addr,
                 size,
+                count,
                 stack,
-            } => t.alloc(pid, tid, ts_ns, addr, size, stack),
+            } => t.alloc(pid, tid, ts_ns, addr, (size, count), stack),
             HeapEvent::Realloc {
                 pid,
                 tid,
@@ -82,10 +83,11 @@ pub fn temporary(events: &[HeapEvent], threshold: Temporary) -> Vec<Group> {
                 old_addr,
                 addr,
                 size,
+                count,
                 stack,
             } => {
                 t.free(pid, tid, ts_ns, old_addr);
-                t.alloc(pid, tid, ts_ns, addr, size, stack);
+                t.alloc(pid, tid, ts_ns, addr, (size, count), stack);
             }
             HeapEvent::Free {
                 pid,
@@ -110,24 +112,34 @@ pub fn temporary(events: &[HeapEvent], threshold: Temporary) -> Vec<Group> {
     )
 }
 
+/// A live allocation: (stack, (bytes, count), time, its thread's allocation number).
+type Pending = (StackId, (u64, u32), u64, u64);
+
 struct Temporaries {
     threshold: Temporary,
-    /// (pid, addr) -> (stack, size, time, its thread's allocation number)
-    live: HashMap<(Pid, u64), (StackId, u64, u64, u64)>,
+    live: HashMap<(Pid, u64), Pending>,
     /// Allocations made so far, per thread.
     seq: HashMap<(Pid, u32), u64>,
     groups: HashMap<(Pid, StackId), (u64, u64)>,
 }
 
 impl Temporaries {
-    fn alloc(&mut self, pid: Pid, tid: u32, ts_ns: u64, addr: u64, size: u64, stack: StackId) {
+    fn alloc(
+        &mut self,
+        pid: Pid,
+        tid: u32,
+        ts_ns: u64,
+        addr: u64,
+        size: (u64, u32),
+        stack: StackId,
+    ) {
         let n = self.seq.entry((pid, tid)).or_default();
         *n += 1;
         self.live.insert((pid, addr), (stack, size, ts_ns, *n));
     }
 
     fn free(&mut self, pid: Pid, tid: u32, ts_ns: u64, addr: u64) {
-        let Some((stack, size, at, n)) = self.live.remove(&(pid, addr)) else {
+        let Some((stack, (size, count), at, n)) = self.live.remove(&(pid, addr)) else {
             return;
         };
         let soon = match self.threshold {
@@ -140,7 +152,7 @@ impl Temporaries {
         if soon {
             let g = self.groups.entry((pid, stack)).or_default();
             g.0 += size;
-            g.1 += 1;
+            g.1 += u64::from(count);
         }
     }
 }
@@ -156,6 +168,7 @@ mod tests {
             ts_ns,
             addr,
             size,
+            count: 1,
             stack: StackId(stack),
         }
     }

@@ -96,6 +96,7 @@ mod tests {
             ts_ns,
             addr,
             size,
+            count: 1,
             stack: StackId(1),
         };
         let free = |tid, addr, ts_ns| HeapEvent::Free {
