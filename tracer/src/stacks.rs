@@ -77,7 +77,7 @@ pub struct RawStack<'a> {
     pub ts_ns: u64,
     /// The allocation function (`tracer_common::func`).
     pub func: u32,
-    /// `bpf_get_stack` frames, innermost (the probed instruction) first.
+    /// Frame-pointer walk frames, innermost (the probed instruction) first.
     pub frames: &'a [u64],
     /// The return address at the stack pointer, if it could be read.
     pub caller: Option<u64>,

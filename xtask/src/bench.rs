@@ -126,8 +126,8 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
         work: root.join("target/bench"),
     };
     ensure(&paths)?;
-    let rounds = options.rounds.unwrap_or(if options.quick { 2 } else { 5 });
-    let scale = if options.quick { 0.25 } else { 1.0 };
+    let rounds = options.rounds.unwrap_or(if options.quick { 1 } else { 5 });
+    let scale = if options.quick { 0.1 } else { 1.0 };
     let workloads: Vec<&str> = WORKLOADS
         .into_iter()
         .filter(|w| options.workloads.is_empty() || options.workloads.iter().any(|o| o == w))
@@ -320,8 +320,21 @@ fn wait_usage(child: &Child, interrupt_after: Duration, deadline: Duration) -> R
     }
 }
 
+/// A child killed if it is still running when dropped (a run that failed
+/// half-way must not leave a tool attached to the next one).
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 struct Workload {
-    child: Child,
+    child: Guard,
     stdin: ChildStdin,
     stdout: Lines,
 }
@@ -354,6 +367,7 @@ fn start_workload(
     let mut child = cmd.spawn().with_context(|| format!("starting {cmd:?}"))?;
     let stdin = child.stdin.take().context("no stdin")?;
     let mut stdout = Lines::spawn(child.stdout.take().context("no stdout")?);
+    let child = Guard(child);
     stdout.wait_for(Duration::from_secs(60), |l| l == "ready")?;
     Ok(Workload {
         child,
@@ -364,7 +378,7 @@ fn start_workload(
 
 /// A tool attached to a running workload.
 struct Daemon {
-    child: Child,
+    child: Guard,
     output: Lines,
     /// Whether it exits by itself when its target does (else: SIGINT).
     exits_with_target: bool,
@@ -383,6 +397,7 @@ fn attach(paths: &Paths, tool: Tool, pid: u32, out: &Path) -> Result<Option<Daem
                 .spawn()
                 .context("starting tracer")?;
             let mut output = Lines::spawn(child.stderr.take().context("no stderr")?);
+            let child = Guard(child);
             output.wait_for(Duration::from_secs(60), |l| {
                 l.starts_with("tracer: recording")
             })?;
@@ -404,6 +419,7 @@ fn attach(paths: &Paths, tool: Tool, pid: u32, out: &Path) -> Result<Option<Daem
                 .spawn()
                 .context("starting bpftrace")?;
             let mut output = Lines::spawn(child.stdout.take().context("no stdout")?);
+            let child = Guard(child);
             output.wait_for(Duration::from_secs(60), |l| l == "ready")?;
             Daemon {
                 child,
@@ -422,11 +438,13 @@ fn attach(paths: &Paths, tool: Tool, pid: u32, out: &Path) -> Result<Option<Daem
                 .spawn()
                 .context("starting memleak-bpfcc")?;
             let mut output = Lines::spawn(child.stdout.take().context("no stdout")?);
+            let child = Guard(child);
             output.wait_for(Duration::from_secs(120), |l| {
                 l.starts_with("Attaching to pid")
             })?;
-            // It says so before attaching; its last probe is munmap's.
-            wait_for_uprobes(child.id(), 16)?;
+            // It says so before attaching: 9 functions with return probes,
+            // then free and munmap.
+            wait_for_perf_events(child.0.id(), 20)?;
             Daemon {
                 child,
                 output,
@@ -447,41 +465,85 @@ fn libc_of(pid: u32) -> Result<String> {
         .with_context(|| format!("process {pid} maps no libc"))
 }
 
-/// Waits until process `owner` holds `n` uprobes and attaches no more.
-fn wait_for_uprobes(owner: u32, n: usize) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut last = 0;
+/// Uprobes with programs attached, on the whole host.
+fn uprobes() -> usize {
+    let listed =
+        crate::output(Command::new("bpftool").args(["perf", "list", "-j"])).unwrap_or_default();
+    serde_json::from_str::<Vec<Value>>(&listed)
+        .unwrap_or_default()
+        .iter()
+        .filter(|e| e["fd_type"].as_str().is_some_and(|t| t.contains("uprobe")))
+        .count()
+}
+
+/// Waits until process `pid` holds at least `n` perf events (bcc opens one
+/// per uprobe; `bpftool perf list` run from here sometimes lists only some).
+fn wait_for_perf_events(pid: u32, n: usize) -> Result<()> {
+    let count = || {
+        fs::read_dir(format!("/proc/{pid}/fd"))
+            .into_iter()
+            .flatten()
+            .filter_map(|e| fs::read_link(e.ok()?.path()).ok())
+            .filter(|l| l.to_string_lossy() == "anon_inode:[perf_event]")
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
-        let listed =
-            crate::output(Command::new("bpftool").args(["perf", "list", "-j"])).unwrap_or_default();
-        let count = serde_json::from_str::<Vec<Value>>(&listed)
-            .unwrap_or_default()
-            .iter()
-            .filter(|e| {
-                e["pid"] == owner && e["fd_type"].as_str().is_some_and(|t| t.contains("uprobe"))
-            })
-            .count();
-        if count >= n && count == last {
+        if count() >= n {
             return Ok(());
         }
-        last = count;
-        thread::sleep(Duration::from_millis(100));
+        thread::sleep(Duration::from_millis(50));
     }
-    bail!("process {owner} attached {last} uprobes, expected at least {n}")
+    bail!("process {pid} opened {} uprobes, expected {n}", count())
+}
+
+/// BPF links to perf events (tracer's uprobes and tracepoints), which
+/// `bpftool perf list` does not show.
+fn perf_links() -> usize {
+    let listed =
+        crate::output(Command::new("bpftool").args(["link", "list", "-j"])).unwrap_or_default();
+    serde_json::from_str::<Vec<Value>>(&listed)
+        .unwrap_or_default()
+        .iter()
+        .filter(|l| l["type"] == "perf_event")
+        .count()
+}
+
+/// Waits until no tool's probe is left on the host: a uprobe traps in
+/// every process that maps its file until it is removed (tracer removes its
+/// own in the background after it exits), and would tax the next run; and
+/// the kernel refuses a second tool's uprobe where another's still is.
+fn wait_for_no_probes() -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    // tracer's background child closes the uprobes' perf events after
+    // their links, and they trap until it has.
+    let tracers = || crate::output(Command::new("pgrep").args(["-x", "tracer"])).is_some();
+    while uprobes() + perf_links() > 0 || tracers() {
+        if Instant::now() > deadline {
+            bail!(
+                "{} uprobes and {} perf links still attached after 120 s",
+                uprobes(),
+                perf_links()
+            );
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
 }
 
 fn run_once(paths: &Paths, workload: &str, mode: &Mode, scale: f64) -> Result<Run> {
+    wait_for_no_probes()?;
     let out = paths.work.join("run");
     let _ = fs::remove_dir_all(&out);
     fs::create_dir_all(&out)?;
     let mut w = start_workload(paths, workload, mode.tool, scale, &out)?;
-    let daemon = attach(paths, mode.tool, w.child.id(), &out)?;
+    let daemon = attach(paths, mode.tool, w.child.0.id(), &out)?;
     writeln!(w.stdin, "go")?;
     let line = w
         .stdout
         .wait_for(Duration::from_secs(900), |l| l.starts_with('{'))?;
     let facts: Value = serde_json::from_str(&line).context("the workload's timing line")?;
-    let status = w.child.wait()?;
+    let status = w.child.0.wait()?;
     if !status.success() {
         bail!("the workload {status}");
     }
@@ -497,7 +559,7 @@ fn run_once(paths: &Paths, workload: &str, mode: &Mode, scale: f64) -> Result<Ru
     } else {
         Duration::ZERO
     };
-    let usage = wait_usage(&daemon.child, interrupt_after, Duration::from_secs(180))?;
+    let usage = wait_usage(&daemon.child.0, interrupt_after, Duration::from_secs(180))?;
     run.daemon_cpu_s = Some(usage.cpu_s);
     run.daemon_rss_mib = Some(usage.rss_mib);
     let output = daemon.output.rest();

@@ -85,10 +85,11 @@ enum Task {
     /// memleak and memray. Prints a Markdown table and writes
     /// bench/results/latest.json. Not part of `test`.
     Bench {
-        /// Fewer rounds of smaller workloads (under 3 minutes).
+        /// One round of smaller workloads: a check in under 3 minutes, no
+        /// spread.
         #[arg(long)]
         quick: bool,
-        /// Rounds of every mode (default 5; 2 with --quick).
+        /// Rounds of every mode (default 5; 1 with --quick).
         #[arg(long)]
         rounds: Option<usize>,
         /// Only these workloads (churn, buffers, leak, threads, maxrate).
