@@ -87,10 +87,11 @@ static GAP_TABLE: Array<u32> = Array::with_max_entries(sampling::GAP_TABLE_LEN a
 static SAMPLE_LEFT: PerCpuArray<i64> = PerCpuArray::with_max_entries(1, 0);
 
 /// With sampling: the live addresses of sampled allocations, so that only
-/// their frees are sent. LRU: an allocation evicted unfreed (more than 1M
-/// sampled allocations live at once) would later show as a leak.
+/// their frees are sent. Userspace sizes it (LRU maps are preallocated):
+/// one entry without sampling. LRU: an allocation evicted unfreed would
+/// later show as a leak.
 #[map]
-static SAMPLED: LruHashMap<u64, u8> = LruHashMap::with_max_entries(1 << 20, 0);
+static SAMPLED: LruHashMap<u64, u8> = LruHashMap::with_max_entries(1, 0);
 
 /// Per-CPU counters, indexed by `tracer_common::counter`.
 #[map]

@@ -18,8 +18,8 @@ use crate::{
 
 pub fn run(args: ReportArgs) -> Result<()> {
     let shown = args.capture.display().to_string();
-    let (records, error) = capture::read_file(&args.capture);
-    if records.is_empty()
+    let (contents, records, error) = capture::Contents::read_file(&args.capture);
+    if records == 0
         && let Some(error) = &error
     {
         match error {
@@ -35,7 +35,6 @@ pub fn run(args: ReportArgs) -> Result<()> {
             ns: (args.temporary_ms.max(0.0) * 1e6) as u64,
         },
     };
-    let contents = capture::Contents::new(records);
     let report = report::from_capture(&contents, args.view.view(), args.view.min_age_ns(), rule);
     let bytes = render(&report, &args)?;
     match &args.output {

@@ -665,11 +665,10 @@ pub async fn record(args: RecordArgs) -> Result<()> {
         (Some(path), Some(dir)) => {
             // Every report is made from the capture, as `tracer report`
             // makes it: what is printed is what the files hold.
-            let (records, error) = capture::read_file(&path);
+            let (contents, _, error) = capture::Contents::read_file(&path);
             if let Some(error) = error {
                 bail!("reading back {}: {error}", path.display());
             }
-            let contents = capture::Contents::new(records);
             let full = report::from_capture(
                 &contents,
                 view,

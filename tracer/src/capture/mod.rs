@@ -86,6 +86,39 @@ impl Contents {
         let mut c = Contents::default();
         let mut last_ts = 0;
         for record in records {
+            c.add(record, &mut last_ts);
+        }
+        c.finish(last_ts)
+    }
+
+    /// Reads a capture file straight into its contents (holding each event
+    /// once, not every record too), with the number of records read and
+    /// why reading stopped early, if it did.
+    pub fn read_file(path: &Path) -> (Self, u64, Option<CaptureError>) {
+        let mut c = Contents::default();
+        let mut last_ts = 0;
+        let mut records = 0;
+        let error = match File::open(path) {
+            Ok(file) => read_each(io::BufReader::new(file), &mut |record| {
+                records += 1;
+                c.add(record, &mut last_ts);
+            })
+            .err(),
+            Err(err) => Some(CaptureError::Open(err.to_string())),
+        };
+        (c.finish(last_ts), records, error)
+    }
+
+    fn finish(mut self, last_ts: u64) -> Self {
+        if self.end_ns == 0 {
+            self.end_ns = last_ts;
+        }
+        self
+    }
+
+    fn add(&mut self, record: Record, last_ts: &mut u64) {
+        let c = self;
+        {
             match record {
                 Record::Start { start_ns } => c.start_ns = start_ns,
                 Record::Process {
@@ -109,7 +142,7 @@ impl Contents {
                     c.stacks.insert(id, def);
                 }
                 Record::Event(e) => {
-                    last_ts = last_ts.max(e.ts_ns());
+                    *last_ts = (*last_ts).max(e.ts_ns());
                     c.events.push(e);
                 }
                 Record::Sample {
@@ -118,17 +151,13 @@ impl Contents {
                     live_bytes,
                     rss_bytes,
                 } => {
-                    last_ts = last_ts.max(ts_ns);
+                    *last_ts = (*last_ts).max(ts_ns);
                     c.samples.push((pid, ts_ns, live_bytes, rss_bytes));
                 }
                 Record::Counters(counters) => c.counters = counters,
                 Record::End { end_ns } => c.end_ns = end_ns,
             }
         }
-        if c.end_ns == 0 {
-            c.end_ns = last_ts;
-        }
-        c
     }
 }
 
@@ -202,18 +231,12 @@ pub enum CaptureError {
 /// what was read before an error is kept.
 pub fn read(input: impl Read) -> (Vec<Record>, Option<CaptureError>) {
     let mut records = Vec::new();
-    let error = read_into(input, &mut records).err();
+    let error = read_each(input, &mut |r| records.push(r)).err();
     (records, error)
 }
 
-pub fn read_file(path: &Path) -> (Vec<Record>, Option<CaptureError>) {
-    match File::open(path) {
-        Ok(file) => read(io::BufReader::new(file)),
-        Err(err) => (Vec::new(), Some(CaptureError::Open(err.to_string()))),
-    }
-}
-
-fn read_into(mut input: impl Read, records: &mut Vec<Record>) -> Result<(), CaptureError> {
+/// Hands each record of a capture to `each`, in order.
+fn read_each(mut input: impl Read, each: &mut dyn FnMut(Record)) -> Result<(), CaptureError> {
     let mut head = [0u8; 10];
     input
         .read_exact(&mut head)
@@ -235,9 +258,10 @@ fn read_into(mut input: impl Read, records: &mut Vec<Record>) -> Result<(), Capt
         offset: 0,
     };
     let mut body = Vec::new();
+    let mut count = 0u64;
+    let mut ended = false;
     loop {
         let start = stream.offset;
-        let count = records.len() as u64;
         let truncated = || CaptureError::Truncated {
             offset: start,
             records: count,
@@ -251,7 +275,7 @@ fn read_into(mut input: impl Read, records: &mut Vec<Record>) -> Result<(), Capt
             Ok(Some(len)) => len,
             // zstd reads a stream cut at a flush as one that ended: only
             // the end record says the recording finished.
-            Ok(None) if matches!(records.last(), Some(Record::End { .. })) => return Ok(()),
+            Ok(None) if ended => return Ok(()),
             Ok(None) | Err(Short::End) => return Err(truncated()),
             Err(Short::Io(e)) => return Err(corrupt(e)),
         };
@@ -264,8 +288,10 @@ fn read_into(mut input: impl Read, records: &mut Vec<Record>) -> Result<(), Capt
             Err(Short::End) => return Err(truncated()),
             Err(Short::Io(e)) => return Err(corrupt(e)),
         }
-        let record = postcard::from_bytes(&body).map_err(|e| corrupt(e.to_string()))?;
-        records.push(record);
+        let record: Record = postcard::from_bytes(&body).map_err(|e| corrupt(e.to_string()))?;
+        ended = matches!(record, Record::End { .. });
+        count += 1;
+        each(record);
     }
 }
 
@@ -409,12 +435,15 @@ mod tests {
         w.flush().expect("flush");
         // Killed here: never finished, no end record.
         std::mem::forget(w);
-        let (read_back, err) = read_file(&path);
+        let (read_back, err) = read(File::open(&path).expect("open"));
         assert_eq!(read_back, records[..3]);
         assert!(
             matches!(err, Some(CaptureError::Truncated { records: 3, .. })),
             "{err:?}"
         );
+        let (contents, n, err) = Contents::read_file(&path);
+        assert_eq!((n, contents.events.len()), (3, 1));
+        assert!(matches!(err, Some(CaptureError::Truncated { .. })));
     }
 
     #[test]

@@ -57,6 +57,10 @@ pub struct KernelCounters {
     pub unsampled: u64,
 }
 
+/// Live sampled allocations the kernel tracks (`SAMPLED`, ~64 B each,
+/// preallocated): at 64 KiB sampling they stand for 16 GiB of live heap.
+const SAMPLED_LIVE: u32 = 1 << 18;
+
 impl Probes {
     /// Loads every program (the verifier runs here) and attaches the tracepoints.
     /// `ring_bytes` must be a power of two multiple of the page size.
@@ -81,6 +85,7 @@ impl Probes {
         };
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("EVENTS", ring_bytes)
+            .map_max_entries("SAMPLED", if sample_bytes == 0 { 1 } else { SAMPLED_LIVE })
             .override_global(aya_log::LEVEL, &log_level, true)
             .override_global("FSBASE_OFFSET", &fsbase_offset, true)
             .override_global("ALL_EXECS", &all_execs, true)
