@@ -333,48 +333,34 @@ fn enter<C: EbpfContext>(ctx: &C, id: u64, regs: UserRegs, call: Call) {
     let mut rec_flags = 0;
     let mean = SAMPLE_BYTES.load();
     // Mappings are few and large: always recorded.
-    if mean != 0
+    let unsampled = mean != 0
         && call.func != func::MMAP
         && call.func != func::MREMAP
-        && !sampled(mean, call.size)
-    {
+        && !sampled(mean, call.size);
+    if unsampled {
         count(counter::UNSAMPLED);
-        // Still in flight: nested calls belong to it, and a realloc may
-        // move a sampled pointer.
-        rec.header = Header {
-            kind: kind::ALLOC,
-            pid: (id >> 32) as u32,
-            tid: id as u32,
-            flags: flags::UNSAMPLED,
-            ts_ns: now,
-        };
-        rec.func = call.func;
-        rec.nesting = 0;
-        rec.size = call.size;
-        rec.old_addr = call.old_addr;
+        // Still in flight, without a stack: nested calls belong to it, and
+        // a realloc may move a sampled pointer.
+        rec_flags |= flags::UNSAMPLED;
         rec.stack_len = 0;
-        let rec: &AllocRecord = rec;
-        if IN_FLIGHT.insert(id, rec, 0).is_err() {
-            count(counter::PENDING_FULL);
+    } else {
+        // SAFETY: a checked read of user memory.
+        rec.caller = match unsafe { bpf_probe_read_user(regs.sp as *const u64) } {
+            Ok(caller) => caller,
+            Err(_) => {
+                rec_flags |= flags::CALLER_LOST;
+                0
+            }
+        };
+        let (frames, full) = walk_frames(rec, &regs);
+        rec.stack_len = frames;
+        if frames == 0 {
+            rec_flags |= flags::STACK_LOST;
+            count(counter::LOST_STACKS);
         }
-        return;
-    }
-    // SAFETY: a checked read of user memory.
-    rec.caller = match unsafe { bpf_probe_read_user(regs.sp as *const u64) } {
-        Ok(caller) => caller,
-        Err(_) => {
-            rec_flags |= flags::CALLER_LOST;
-            0
+        if full {
+            rec_flags |= flags::STACK_FULL;
         }
-    };
-    let (frames, full) = walk_frames(rec, &regs);
-    rec.stack_len = frames;
-    if frames == 0 {
-        rec_flags |= flags::STACK_LOST;
-        count(counter::LOST_STACKS);
-    }
-    if full {
-        rec_flags |= flags::STACK_FULL;
     }
     rec.header = Header {
         kind: kind::ALLOC,
