@@ -1,0 +1,252 @@
+//! `cargo xtask bench`: what tracing costs a Python process, measured side
+//! by side with the tools an operator would otherwise reach for.
+//!
+//! Every workload in bench/workloads is run untraced and under each tool,
+//! interleaved (one round of every mode, then the next round), so that drift
+//! of the machine hits every mode alike. A workload sets up, says "ready",
+//! and starts its timed work phase when it reads "go": attaching tools
+//! attach in between, so the ratio is of the work phase alone. The slowdown
+//! of a run is its work time over the untraced run's of the same round.
+
+mod children;
+mod results;
+mod run;
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Instant,
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::Value;
+
+use crate::{apt_install, check};
+
+use self::{
+    results::{markdown, summarize},
+    run::run_once,
+};
+
+/// The interpreter every workload runs on: Debian's own, as on a production
+/// host (stripped, LTO, no frame pointers).
+const PYTHON: &str = "/usr/bin/python3.11";
+
+const MEMRAY_VERSION: &str = "1.20.0";
+
+/// bpftrace and bcc's memleak; bcc compiles its programs against kernel
+/// headers, which this machine's kernel does not ship: Debian's (any
+/// version: memleak only needs uapi and pt_regs) are merged into the cache.
+const BENCH_PACKAGES: [(&str, &str); 3] = [
+    ("bpftrace", "/usr/bin/bpftrace"),
+    ("bpfcc-tools", "/usr/sbin/memleak-bpfcc"),
+    ("linux-headers-amd64", "/usr/share/doc/linux-headers-amd64"),
+];
+
+const WORKLOADS: [&str; 5] = ["churn", "buffers", "leak", "threads", "maxrate"];
+
+#[derive(Clone, Copy, PartialEq)]
+enum Tool {
+    Untraced,
+    Tracer(&'static [&'static str]),
+    Bpftrace,
+    Memleak,
+    Memray { native: bool },
+}
+
+struct Mode {
+    name: &'static str,
+    tool: Tool,
+}
+
+const SAMPLED: &[&str] = &["--sample-bytes", "65536"];
+
+const MODES: [Mode; 8] = [
+    Mode {
+        name: "untraced",
+        tool: Tool::Untraced,
+    },
+    Mode {
+        name: "tracer",
+        tool: Tool::Tracer(&[]),
+    },
+    Mode {
+        name: "tracer --pymalloc",
+        tool: Tool::Tracer(&["--pymalloc"]),
+    },
+    Mode {
+        name: "tracer --sample-bytes 64KiB",
+        tool: Tool::Tracer(SAMPLED),
+    },
+    Mode {
+        name: "bpftrace (malloc/free + ustack)",
+        tool: Tool::Bpftrace,
+    },
+    Mode {
+        name: "bcc memleak",
+        tool: Tool::Memleak,
+    },
+    Mode {
+        name: "memray",
+        tool: Tool::Memray { native: false },
+    },
+    Mode {
+        name: "memray --native",
+        tool: Tool::Memray { native: true },
+    },
+];
+
+pub struct Options {
+    pub quick: bool,
+    pub rounds: Option<usize>,
+    pub workloads: Vec<String>,
+}
+
+struct Paths {
+    root: PathBuf,
+    cache: PathBuf,
+    work: PathBuf,
+}
+
+/// One run of one workload in one mode.
+#[derive(Default)]
+struct Run {
+    elapsed_s: f64,
+    /// The tool's own process (tracer, bpftrace, memleak): CPU seconds from
+    /// start to exit, and peak resident set.
+    daemon_cpu_s: Option<f64>,
+    daemon_rss_mib: Option<f64>,
+    events: Option<u64>,
+    lost: Option<u64>,
+    /// tracer: bytes of the leak report's entries at leak.py's leaking line.
+    leak_line_bytes: Option<u64>,
+}
+
+pub fn run(root: &Path, options: &Options) -> Result<()> {
+    let paths = Paths {
+        root: root.to_path_buf(),
+        cache: root.join("bench/cache"),
+        work: root.join("target/bench"),
+    };
+    ensure(&paths)?;
+    let rounds = options.rounds.unwrap_or(if options.quick { 1 } else { 5 });
+    let scale = if options.quick { 0.1 } else { 1.0 };
+    let workloads: Vec<&str> = WORKLOADS
+        .into_iter()
+        .filter(|w| options.workloads.is_empty() || options.workloads.iter().any(|o| o == w))
+        .collect();
+    if workloads.is_empty() {
+        bail!(
+            "no such workload; the workloads are {}",
+            WORKLOADS.join(", ")
+        );
+    }
+    let collector = collector_throughput(&paths.root)?;
+    let started = Instant::now();
+    let mut runs: BTreeMap<(usize, usize), Vec<Run>> = BTreeMap::new();
+    for round in 0..rounds {
+        for (w, workload) in workloads.iter().enumerate() {
+            for (m, mode) in MODES.iter().enumerate() {
+                eprint!(
+                    "xtask: bench round {}/{rounds}: {workload} / {} ... ",
+                    round + 1,
+                    mode.name
+                );
+                let run = run_once(&paths, workload, mode, scale)
+                    .with_context(|| format!("{workload} under {}", mode.name))?;
+                eprintln!("{:.3} s", run.elapsed_s);
+                runs.entry((w, m)).or_default().push(run);
+            }
+        }
+    }
+    let results = summarize(&workloads, &runs, rounds, scale, options.quick, &collector);
+    print!("{}", markdown(&results));
+    let out = paths.root.join("bench/results/latest.json");
+    fs::create_dir_all(out.parent().expect("has a parent"))?;
+    fs::write(&out, serde_json::to_string_pretty(&results)? + "\n")?;
+    eprintln!(
+        "xtask: bench took {:.0} s; results in {}",
+        started.elapsed().as_secs_f64(),
+        out.display()
+    );
+    Ok(())
+}
+
+fn ensure(paths: &Paths) -> Result<()> {
+    apt_install(&BENCH_PACKAGES)?;
+    let headers = paths.cache.join("kernel-headers");
+    if !headers.join("include/linux/kconfig.h").exists() {
+        eprintln!("xtask: merging Debian's kernel headers for bcc");
+        merge_kernel_headers(&headers)?;
+    }
+    let memray = paths.cache.join("memray/bin/memray");
+    let installed = Command::new(&memray)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(MEMRAY_VERSION));
+    if !installed {
+        eprintln!("xtask: installing memray {MEMRAY_VERSION} into a venv");
+        let venv = paths.cache.join("memray");
+        check(Command::new(PYTHON).args(["-m", "venv"]).arg(&venv))?;
+        check(
+            Command::new(venv.join("bin/pip"))
+                .args(["install", "-q"])
+                .arg(format!("memray=={MEMRAY_VERSION}")),
+        )?;
+    }
+    crate::build()
+}
+
+/// Debian splits a kernel's headers into an arch tree (generated files)
+/// and a common tree; bcc wants one tree.
+fn merge_kernel_headers(dest: &Path) -> Result<()> {
+    let trees: Vec<PathBuf> = fs::read_dir("/usr/src")?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("linux-headers-"))
+        })
+        .collect();
+    let common = trees
+        .iter()
+        .filter(|p| p.to_string_lossy().ends_with("-common"))
+        .max()
+        .context("no linux-headers-*-common under /usr/src")?;
+    let prefix = common
+        .to_string_lossy()
+        .trim_end_matches("-common")
+        .to_owned();
+    let arch = trees
+        .iter()
+        .find(|p| p.to_string_lossy() == format!("{prefix}-amd64"))
+        .with_context(|| format!("no {prefix}-amd64 beside {}", common.display()))?;
+    let _ = fs::remove_dir_all(dest);
+    fs::create_dir_all(dest)?;
+    for tree in [common, arch] {
+        check(Command::new("cp").arg("-a").arg(tree.join(".")).arg(dest))?;
+    }
+    Ok(())
+}
+
+/// Runs the collector benchmark (tracer/benches/collector.rs): its last
+/// line is a JSON object.
+fn collector_throughput(root: &Path) -> Result<Value> {
+    eprintln!("xtask: measuring the collector on synthetic records");
+    let out = crate::output(
+        Command::new("cargo")
+            .args([
+                "bench",
+                "--quiet",
+                "--package",
+                "tracer",
+                "--bench",
+                "collector",
+            ])
+            .current_dir(root),
+    )
+    .context("cargo bench --bench collector failed")?;
+    let last = out.lines().last().unwrap_or_default();
+    serde_json::from_str(last).with_context(|| format!("collector benchmark said {last:?}"))
+}

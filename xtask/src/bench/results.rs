@@ -1,0 +1,181 @@
+//! From runs to the results: slowdown ratios, the sampling check, the JSON
+//! document and the Markdown table.
+
+use std::{collections::BTreeMap, process::Command, thread};
+
+use serde_json::{Value, json};
+
+use super::{MODES, PYTHON, Run, SAMPLED};
+
+pub(super) fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    }
+}
+
+pub(super) fn summarize(
+    workloads: &[&str],
+    runs: &BTreeMap<(usize, usize), Vec<Run>>,
+    rounds: usize,
+    scale: f64,
+    quick: bool,
+    collector: &Value,
+) -> Value {
+    let mut rows = Vec::new();
+    let mut sampling = Value::Null;
+    for (w, workload) in workloads.iter().enumerate() {
+        let base = &runs[&(w, 0)];
+        for (m, mode) in MODES.iter().enumerate() {
+            let these = &runs[&(w, m)];
+            let ratios: Vec<f64> = these
+                .iter()
+                .zip(base)
+                .map(|(r, b)| r.elapsed_s / b.elapsed_s)
+                .collect();
+            let opt_median = |f: &dyn Fn(&Run) -> Option<f64>| {
+                let xs: Vec<f64> = these.iter().filter_map(f).collect();
+                (!xs.is_empty()).then(|| median(xs))
+            };
+            let events_per_s = opt_median(&|r| r.events.map(|e| e as f64 / r.elapsed_s));
+            rows.push(json!({
+                "workload": workload,
+                "mode": mode.name,
+                "elapsed_s": these.iter().map(|r| r.elapsed_s).collect::<Vec<_>>(),
+                "slowdown_median": median(ratios.clone()),
+                "slowdown_min": ratios.iter().copied().fold(f64::INFINITY, f64::min),
+                "slowdown_max": ratios.iter().copied().fold(0.0, f64::max),
+                "events_per_s": events_per_s,
+                "events": these.iter().map(|r| r.events).collect::<Vec<_>>(),
+                "lost": these.iter().map(|r| r.lost).collect::<Vec<_>>(),
+                "daemon_cpu_s": opt_median(&|r| r.daemon_cpu_s),
+                "daemon_peak_rss_mib": opt_median(&|r| r.daemon_rss_mib),
+            }));
+        }
+        if *workload == "leak" {
+            sampling = sampling_check(w, runs);
+        }
+    }
+    json!({
+        "machine": machine(),
+        "python": PYTHON,
+        "quick": quick,
+        "rounds": rounds,
+        "scale": scale,
+        "results": rows,
+        "sampling_accuracy": sampling,
+        "collector": collector,
+    })
+}
+
+/// Sampled tracer against exact tracer on the leak workload: the bytes at
+/// the leaking line, per round.
+pub(super) fn sampling_check(w: usize, runs: &BTreeMap<(usize, usize), Vec<Run>>) -> Value {
+    let index = |name: &str| MODES.iter().position(|m| m.name == name).expect("mode");
+    let exact: Vec<u64> = runs[&(w, index("tracer"))]
+        .iter()
+        .filter_map(|r| r.leak_line_bytes)
+        .collect();
+    let sampled: Vec<u64> = runs[&(w, index("tracer --sample-bytes 64KiB"))]
+        .iter()
+        .filter_map(|r| r.leak_line_bytes)
+        .collect();
+    let errors: Vec<f64> = exact
+        .iter()
+        .zip(&sampled)
+        .map(|(&e, &s)| (s as f64 - e as f64) / e.max(1) as f64)
+        .collect();
+    let worst = errors.iter().map(|e| e.abs()).fold(0.0, f64::max);
+    json!({
+        "sample_bytes": SAMPLED[1].parse::<u64>().unwrap_or(0),
+        "exact_leak_bytes": exact,
+        "sampled_leak_bytes": sampled,
+        "relative_errors": errors,
+        "worst_abs_error": worst,
+        "within_10_percent": worst <= 0.10 && !errors.is_empty(),
+    })
+}
+
+pub(super) fn machine() -> Value {
+    let uname = crate::output(Command::new("uname").arg("-sr")).unwrap_or_default();
+    let cpus = thread::available_parallelism().map_or(0, |n| n.get());
+    json!({"kernel": uname.trim(), "cpus": cpus})
+}
+
+pub(super) fn markdown(results: &Value) -> String {
+    let mut s = String::new();
+    s.push_str(&format!(
+        "\nOverhead on {} ({} CPUs), {}, {} rounds, scale {}\n\n",
+        results["machine"]["kernel"].as_str().unwrap_or("?"),
+        results["machine"]["cpus"],
+        PYTHON,
+        results["rounds"],
+        results["scale"]
+    ));
+    s.push_str("| workload | mode | slowdown (median) | spread | events/s | lost | daemon CPU s | daemon peak RSS MiB |\n");
+    s.push_str("|---|---|---:|---:|---:|---:|---:|---:|\n");
+    let num = |v: &Value, digits: usize| {
+        v.as_f64()
+            .map_or_else(|| "–".to_owned(), |x| format!("{x:.digits$}"))
+    };
+    for row in results["results"].as_array().into_iter().flatten() {
+        if row["mode"] == "untraced" {
+            let times = row["elapsed_s"].as_array().cloned().unwrap_or_default();
+            let t: Vec<f64> = times.iter().filter_map(Value::as_f64).collect();
+            s.push_str(&format!(
+                "| {} | untraced | {:.3} s | | | | | |\n",
+                row["workload"].as_str().unwrap_or("?"),
+                median(t)
+            ));
+            continue;
+        }
+        let lost: u64 = row["lost"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_u64)
+            .sum();
+        let has_lost = row["lost"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(Value::is_u64));
+        s.push_str(&format!(
+            "| {} | {} | {:.2}x | {:.2}–{:.2} | {} | {} | {} | {} |\n",
+            row["workload"].as_str().unwrap_or("?"),
+            row["mode"].as_str().unwrap_or("?"),
+            row["slowdown_median"].as_f64().unwrap_or(f64::NAN),
+            row["slowdown_min"].as_f64().unwrap_or(f64::NAN),
+            row["slowdown_max"].as_f64().unwrap_or(f64::NAN),
+            row["events_per_s"]
+                .as_f64()
+                .map_or_else(|| "–".to_owned(), |x| format!("{:.0}", x)),
+            if has_lost {
+                lost.to_string()
+            } else {
+                "–".to_owned()
+            },
+            num(&row["daemon_cpu_s"], 2),
+            num(&row["daemon_peak_rss_mib"], 1),
+        ));
+    }
+    let sampling = &results["sampling_accuracy"];
+    if !sampling.is_null() {
+        s.push_str(&format!(
+            "\nSampling ({} bytes) on leak.py: bytes at the leaking line, exact {} vs sampled {}; worst error {:.1}% ({})\n",
+            sampling["sample_bytes"],
+            sampling["exact_leak_bytes"],
+            sampling["sampled_leak_bytes"],
+            sampling["worst_abs_error"].as_f64().unwrap_or(f64::NAN) * 100.0,
+            if sampling["within_10_percent"] == true { "within 10%" } else { "NOT within 10%" },
+        ));
+    }
+    let c = &results["collector"];
+    s.push_str(&format!(
+        "\nCollector on one core (synthetic records): {} events/s decoded and applied to the heap model; {} bytes of state per live allocation\n",
+        num(&c["events_per_s"], 0),
+        num(&c["bytes_per_live_allocation"], 0),
+    ));
+    s
+}
