@@ -75,10 +75,50 @@ pub struct Contents {
     /// The end of the recording; for a capture cut short, its last event.
     pub end_ns: u64,
     pub processes: std::collections::BTreeMap<Pid, crate::report::ProcessInfo>,
-    pub events: Vec<HeapEvent>,
+    pub events: Events,
     pub stacks: std::collections::HashMap<StackId, StackDef>,
     pub samples: Vec<(Pid, u64, u64, Option<u64>)>,
     pub counters: Counters,
+}
+
+/// A capture's events: in memory, or read again from its file for each
+/// pass over them. A long recording's events do not fit in memory (an hour
+/// at 500,000 a second is 60 GB of them); what the reports keep while
+/// reading them is the live set.
+pub enum Events {
+    Memory(Vec<HeapEvent>),
+    File(std::path::PathBuf),
+}
+
+impl Default for Events {
+    fn default() -> Self {
+        Events::Memory(Vec::new())
+    }
+}
+
+impl Events {
+    /// Hands each event to `f`, in order, until it returns false. A file
+    /// is read up to where its first reading stopped (`Contents::read_file`
+    /// reported why).
+    pub fn each(&self, f: &mut dyn FnMut(&HeapEvent) -> bool) {
+        match self {
+            Events::Memory(events) => {
+                for e in events {
+                    if !f(e) {
+                        break;
+                    }
+                }
+            }
+            Events::File(path) => {
+                if let Ok(file) = File::open(path) {
+                    let _ = read_each(io::BufReader::new(file), &mut |record| match record {
+                        Record::Event(e) => f(&e),
+                        _ => true,
+                    });
+                }
+            }
+        }
+    }
 }
 
 impl Contents {
@@ -91,9 +131,9 @@ impl Contents {
         c.finish(last_ts)
     }
 
-    /// Reads a capture file straight into its contents (holding each event
-    /// once, not every record too), with the number of records read and
-    /// why reading stopped early, if it did.
+    /// Reads a capture file's processes, stacks, samples and counters,
+    /// leaving its events in the file (see `Events`), with the number of
+    /// records read and why reading stopped early, if it did.
     pub fn read_file(path: &Path) -> (Self, u64, Option<CaptureError>) {
         let mut c = Contents::default();
         let mut last_ts = 0;
@@ -101,11 +141,16 @@ impl Contents {
         let error = match File::open(path) {
             Ok(file) => read_each(io::BufReader::new(file), &mut |record| {
                 records += 1;
-                c.add(record, &mut last_ts);
+                match record {
+                    Record::Event(e) => last_ts = last_ts.max(e.ts_ns()),
+                    other => c.add(other, &mut last_ts),
+                }
+                true
             })
             .err(),
             Err(err) => Some(CaptureError::Open(err.to_string())),
         };
+        c.events = Events::File(path.to_path_buf());
         (c.finish(last_ts), records, error)
     }
 
@@ -143,7 +188,9 @@ impl Contents {
                 }
                 Record::Event(e) => {
                     *last_ts = (*last_ts).max(e.ts_ns());
-                    c.events.push(e);
+                    if let Events::Memory(events) = &mut c.events {
+                        events.push(e);
+                    }
                 }
                 Record::Sample {
                     pid,
@@ -231,12 +278,20 @@ pub enum CaptureError {
 /// what was read before an error is kept.
 pub fn read(input: impl Read) -> (Vec<Record>, Option<CaptureError>) {
     let mut records = Vec::new();
-    let error = read_each(input, &mut |r| records.push(r)).err();
+    let error = read_each(input, &mut |r| {
+        records.push(r);
+        true
+    })
+    .err();
     (records, error)
 }
 
-/// Hands each record of a capture to `each`, in order.
-fn read_each(mut input: impl Read, each: &mut dyn FnMut(Record)) -> Result<(), CaptureError> {
+/// Hands each record of a capture to `each`, in order, until it returns
+/// false.
+fn read_each(
+    mut input: impl Read,
+    each: &mut dyn FnMut(Record) -> bool,
+) -> Result<(), CaptureError> {
     let mut head = [0u8; 10];
     input
         .read_exact(&mut head)
@@ -291,7 +346,9 @@ fn read_each(mut input: impl Read, each: &mut dyn FnMut(Record)) -> Result<(), C
         let record: Record = postcard::from_bytes(&body).map_err(|e| corrupt(e.to_string()))?;
         ended = matches!(record, Record::End { .. });
         count += 1;
-        each(record);
+        if !each(record) {
+            return Ok(());
+        }
     }
 }
 
@@ -442,7 +499,12 @@ mod tests {
             "{err:?}"
         );
         let (contents, n, err) = Contents::read_file(&path);
-        assert_eq!((n, contents.events.len()), (3, 1));
+        let mut events = 0;
+        contents.events.each(&mut |_| {
+            events += 1;
+            true
+        });
+        assert_eq!((n, events), (3, 1));
         assert!(matches!(err, Some(CaptureError::Truncated { .. })));
     }
 

@@ -38,9 +38,10 @@ pub fn from_capture(
     temporary_rule: replay::Temporary,
 ) -> Report {
     let mut heap = HeapModel::default();
-    for e in &contents.events {
+    contents.events.each(&mut |e| {
         heap.apply(e);
-    }
+        true
+    });
     let stack_of = |id: StackId| match contents.stacks.get(&id) {
         Some(def) => view.show(def),
         None => SymbolizedStack {

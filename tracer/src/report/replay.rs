@@ -5,13 +5,14 @@ use std::collections::HashMap;
 
 use super::{Group, by_stack, sorted};
 use crate::{
+    capture::Events,
     heap::{HeapEvent, HeapModel, Pid},
     stacks::StackId,
 };
 
 /// The live set of each process at its peak (see `ProcessHeap::peak`),
 /// by stack: `heap` is the model of all of `events`.
-pub fn at_peaks(events: &[HeapEvent], heap: &HeapModel) -> Vec<Group> {
+pub fn at_peaks(events: &Events, heap: &HeapModel) -> Vec<Group> {
     let mut pending: HashMap<Pid, u64> = heap
         .processes()
         .map(|(pid, p)| (pid, p.peak().bytes))
@@ -19,22 +20,21 @@ pub fn at_peaks(events: &[HeapEvent], heap: &HeapModel) -> Vec<Group> {
         .collect();
     let mut replayed = HeapModel::default();
     let mut groups = Vec::new();
-    for e in events {
+    events.each(&mut |e| {
         if pending.is_empty() {
-            break;
+            return false;
         }
         replayed.apply(e);
         let pid = e.pid();
-        let Some(p) = replayed.process(pid) else {
-            continue;
-        };
         // The peak is the first moment live bytes reach their maximum.
-        if pending.get(&pid) != Some(&p.totals().live_bytes) {
-            continue;
+        if let Some(p) = replayed.process(pid)
+            && pending.get(&pid) == Some(&p.totals().live_bytes)
+        {
+            pending.remove(&pid);
+            groups.extend(by_stack(pid, p.live()));
         }
-        pending.remove(&pid);
-        groups.extend(by_stack(pid, p.live()));
-    }
+        true
+    });
     sorted(groups)
 }
 
@@ -58,14 +58,14 @@ impl std::fmt::Display for Temporary {
 }
 
 /// Allocations freed soon after they were made, by stack.
-pub fn temporary(events: &[HeapEvent], threshold: Temporary) -> Vec<Group> {
+pub fn temporary(events: &Events, threshold: Temporary) -> Vec<Group> {
     let mut t = Temporaries {
         threshold,
         live: HashMap::new(),
         seq: HashMap::new(),
         groups: HashMap::new(),
     };
-    for e in events {
+    events.each(&mut |e| {
         match *e {
             HeapEvent::Alloc {
                 pid,
@@ -98,7 +98,8 @@ pub fn temporary(events: &[HeapEvent], threshold: Temporary) -> Vec<Group> {
             // Mappings are long-lived by nature; the heap's churn is the point.
             _ => {}
         }
-    }
+        true
+    });
     sorted(
         t.groups
             .into_iter()
@@ -195,7 +196,7 @@ mod tests {
         for e in &events {
             heap.apply(e);
         }
-        let groups = at_peaks(&events, &heap);
+        let groups = at_peaks(&Events::Memory(events.to_vec()), &heap);
         assert_eq!(
             groups
                 .iter()
@@ -215,6 +216,7 @@ mod tests {
             alloc(1, 0x40, 50, 3, 2_200),
             free(1, 0x20, 9_000), // 7 us later, 2 allocations in between
         ];
+        let events = Events::Memory(events.to_vec());
         let by_time = temporary(&events, Temporary::Within { ns: 1_000 });
         assert_eq!(
             by_time
