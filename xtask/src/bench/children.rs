@@ -130,12 +130,16 @@ impl Drop for Guard {
     }
 }
 
+/// `bpftool OBJECT list -j`, as JSON values (none if it fails).
+fn bpftool_list(object: &str) -> Vec<Value> {
+    let listed =
+        crate::output(Command::new("bpftool").args([object, "list", "-j"])).unwrap_or_default();
+    serde_json::from_str(&listed).unwrap_or_default()
+}
+
 /// Uprobes with programs attached, on the whole host.
 pub(super) fn uprobes() -> usize {
-    let listed =
-        crate::output(Command::new("bpftool").args(["perf", "list", "-j"])).unwrap_or_default();
-    serde_json::from_str::<Vec<Value>>(&listed)
-        .unwrap_or_default()
+    bpftool_list("perf")
         .iter()
         .filter(|e| e["fd_type"].as_str().is_some_and(|t| t.contains("uprobe")))
         .count()
@@ -165,10 +169,7 @@ pub(super) fn wait_for_perf_events(pid: u32, n: usize) -> Result<()> {
 /// BPF links to perf events (tracer's uprobes and tracepoints), which
 /// `bpftool perf list` does not show.
 pub(super) fn perf_links() -> usize {
-    let listed =
-        crate::output(Command::new("bpftool").args(["link", "list", "-j"])).unwrap_or_default();
-    serde_json::from_str::<Vec<Value>>(&listed)
-        .unwrap_or_default()
+    bpftool_list("link")
         .iter()
         .filter(|l| l["type"] == "perf_event")
         .count()
