@@ -138,7 +138,7 @@ fn bpftool_list(object: &str) -> Vec<Value> {
 }
 
 /// Uprobes with programs attached, on the whole host.
-pub(super) fn uprobes() -> usize {
+fn uprobes() -> usize {
     bpftool_list("perf")
         .iter()
         .filter(|e| e["fd_type"].as_str().is_some_and(|t| t.contains("uprobe")))
@@ -168,7 +168,7 @@ pub(super) fn wait_for_perf_events(pid: u32, n: usize) -> Result<()> {
 
 /// BPF links to perf events (tracer's uprobes and tracepoints), which
 /// `bpftool perf list` does not show.
-pub(super) fn perf_links() -> usize {
+fn perf_links() -> usize {
     bpftool_list("link")
         .iter()
         .filter(|l| l["type"] == "perf_event")

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use super::{MODES, PYTHON, Run, SAMPLED};
 
-pub(super) fn median(mut xs: Vec<f64>) -> f64 {
+fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
     let n = xs.len();
     if n % 2 == 1 {
@@ -73,7 +73,7 @@ pub(super) fn summarize(
 
 /// Sampled tracer against exact tracer on the leak workload: the bytes at
 /// the leaking line, per round.
-pub(super) fn sampling_check(w: usize, runs: &BTreeMap<(usize, usize), Vec<Run>>) -> Value {
+fn sampling_check(w: usize, runs: &BTreeMap<(usize, usize), Vec<Run>>) -> Value {
     let index = |name: &str| MODES.iter().position(|m| m.name == name).expect("mode");
     let exact: Vec<u64> = runs[&(w, index("tracer"))]
         .iter()
@@ -99,7 +99,7 @@ pub(super) fn sampling_check(w: usize, runs: &BTreeMap<(usize, usize), Vec<Run>>
     })
 }
 
-pub(super) fn machine() -> Value {
+fn machine() -> Value {
     let uname = crate::output(Command::new("uname").arg("-sr")).unwrap_or_default();
     let cpus = thread::available_parallelism().map_or(0, |n| n.get());
     json!({"kernel": uname.trim(), "cpus": cpus})

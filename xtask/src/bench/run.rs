@@ -17,13 +17,13 @@ use super::{
     children::{Guard, Lines, wait_for_no_probes, wait_for_perf_events, wait_usage},
 };
 
-pub(super) struct Workload {
+struct Workload {
     child: Guard,
     stdin: ChildStdin,
     stdout: Lines,
 }
 
-pub(super) fn start_workload(
+fn start_workload(
     paths: &Paths,
     name: &str,
     tool: Tool,
@@ -61,14 +61,14 @@ pub(super) fn start_workload(
 }
 
 /// A tool attached to a running workload.
-pub(super) struct Daemon {
+struct Daemon {
     child: Guard,
     output: Lines,
     /// Whether it exits by itself when its target does (else: SIGINT).
     exits_with_target: bool,
 }
 
-pub(super) fn attach(paths: &Paths, tool: Tool, pid: u32, out: &Path) -> Result<Option<Daemon>> {
+fn attach(paths: &Paths, tool: Tool, pid: u32, out: &Path) -> Result<Option<Daemon>> {
     let daemon = match tool {
         Tool::Untraced | Tool::Memray { .. } => return Ok(None),
         Tool::Tracer(args) => {
@@ -140,7 +140,7 @@ pub(super) fn attach(paths: &Paths, tool: Tool, pid: u32, out: &Path) -> Result<
 }
 
 /// The file the process maps as its libc.
-pub(super) fn libc_of(pid: u32) -> Result<String> {
+fn libc_of(pid: u32) -> Result<String> {
     let maps = fs::read_to_string(format!("/proc/{pid}/maps"))?;
     maps.lines()
         .filter_map(|l| l.split_whitespace().nth(5))
@@ -195,7 +195,7 @@ pub(super) fn run_once(paths: &Paths, workload: &str, mode: &Mode, scale: f64) -
     Ok(run)
 }
 
-pub(super) fn read_tracer_report(paths: &Paths, path: &Path, run: &mut Run) -> Result<()> {
+fn read_tracer_report(paths: &Paths, path: &Path, run: &mut Run) -> Result<()> {
     let report: Value = serde_json::from_str(
         &fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
     )?;
@@ -230,7 +230,7 @@ pub(super) fn read_tracer_report(paths: &Paths, path: &Path, run: &mut Run) -> R
 }
 
 /// The line of bench/workloads/leak.py marked `# LEAK_LINE`.
-pub(super) fn leak_line(root: &Path) -> Result<u64> {
+fn leak_line(root: &Path) -> Result<u64> {
     let text = fs::read_to_string(root.join("bench/workloads/leak.py"))?;
     text.lines()
         .position(|l| l.contains("# LEAK_LINE"))
