@@ -53,6 +53,12 @@ pub mod func {
     pub const PYMEM_MALLOC: u32 = 14;
     pub const PYMEM_CALLOC: u32 = 15;
     pub const PYMEM_REALLOC: u32 = 16;
+
+    /// Whether `--sample-bytes` samples calls of `f`. Mappings are few and
+    /// large: always recorded, with their own size.
+    pub const fn is_sampled(f: u32) -> bool {
+        f != MMAP && f != MREMAP
+    }
 }
 
 /// `Header::flags` bits.

@@ -332,11 +332,7 @@ fn enter<C: EbpfContext>(ctx: &C, id: u64, regs: UserRegs, call: Call) {
     let rec = unsafe { &mut *rec };
     let mut rec_flags = 0;
     let mean = SAMPLE_BYTES.load();
-    // Mappings are few and large: always recorded.
-    let unsampled = mean != 0
-        && call.func != func::MMAP
-        && call.func != func::MREMAP
-        && !sampled(mean, call.size);
+    let unsampled = mean != 0 && func::is_sampled(call.func) && !sampled(mean, call.size);
     if unsampled {
         count(counter::UNSAMPLED);
         // Still in flight, without a stack: nested calls belong to it, and
@@ -734,7 +730,7 @@ fn complete(id: u64, ret: u64, only_func: Option<u32>) {
         rec.nesting -= 1;
         return;
     }
-    let sampling = SAMPLE_BYTES.load() != 0 && rec.func != func::MMAP && rec.func != func::MREMAP;
+    let sampling = SAMPLE_BYTES.load() != 0 && func::is_sampled(rec.func);
     if sampling && rec.header.flags & flags::UNSAMPLED != 0 {
         // A failed realloc leaves its pointer as it was.
         if rec.old_addr != 0 && (ret != 0 || rec.size == 0) && SAMPLED.remove(rec.old_addr).is_ok()

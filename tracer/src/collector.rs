@@ -175,11 +175,8 @@ impl Collector {
             },
         );
         let (pid, tid, ts_ns) = (h.pid, h.tid, h.ts_ns);
-        // Mappings are always recorded (see the kernel's `enter`).
         let (size, count) = match self.sampling {
-            Some(s) if rec.func != func::MMAP && rec.func != func::MREMAP => {
-                s.weigh(rec.size, rec.addr)
-            }
+            Some(s) if func::is_sampled(rec.func) => s.weigh(rec.size, rec.addr),
             _ => (rec.size, 1),
         };
         Some(match rec.func {
