@@ -38,8 +38,10 @@ pub fn from_capture(
     temporary_rule: replay::Temporary,
 ) -> Report {
     let mut heap = HeapModel::default();
+    let mut temporaries = replay::Temporaries::new(temporary_rule);
     contents.events.each(&mut |e| {
         heap.apply(e);
+        temporaries.apply(e);
         true
     });
     let stack_of = |id: StackId| match contents.stacks.get(&id) {
@@ -72,10 +74,7 @@ pub fn from_capture(
     let since_start = |ts: u64| ts.saturating_sub(contents.start_ns) as f64 / 1e9;
     report.history = Some(History {
         peak: entries(&replay::at_peaks(&contents.events, &heap), stack_of),
-        temporary: entries(
-            &replay::temporary(&contents.events, temporary_rule),
-            stack_of,
-        ),
+        temporary: entries(&temporaries.groups(), stack_of),
         temporary_rule: temporary_rule.to_string(),
         timeline: contents
             .samples

@@ -57,15 +57,30 @@ impl std::fmt::Display for Temporary {
     }
 }
 
-/// Allocations freed soon after they were made, by stack.
-pub fn temporary(events: &Events, threshold: Temporary) -> Vec<Group> {
-    let mut t = Temporaries {
-        threshold,
-        live: HashMap::new(),
-        seq: HashMap::new(),
-        groups: HashMap::new(),
-    };
-    events.each(&mut |e| {
+/// A live allocation: (stack, (bytes, count), time, its thread's allocation number).
+type Pending = (StackId, (u64, u32), u64, u64);
+
+/// Allocations freed soon after they were made, by stack, gathered one
+/// event at a time (in the same pass as the heap model).
+pub struct Temporaries {
+    threshold: Temporary,
+    live: HashMap<(Pid, u64), Pending>,
+    /// Allocations made so far, per thread.
+    seq: HashMap<(Pid, u32), u64>,
+    groups: HashMap<(Pid, StackId), (u64, u64)>,
+}
+
+impl Temporaries {
+    pub fn new(threshold: Temporary) -> Self {
+        Self {
+            threshold,
+            live: HashMap::new(),
+            seq: HashMap::new(),
+            groups: HashMap::new(),
+        }
+    }
+
+    pub fn apply(&mut self, e: &HeapEvent) {
         match *e {
             HeapEvent::Alloc {
                 pid,
@@ -75,7 +90,7 @@ pub fn temporary(events: &Events, threshold: Temporary) -> Vec<Group> {
                 size,
                 count,
                 stack,
-            } => t.alloc(pid, tid, ts_ns, addr, (size, count), stack),
+            } => self.alloc(pid, tid, ts_ns, addr, (size, count), stack),
             HeapEvent::Realloc {
                 pid,
                 tid,
@@ -86,45 +101,34 @@ pub fn temporary(events: &Events, threshold: Temporary) -> Vec<Group> {
                 count,
                 stack,
             } => {
-                t.free(pid, tid, ts_ns, old_addr);
-                t.alloc(pid, tid, ts_ns, addr, (size, count), stack);
+                self.free(pid, tid, ts_ns, old_addr);
+                self.alloc(pid, tid, ts_ns, addr, (size, count), stack);
             }
             HeapEvent::Free {
                 pid,
                 tid,
                 ts_ns,
                 addr,
-            } => t.free(pid, tid, ts_ns, addr),
+            } => self.free(pid, tid, ts_ns, addr),
             // Mappings are long-lived by nature; the heap's churn is the point.
             _ => {}
         }
-        true
-    });
-    sorted(
-        t.groups
-            .into_iter()
-            .map(|((pid, stack), (bytes, count))| Group {
-                pid,
-                stack,
-                bytes,
-                count,
-            })
-            .collect(),
-    )
-}
+    }
 
-/// A live allocation: (stack, (bytes, count), time, its thread's allocation number).
-type Pending = (StackId, (u64, u32), u64, u64);
+    pub fn groups(self) -> Vec<Group> {
+        sorted(
+            self.groups
+                .into_iter()
+                .map(|((pid, stack), (bytes, count))| Group {
+                    pid,
+                    stack,
+                    bytes,
+                    count,
+                })
+                .collect(),
+        )
+    }
 
-struct Temporaries {
-    threshold: Temporary,
-    live: HashMap<(Pid, u64), Pending>,
-    /// Allocations made so far, per thread.
-    seq: HashMap<(Pid, u32), u64>,
-    groups: HashMap<(Pid, StackId), (u64, u64)>,
-}
-
-impl Temporaries {
     fn alloc(
         &mut self,
         pid: Pid,
@@ -216,8 +220,12 @@ mod tests {
             alloc(1, 0x40, 50, 3, 2_200),
             free(1, 0x20, 9_000), // 7 us later, 2 allocations in between
         ];
-        let events = Events::Memory(events.to_vec());
-        let by_time = temporary(&events, Temporary::Within { ns: 1_000 });
+        let temporary = |rule| {
+            let mut t = Temporaries::new(rule);
+            events.iter().for_each(|e| t.apply(e));
+            t.groups()
+        };
+        let by_time = temporary(Temporary::Within { ns: 1_000 });
         assert_eq!(
             by_time
                 .iter()
@@ -225,7 +233,7 @@ mod tests {
                 .collect::<Vec<_>>(),
             [(1, 1)]
         );
-        let by_count = temporary(&events, Temporary::BeforeAllocations(2));
+        let by_count = temporary(Temporary::BeforeAllocations(2));
         assert_eq!(
             by_count
                 .iter()
