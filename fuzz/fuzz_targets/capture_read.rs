@@ -5,12 +5,31 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tracer::{capture, report, report::replay::Temporary, symbolize::View};
+use tracer::{
+    capture,
+    frame::View,
+    report::{
+        analysis::{self, Temporary},
+        render::{self, Format, Of},
+    },
+};
 
 fuzz_target!(|data: &[u8]| {
     let (records, _error) = capture::read(data);
     let contents = capture::Contents::new(records);
-    let report = report::from_capture(&contents, View::Mixed, 0, Temporary::Within { ns: 1_000_000 });
-    let _ = report::json::render(&report, 10);
-    let _ = report::text::render(&report, 10);
+    let report = analysis::analyze(
+        &contents,
+        &analysis::Options {
+            view: View::Mixed,
+            min_age_ns: 0,
+            temporary: Temporary::Within { ns: 1_000_000 },
+        },
+    );
+    let options = render::Options {
+        top: 10,
+        of: Of::Leaks,
+        sections: render::RECORD_SECTIONS.to_vec(),
+    };
+    let _ = render::render(&report, Format::Json, &options);
+    let _ = render::render(&report, Format::Text, &options);
 });

@@ -5,7 +5,14 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tracer::{capture, report, report::replay::Temporary, symbolize::View};
+use tracer::{
+    capture,
+    frame::View,
+    report::{
+        analysis::{self, Temporary},
+        render::{self, Format, Of},
+    },
+};
 
 fuzz_target!(|records: &[u8]| {
     let mut file = capture::MAGIC.to_vec();
@@ -13,10 +20,22 @@ fuzz_target!(|records: &[u8]| {
     file.extend(zstd::encode_all(records, 1).expect("compress"));
     let (records, _error) = capture::read(&file[..]);
     let contents = capture::Contents::new(records);
-    for rule in [Temporary::Within { ns: 1_000_000 }, Temporary::BeforeAllocations(2)] {
-        let report = report::from_capture(&contents, View::Mixed, 1_000, rule);
-        let _ = report::json::render(&report, 10);
-        let _ = report::text::render(&report, 10);
-        let _ = report::pprof::render(&report.hotspots, &report.leaks, 1);
+    for temporary in [Temporary::Within { ns: 1_000_000 }, Temporary::BeforeAllocations(2)] {
+        let report = analysis::analyze(
+            &contents,
+            &analysis::Options {
+                view: View::Mixed,
+                min_age_ns: 1_000,
+                temporary,
+            },
+        );
+        let options = render::Options {
+            top: 10,
+            of: Of::Leaks,
+            sections: render::RECORD_SECTIONS.to_vec(),
+        };
+        for format in [Format::Json, Format::Text, Format::Pprof] {
+            let _ = render::render(&report, format, &options);
+        }
     }
 });

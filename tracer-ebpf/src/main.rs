@@ -323,7 +323,7 @@ fn enter<C: EbpfContext>(ctx: &C, id: u64, regs: UserRegs, call: Call) {
             ctx,
             "replacing stale in-flight call of thread {}", id as u32
         );
-        count(counter::STALE_PENDING);
+        count(counter::STALE_IN_FLIGHT);
     }
     let Some(rec) = SCRATCH.get_ptr_mut(0) else {
         return;
@@ -376,7 +376,7 @@ fn enter<C: EbpfContext>(ctx: &C, id: u64, regs: UserRegs, call: Call) {
     // By reference: a by-value record would be copied onto the 512-byte stack.
     let rec: &AllocRecord = rec;
     if IN_FLIGHT.insert(id, rec, 0).is_err() {
-        count(counter::PENDING_FULL);
+        count(counter::IN_FLIGHT_FULL);
     }
 }
 

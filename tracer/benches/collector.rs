@@ -10,7 +10,8 @@ use std::time::Instant;
 
 use tracer::{
     capture::{Record, Writer},
-    collector::Collector,
+    model::Model,
+    sources::collector::Collector,
 };
 use tracer_common::{AllocRecord, FreeRecord, Header, MAX_STACK_DEPTH, PyFrame, flags, func, kind};
 
@@ -107,28 +108,29 @@ fn main() {
     let pid = std::process::id();
     let (bytes, lens) = records(pid);
 
-    // Decoding and applying, with the journal a capture needs, handed
-    // over in batches as the event loop does.
-    let mut collector = Collector::new(true, None);
+    // Decoding and applying, with the events the sinks get handed over in
+    // batches as the event loop does.
+    let mut collector = Collector::new(None);
+    let mut model = Model::default();
     let mut journal = Vec::new();
     let start = Instant::now();
     let mut at = 0;
     for (i, len) in lens.iter().enumerate() {
-        collector.apply(&bytes[at..at + len]);
+        collector.apply(&bytes[at..at + len], &mut model);
         at += len;
-        if i % 10_000 == 0
-            && let Some(j) = &mut collector.journal
-        {
-            journal.append(j);
+        if i % 10_000 == 0 {
+            journal.append(&mut collector.take_events());
         }
     }
     let apply_s = start.elapsed().as_secs_f64();
-    if let Some(j) = &mut collector.journal {
-        journal.append(j);
-    }
+    journal.append(&mut collector.take_events());
 
     // What the capture thread does with each event.
-    let mut writer = Writer::create("/dev/null".as_ref()).expect("/dev/null");
+    let null = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/null")
+        .expect("/dev/null");
+    let mut writer = Writer::new(null).expect("/dev/null");
     let start = Instant::now();
     for event in &journal {
         writer.write(&Record::Event(*event)).expect("write");
@@ -136,18 +138,21 @@ fn main() {
     writer.finish().expect("finish");
     let capture_s = start.elapsed().as_secs_f64();
     drop(journal);
-    drop(collector);
+    drop((collector, model));
 
     // Memory per live allocation: a million of them, never freed.
     let before = resident_bytes();
-    let mut live = Collector::new(false, None);
+    let mut live = Collector::new(None);
+    let mut live_model = Model::default();
     let mut at = 0;
     let mut allocs = 0u64;
     for len in &lens {
         let record = &bytes[at..at + len];
         at += len;
         if record.len() > size_of::<FreeRecord>() {
-            live.apply(record);
+            live.apply(record, &mut live_model);
+            // The sinks would take them; the model is what is measured.
+            live.take_events();
             allocs += 1;
             if allocs == 1_000_000 {
                 break;
@@ -155,7 +160,10 @@ fn main() {
         }
     }
     let per_live = (resident_bytes().saturating_sub(before)) as f64 / allocs as f64;
-    let live_total = live.heap.process(pid).map_or(0, |p| p.totals().live_count);
+    let live_total = live_model
+        .heap()
+        .process(pid)
+        .map_or(0, |p| p.totals().live_count);
 
     println!(
         "{}",

@@ -1,8 +1,17 @@
-//! Command-line interface.
+//! Command-line interface: the options as clap reads them, and their
+//! checked values (`RecordOptions`), with one clear error per bad value.
 
-use std::{ffi::OsString, path::PathBuf};
+use std::{ffi::OsString, path::PathBuf, time::Duration};
 
+use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::{
+    event::Pid,
+    frame::View,
+    report::analysis::{self, Temporary},
+    sampling::Sampling,
+};
 
 /// Traces memory allocations of running Python (and other) processes with
 /// eBPF, without restarting or changing them, and reports what leaks and
@@ -149,8 +158,8 @@ pub struct RecordArgs {
     #[arg(short, long, value_name = "DIR")]
     pub output: Option<PathBuf>,
 
-    /// With --output: how often to sample each process's memory (live heap
-    /// and resident set) and make the capture readable up to now, in ms.
+    /// How often to sample each process's memory (live heap and resident
+    /// set) and make the capture readable up to now, in ms.
     #[arg(long, value_name = "MS", default_value_t = 100)]
     pub sample_ms: u64,
 
@@ -172,8 +181,7 @@ pub struct RecordArgs {
 }
 
 impl ViewArgs {
-    pub fn view(&self) -> crate::symbolize::View {
-        use crate::symbolize::View;
+    pub fn view(&self) -> View {
         match (self.python_only, self.native_only) {
             (true, _) => View::Python,
             (_, true) => View::Native,
@@ -183,5 +191,71 @@ impl ViewArgs {
 
     pub fn min_age_ns(&self) -> u64 {
         (self.min_age.max(0.0) * 1e9) as u64
+    }
+}
+
+/// The largest ring buffer: the kernel's limit is near 4 GiB, far beyond
+/// what any drain rate needs.
+const MAX_RING_MB: u32 = 1024;
+
+/// `tracer record`'s options, checked.
+#[derive(Debug)]
+pub struct RecordOptions {
+    pub pids: Vec<Pid>,
+    pub all: bool,
+    pub command: Vec<OsString>,
+    pub pymalloc: bool,
+    pub duration: Option<Duration>,
+    pub output: Option<PathBuf>,
+    /// How often memory is sampled and the capture made readable.
+    pub sample_every: Duration,
+    pub sampling: Option<Sampling>,
+    pub ring_bytes: u32,
+    pub analysis: analysis::Options,
+    pub top: usize,
+}
+
+impl RecordArgs {
+    pub fn validate(self) -> Result<RecordOptions> {
+        if self.pids.is_empty() && self.command.is_empty() && !self.all {
+            bail!(
+                "nothing to trace: give --pid PID, --all, or a command after --, e.g. `tracer record -- python3 app.py`"
+            );
+        }
+        if !self.ring_mb.is_power_of_two() || self.ring_mb > MAX_RING_MB {
+            bail!(
+                "--ring-mb must be a power of two from 1 to {MAX_RING_MB}, not {}",
+                self.ring_mb
+            );
+        }
+        let duration = match self.duration {
+            Some(d) => match Duration::try_from_secs_f64(d) {
+                Ok(d) if !d.is_zero() => Some(d),
+                _ => bail!("--duration must be a positive number of seconds, not {d}"),
+            },
+            None => None,
+        };
+        let sampling = match self.sample_bytes {
+            Some(0) => bail!("--sample-bytes must be at least 1"),
+            n => n.map(|mean_bytes| Sampling { mean_bytes }),
+        };
+        Ok(RecordOptions {
+            pids: self.pids,
+            all: self.all,
+            command: self.command,
+            pymalloc: self.pymalloc,
+            duration,
+            output: self.output,
+            // A tick more often than this is all ticks.
+            sample_every: Duration::from_millis(self.sample_ms.max(10)),
+            sampling,
+            ring_bytes: self.ring_mb << 20,
+            analysis: analysis::Options {
+                view: self.view.view(),
+                min_age_ns: self.view.min_age_ns(),
+                temporary: Temporary::Within { ns: 1_000_000 },
+            },
+            top: self.view.top,
+        })
     }
 }

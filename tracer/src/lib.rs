@@ -1,25 +1,29 @@
 //! tracer: an eBPF memory allocation tracer for Python services.
 //!
-//! Data flows one way: probes (kernel) -> collector -> heap model ->
-//! symbolizer -> reports. See docs/ for the hard parts.
+//! One recording is sources -> model -> sinks: targets, probes and the
+//! collector produce events; the model (heap, stacks, per-process registry,
+//! Python resolution) holds state; sinks (the capture, the end-of-run
+//! reports) consume the same events and snapshots. docs/architecture.md is
+//! the map.
 
 pub mod capture;
 mod cli;
 mod clock;
-pub mod collector;
+pub mod counters;
 mod elf;
-pub mod heap;
+pub mod event;
+pub mod frame;
 mod host;
-mod launch;
-mod modules;
+pub mod model;
 mod offline;
-mod probes;
 mod proc_maps;
+pub mod process;
 mod python;
+mod record;
 pub mod report;
-mod sampling;
-mod session;
-pub mod stacks;
+pub mod sampling;
+pub mod sinks;
+pub mod sources;
 pub mod symbolize;
 
 use std::process::ExitCode;
@@ -69,7 +73,7 @@ pub fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            cli::Command::Record(args) => session::record(args).await,
+            cli::Command::Record(args) => record::record(args.validate()?).await,
             cli::Command::Report(args) => offline::run(args),
         }
     });

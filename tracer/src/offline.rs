@@ -1,42 +1,70 @@
 //! `tracer report CAPTURE KIND`: every report again, from a capture file,
-//! without root or the traced machine's files.
+//! without root or the traced machine's files, through the same analysis
+//! and renderers as `tracer record`.
 
-use std::{fs, io::Write as _};
+use std::{fs, io::Write as _, os::unix::fs::FileTypeExt as _, sync::Arc};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, anyhow, bail};
 
 use crate::{
-    capture,
-    cli::{Format, Of, ReportArgs, ReportKind},
+    capture::{CaptureError, Contents},
+    cli::{self, ReportArgs, ReportKind},
     report::{
-        self, Report, flamegraph, html, json, pprof,
-        replay::Temporary,
-        speedscope,
-        text::{self, Section},
+        analysis::{self, Temporary, analyze},
+        render::{self, Format, Of, Section},
     },
 };
 
 pub fn run(args: ReportArgs) -> Result<()> {
     let shown = args.capture.display().to_string();
-    let (contents, records, error) = capture::Contents::read_file(&args.capture);
+    let file = fs::File::open(&args.capture)
+        .map_err(|e| anyhow!("{shown}: {}", CaptureError::Open(e.to_string())))?;
+    // A FIFO or a device would block or never end.
+    let kind = file
+        .metadata()
+        .with_context(|| format!("cannot read {shown}"))?
+        .file_type();
+    if !kind.is_file() || kind.is_fifo() {
+        bail!(
+            "{shown} is not a regular file: give the capture.tracer that `tracer record -o DIR` writes"
+        );
+    }
+    let (contents, records, error) = Contents::read_file(Arc::new(file));
     if records == 0
         && let Some(error) = &error
     {
         match error {
-            capture::CaptureError::NotCapture => bail!(
+            CaptureError::NotCapture => bail!(
                 "{shown}: {error}: give the capture.tracer that `tracer record -o DIR` writes"
             ),
             _ => bail!("{shown}: {error}"),
         }
     }
-    let rule = match args.temporary_allocations {
+    let temporary = match args.temporary_allocations {
         Some(n) => Temporary::BeforeAllocations(n),
         None => Temporary::Within {
             ns: (args.temporary_ms.max(0.0) * 1e6) as u64,
         },
     };
-    let report = report::from_capture(&contents, args.view.view(), args.view.min_age_ns(), rule);
-    let bytes = render(&report, &args)?;
+    let report = analyze(
+        &contents,
+        &analysis::Options {
+            view: args.view.view(),
+            min_age_ns: args.view.min_age_ns(),
+            temporary,
+        },
+    );
+    let (format, sections) = format_of(&args);
+    let options = render::Options {
+        top: args.view.top,
+        of: match args.of {
+            cli::Of::Leaks => Of::Leaks,
+            cli::Of::Hotspots => Of::Hotspots,
+            cli::Of::Peak => Of::Peak,
+        },
+        sections,
+    };
+    let bytes = render::render(&report, format, &options)?;
     match &args.output {
         Some(path) => {
             fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))?
@@ -51,37 +79,21 @@ pub fn run(args: ReportArgs) -> Result<()> {
     Ok(())
 }
 
-fn render(report: &Report, args: &ReportArgs) -> Result<Vec<u8>> {
-    let top = args.view.top;
-    let of = |of: Of| match (of, &report.history) {
-        (Of::Leaks, _) => (&report.leaks[..], "leaks (live bytes)"),
-        (Of::Hotspots, _) => (&report.hotspots[..], "hotspots (allocated bytes)"),
-        (Of::Peak, Some(h)) => (&h.peak[..], "live at the peak (bytes)"),
-        (Of::Peak, None) => (&[][..], "live at the peak (bytes)"),
-    };
-    let command_of = |pid| report::command_name(report, pid);
+/// The format a report kind is rendered in, and its text sections.
+fn format_of(args: &ReportArgs) -> (Format, Vec<Section>) {
     let section = match args.kind {
         ReportKind::Leaks => Section::Leaks,
         ReportKind::Hotspots => Section::Hotspots,
         ReportKind::Peak => Section::Peak,
         ReportKind::Temporary => Section::Temporary,
         ReportKind::Summary => Section::Summary,
-        ReportKind::Flamegraph => {
-            let (entries, title) = of(args.of);
-            return Ok(flamegraph::svg(entries, title, command_of)?.into_bytes());
-        }
-        ReportKind::Pprof => {
-            let duration_ns = (report.duration_s * 1e9) as i64;
-            return Ok(pprof::render(&report.hotspots, &report.leaks, duration_ns)?);
-        }
-        ReportKind::Speedscope => {
-            let (entries, title) = of(args.of);
-            return Ok(speedscope::render(entries, title, command_of)?.into_bytes());
-        }
-        ReportKind::Html => return Ok(html::render(report, top).into_bytes()),
+        ReportKind::Flamegraph => return (Format::Flamegraph, Vec::new()),
+        ReportKind::Pprof => return (Format::Pprof, Vec::new()),
+        ReportKind::Speedscope => return (Format::Speedscope, Vec::new()),
+        ReportKind::Html => return (Format::Html, Vec::new()),
     };
-    Ok(match args.format {
-        Format::Json => json::render(report, top)?.into_bytes(),
-        Format::Text => text::render_sections(report, &[section], top).into_bytes(),
-    })
+    match args.format {
+        cli::Format::Json => (Format::Json, Vec::new()),
+        cli::Format::Text => (Format::Text, vec![section]),
+    }
 }

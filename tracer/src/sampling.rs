@@ -11,6 +11,13 @@
 
 use tracer_common::sampling::{GAP_SCALE_BITS, GAP_TABLE_LEN};
 
+/// What one recorded allocation stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Weight {
+    pub bytes: u64,
+    pub count: u32,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Sampling {
     /// N: the mean number of bytes between samples.
@@ -27,10 +34,13 @@ impl Sampling {
     /// for. 1/p allocations is rarely a whole number: it is rounded up or
     /// down at random (`salt`: any value that varies between allocations,
     /// such as the address), so that counts stay unbiased too.
-    pub fn weigh(&self, size: u64, salt: u64) -> (u64, u32) {
+    pub fn weigh(&self, size: u64, salt: u64) -> Weight {
         let p = self.probability(size);
         if p <= 0.0 {
-            return (size, 1);
+            return Weight {
+                bytes: size,
+                count: 1,
+            };
         }
         let bytes = (size as f64 / p).round() as u64;
         let whole = (1.0 / p).floor();
@@ -42,7 +52,10 @@ impl Sampling {
         z ^= z >> 31;
         let uniform = (z >> 11) as f64 / (1u64 << 53) as f64;
         let count = whole + f64::from(u8::from(uniform < fraction));
-        (bytes, count.clamp(1.0, f64::from(u32::MAX)) as u32)
+        Weight {
+            bytes,
+            count: count.clamp(1.0, f64::from(u32::MAX)) as u32,
+        }
     }
 
     /// What a report says of its numbers.
@@ -83,20 +96,26 @@ mod tests {
     fn weights_undo_the_sampling_probability() {
         let s = Sampling { mean_bytes: 65536 };
         // Much larger than N: nearly always recorded, stands for itself.
-        assert_eq!(s.weigh(100 << 20, 7), (100 << 20, 1));
+        assert_eq!(
+            s.weigh(100 << 20, 7),
+            Weight {
+                bytes: 100 << 20,
+                count: 1
+            }
+        );
         // Small: rarely recorded, stands for about N bytes.
-        let (bytes, count) = s.weigh(64, 7);
+        let Weight { bytes, count } = s.weigh(64, 7);
         assert!((65_500..=65_600).contains(&bytes), "{bytes}");
         assert!((1024..=1025).contains(&count), "{count}");
         // Expected recorded bytes equal the true bytes: p * weight == size.
         for size in [1u64, 100, 10_000, 65_536, 1 << 20] {
-            let expected = s.probability(size) * s.weigh(size, 7).0 as f64;
+            let expected = s.probability(size) * s.weigh(size, 7).bytes as f64;
             assert!((expected - size as f64).abs() <= 0.5 + size as f64 * 1e-9);
         }
         // And counts, on average over allocations: p * mean count == 1.
         let size = 50_000;
         let mean = (0..100_000u64)
-            .map(|addr| f64::from(s.weigh(size, addr * 16).1))
+            .map(|addr| f64::from(s.weigh(size, addr * 16).count))
             .sum::<f64>()
             / 100_000.0;
         assert!((s.probability(size) * mean - 1.0).abs() < 0.01, "{mean}");
@@ -125,7 +144,7 @@ mod tests {
             if left <= 0 {
                 let gap = u64::from(table[(next() as usize) % GAP_TABLE_LEN]);
                 left = ((s.mean_bytes * gap) >> GAP_SCALE_BITS) as i64;
-                estimate += s.weigh(size, i).0;
+                estimate += s.weigh(size, i).bytes;
             }
         }
         let error = (estimate as f64 - truth as f64) / truth as f64;

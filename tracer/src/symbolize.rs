@@ -1,6 +1,7 @@
 //! Stacks in the reports' terms: function, module, file and line per frame,
-//! with blazesym for native code. Symbols are cached per (module, offset),
-//! whole stacks per stack id.
+//! with blazesym for native code. Symbols are cached per (module, offset).
+//! A stack is taken out of the model (`Unsymbolized`, which owns what it
+//! needs) so that it can be symbolized on another thread.
 
 use std::collections::HashMap;
 
@@ -12,116 +13,14 @@ use blazesym::symbolize::{
 use tracer_common::func;
 
 use crate::{
-    modules::ModuleId,
+    frame::{Frame, FrameKind, StackDef},
+    model::{
+        modules::{ModuleId, Modules},
+        registry::NativeFrame,
+        stacks::{Cut, Stack},
+    },
     python::PyLocation,
-    stacks::{Cut, NativeFrame, StackId, StackTable},
 };
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FrameKind {
-    Native,
-    Python,
-}
-
-/// One frame of a report's stack.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-pub struct Frame {
-    pub kind: FrameKind,
-    pub function: String,
-    /// The module's path as the traced process names it.
-    pub module: String,
-    pub file: Option<String>,
-    pub line: Option<u32>,
-    /// Native frames: the offset in the module's file.
-    pub offset: Option<u64>,
-    /// Compiled into its caller: shares the caller's address.
-    pub inlined: bool,
-    /// Why the frame has no function name, if it has none.
-    pub unknown: Option<String>,
-}
-
-impl Frame {
-    pub const UNKNOWN_FUNCTION: &str = "[unknown]";
-
-    fn unknown(module: String, offset: u64, why: String) -> Self {
-        Frame {
-            kind: FrameKind::Native,
-            function: Self::UNKNOWN_FUNCTION.to_owned(),
-            module,
-            file: None,
-            line: None,
-            offset: Some(offset),
-            inlined: false,
-            unknown: Some(why),
-        }
-    }
-
-    /// Where the frame is, as a reader sees it: the offset only counts
-    /// when there is no line to tell frames apart.
-    pub fn place(&self) -> String {
-        let offset = if self.line.is_none() {
-            self.offset
-        } else {
-            None
-        };
-        format!(
-            "{:?} {} {} {:?}:{:?} {} {:?}",
-            self.kind, self.function, self.module, self.file, self.line, self.inlined, offset
-        )
-    }
-
-    /// The module's file name.
-    pub fn module_name(&self) -> &str {
-        self.module.rsplit('/').next().unwrap_or(&self.module)
-    }
-}
-
-/// A symbolized stack, innermost frame first, as a view shows it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SymbolizedStack {
-    pub frames: Vec<Frame>,
-    /// The stack may be missing outer frames: it was cut, or it does not end
-    /// in a thread's entry function.
-    pub truncated: bool,
-}
-
-/// A symbolized stack with its native and Python parts apart, from which
-/// every view is made (and which captures keep).
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct StackDef {
-    /// The allocation function first, then its callers.
-    pub native: Vec<Frame>,
-    pub native_truncated: bool,
-    /// The thread's Python frames, innermost first.
-    pub python: Vec<Frame>,
-    pub python_truncated: bool,
-}
-
-impl View {
-    pub fn show(self, stack: &StackDef) -> SymbolizedStack {
-        let native = match self {
-            // The allocation function stays first.
-            View::Python => stack.native.iter().take(1).cloned().collect(),
-            _ => stack.native.clone(),
-        };
-        let python = match self {
-            View::Native => Vec::new(),
-            _ => stack.python.clone(),
-        };
-        // The Python frames, where there are some, reach the thread's first
-        // Python frame: the stack is complete unless they were cut.
-        let truncated = if python.is_empty() {
-            stack.native_truncated
-        } else {
-            stack.python_truncated
-        };
-        SymbolizedStack {
-            frames: merge(native, python),
-            truncated,
-        }
-    }
-}
 
 /// Functions a complete stack ends in: where the kernel starts a process or
 /// a thread.
@@ -135,66 +34,6 @@ const ROOT_FUNCTIONS: [&str; 8] = [
     "__clone",
     "__clone3",
 ];
-
-/// Which frames a report shows.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum View {
-    /// Python frames in place of the interpreter's evaluation frames, native
-    /// frames (C extensions, libc) around them.
-    #[default]
-    Mixed,
-    /// The allocation function, then Python frames only.
-    Python,
-    /// Native frames only.
-    Native,
-}
-
-/// CPython's evaluation loop and the calls between its frames: where a
-/// native stack runs Python code, which the Python frames stand for.
-fn is_interpreter_frame(function: &str) -> bool {
-    const EVAL: [&str; 12] = [
-        "_PyEval_EvalFrameDefault",
-        "_PyEval_EvalFrame",
-        "PyEval_EvalFrameEx",
-        "PyEval_EvalFrame",
-        "_PyEval_Vector",
-        "_PyEval_EvalCode",
-        "_PyEval_EvalCodeWithName",
-        "PyEval_EvalCode",
-        "PyEval_EvalCodeEx",
-        "_PyFunction_Vectorcall",
-        "function_code_fastcall",
-        "_PyObject_VectorcallTstate",
-    ];
-    let base = function.split('.').next().unwrap_or(function);
-    EVAL.contains(&base)
-}
-
-/// Native frames with the Python frames in place of the interpreter's
-/// frames between the first and the last evaluation frame; after the native
-/// frames when the native stack does not reach the interpreter (no frame
-/// pointers).
-fn merge(native: Vec<Frame>, python: Vec<Frame>) -> Vec<Frame> {
-    if python.is_empty() {
-        return native;
-    }
-    let first = native
-        .iter()
-        .position(|f| is_interpreter_frame(&f.function));
-    let last = native
-        .iter()
-        .rposition(|f| is_interpreter_frame(&f.function));
-    match (first, last) {
-        (Some(first), Some(last)) => {
-            let mut native = native.into_iter();
-            let mut merged: Vec<Frame> = native.by_ref().take(first).collect();
-            merged.extend(python);
-            merged.extend(native.skip(last + 1 - first));
-            merged
-        }
-        _ => native.into_iter().chain(python).collect(),
-    }
-}
 
 /// A stack with what symbolizing it needs and nothing of the stack table,
 /// so that it can be symbolized on another thread.
@@ -226,12 +65,17 @@ enum NativeRef {
 }
 
 impl Unsymbolized {
-    pub fn new(table: &StackTable, id: StackId) -> Self {
-        let stack = table.get(id);
+    /// `stack`, whose frames point into `modules`; `python` are the
+    /// locations of its Python frames.
+    pub fn new<'a>(
+        stack: &Stack,
+        modules: &Modules,
+        python: impl IntoIterator<Item = &'a PyLocation>,
+    ) -> Self {
         let (allocator, callers) = match stack.frames.split_first() {
             Some((probed, callers)) => (
-                Some(allocator_frame(table, stack.func, *probed)),
-                callers.iter().map(|f| native_ref(table, *f)).collect(),
+                Some(allocator_frame(modules, stack.func, *probed)),
+                callers.iter().map(|f| native_ref(modules, *f)).collect(),
             ),
             None => (None, Vec::new()),
         };
@@ -239,23 +83,19 @@ impl Unsymbolized {
             allocator,
             callers,
             cut: stack.cut,
-            python: stack
-                .python
-                .iter()
-                .map(|id| python_frame(table.python_location(*id)))
-                .collect(),
+            python: python.into_iter().map(python_frame).collect(),
             python_truncated: stack.python_cut.is_some(),
         }
     }
 }
 
-fn native_ref(table: &StackTable, frame: NativeFrame) -> NativeRef {
+fn native_ref(modules: &Modules, frame: NativeFrame) -> NativeRef {
     match frame {
         NativeFrame::Module {
             module,
             file_offset,
         } => {
-            let m = table.modules.get(module);
+            let m = modules.get(module);
             NativeRef::Module {
                 module,
                 path: m.path.clone(),
@@ -272,8 +112,14 @@ fn native_ref(table: &StackTable, frame: NativeFrame) -> NativeRef {
 
 pub struct Symbolizer {
     blazesym: symbolize::Symbolizer,
-    frames: HashMap<(ModuleId, u64), Vec<Frame>>,
-    stacks: HashMap<StackId, StackDef>,
+    frames: HashMap<ModuleOffset, Vec<Frame>>,
+}
+
+/// A place in a module's file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct ModuleOffset {
+    module: ModuleId,
+    file_offset: u64,
 }
 
 impl Symbolizer {
@@ -287,17 +133,7 @@ impl Symbolizer {
                 .set_debug_dirs(Some(debug_dirs))
                 .build(),
             frames: HashMap::new(),
-            stacks: HashMap::new(),
         }
-    }
-
-    /// The stack `id` of `table`, symbolized once.
-    pub fn stack(&mut self, table: &StackTable, id: StackId) -> &StackDef {
-        if !self.stacks.contains_key(&id) {
-            let symbolized = self.symbolize(&Unsymbolized::new(table, id));
-            self.stacks.insert(id, symbolized);
-        }
-        &self.stacks[&id]
     }
 
     pub fn symbolize(&mut self, stack: &Unsymbolized) -> StackDef {
@@ -343,7 +179,10 @@ impl Symbolizer {
                 )];
             }
         };
-        if let Some(frames) = self.frames.get(&(module, file_offset)) {
+        if let Some(frames) = self.frames.get(&ModuleOffset {
+            module,
+            file_offset,
+        }) {
             return frames.clone();
         }
         let frames = match file {
@@ -367,7 +206,13 @@ impl Symbolizer {
                 }
             }
         };
-        self.frames.insert((module, file_offset), frames.clone());
+        self.frames.insert(
+            ModuleOffset {
+                module,
+                file_offset,
+            },
+            frames.clone(),
+        );
         frames
     }
 }
@@ -387,12 +232,12 @@ fn python_frame(location: &PyLocation) -> Frame {
 
 /// The probed allocation function, named as its callers call it (libc's
 /// own symbol there is often an internal alias such as `__GI___libc_malloc`).
-fn allocator_frame(table: &StackTable, func: u32, probed: NativeFrame) -> Frame {
+fn allocator_frame(modules: &Modules, func: u32, probed: NativeFrame) -> Frame {
     let (module, offset) = match probed {
         NativeFrame::Module {
             module,
             file_offset,
-        } => (table.modules.get(module).path.clone(), file_offset),
+        } => (modules.get(module).path.clone(), file_offset),
         NativeFrame::Unmapped { addr } => ("[anonymous]".to_owned(), addr),
     };
     Frame {
@@ -463,59 +308,4 @@ fn frames_of(sym: &symbolize::Sym<'_>, module: &str, offset: u64) -> Vec<Frame> 
         unknown: None,
     });
     frames
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn frame(kind: FrameKind, function: &str) -> Frame {
-        Frame {
-            kind,
-            function: function.into(),
-            module: String::new(),
-            file: None,
-            line: None,
-            offset: None,
-            inlined: false,
-            unknown: None,
-        }
-    }
-
-    fn names(frames: &[Frame]) -> Vec<&str> {
-        frames.iter().map(|f| f.function.as_str()).collect()
-    }
-
-    #[test]
-    fn python_frames_replace_the_evaluation_loop() {
-        let native = vec![
-            frame(FrameKind::Native, "malloc"),
-            frame(FrameKind::Native, "numpy_zeros"),
-            frame(FrameKind::Native, "_PyEval_EvalFrameDefault"),
-            frame(FrameKind::Native, "_PyFunction_Vectorcall"),
-            frame(FrameKind::Native, "_PyEval_EvalFrameDefault.cold"),
-            frame(FrameKind::Native, "Py_RunMain"),
-        ];
-        let python = vec![
-            frame(FrameKind::Python, "remember"),
-            frame(FrameKind::Python, "handle"),
-        ];
-        assert_eq!(
-            names(&merge(native, python.clone())),
-            ["malloc", "numpy_zeros", "remember", "handle", "Py_RunMain"]
-        );
-        // Without frame pointers the native stack stops short of the loop.
-        let short = vec![
-            frame(FrameKind::Native, "malloc"),
-            frame(FrameKind::Native, "_PyObject_Malloc"),
-        ];
-        assert_eq!(
-            names(&merge(short.clone(), python)),
-            ["malloc", "_PyObject_Malloc", "remember", "handle"]
-        );
-        assert_eq!(
-            names(&merge(short, Vec::new())),
-            ["malloc", "_PyObject_Malloc"]
-        );
-    }
 }

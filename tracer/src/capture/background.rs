@@ -4,6 +4,7 @@
 //! buffer and samples memory.
 
 use std::{
+    fs::File,
     io,
     path::PathBuf,
     sync::mpsc::{self, Receiver, Sender},
@@ -12,7 +13,7 @@ use std::{
 
 use super::{Record, Writer};
 use crate::{
-    stacks::StackId,
+    event::StackId,
     symbolize::{Symbolizer, Unsymbolized},
 };
 
@@ -21,14 +22,20 @@ enum Job {
     /// New stacks, and where debug files may be for the modules known now.
     Stacks {
         debug_dirs: Vec<PathBuf>,
-        stacks: Vec<(StackId, Unsymbolized)>,
+        stacks: Vec<NewStack>,
     },
     Flush,
 }
 
+/// A stack interned since the last ones were sent.
+pub struct NewStack {
+    pub id: StackId,
+    pub stack: Unsymbolized,
+}
+
 pub struct Background {
     jobs: Sender<Job>,
-    thread: JoinHandle<io::Result<()>>,
+    thread: JoinHandle<io::Result<File>>,
 }
 
 impl Background {
@@ -44,11 +51,7 @@ impl Background {
         self.send(Job::Records(records))
     }
 
-    pub fn stacks(
-        &self,
-        debug_dirs: Vec<PathBuf>,
-        stacks: Vec<(StackId, Unsymbolized)>,
-    ) -> io::Result<()> {
+    pub fn stacks(&self, debug_dirs: Vec<PathBuf>, stacks: Vec<NewStack>) -> io::Result<()> {
         self.send(Job::Stacks { debug_dirs, stacks })
     }
 
@@ -57,8 +60,9 @@ impl Background {
         self.send(Job::Flush)
     }
 
-    /// Writes what is queued, ends the file, and returns the first error.
-    pub fn finish(self) -> io::Result<()> {
+    /// Writes what is queued, ends the file and returns it, or the first
+    /// error.
+    pub fn finish(self) -> io::Result<File> {
         drop(self.jobs);
         self.thread
             .join()
@@ -73,7 +77,7 @@ impl Background {
     }
 }
 
-fn run(mut writer: Writer, jobs: Receiver<Job>) -> io::Result<()> {
+fn run(mut writer: Writer, jobs: Receiver<Job>) -> io::Result<File> {
     let mut symbolizer: Option<Symbolizer> = None;
     for job in jobs {
         match job {
@@ -85,7 +89,7 @@ fn run(mut writer: Writer, jobs: Receiver<Job>) -> io::Result<()> {
             Job::Stacks { debug_dirs, stacks } => {
                 // Debug directories are known once the targets' libraries are.
                 let symbolizer = symbolizer.get_or_insert_with(|| Symbolizer::new(&debug_dirs));
-                for (id, stack) in stacks {
+                for NewStack { id, stack } in stacks {
                     let def = symbolizer.symbolize(&stack);
                     writer.write(&Record::Stack { id, def })?;
                 }

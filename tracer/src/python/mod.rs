@@ -209,7 +209,7 @@ impl Resolver {
     pub fn resolve(&mut self, pid: u32, frame: &PyFrame) -> Option<PyLocation> {
         let unknown = |module: String, why: String| PyLocation {
             module,
-            function: crate::symbolize::Frame::UNKNOWN_FUNCTION.to_owned(),
+            function: crate::frame::Frame::UNKNOWN_FUNCTION.to_owned(),
             file: None,
             line: None,
             unknown: Some(why),

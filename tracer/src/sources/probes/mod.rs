@@ -1,5 +1,6 @@
 //! The loaded eBPF programs and their maps: which processes are traced,
-//! where uprobes are attached, and the counters of what could not be recorded.
+//! where uprobes are attached (docs/probes.md), and the counters of what
+//! could not be recorded.
 
 mod attach;
 mod placement;
@@ -17,9 +18,15 @@ use aya::{
 };
 use tracer_common::{PyConfig, counter};
 
-use crate::sampling::{self, Sampling};
+use crate::{
+    counters::Counters,
+    event::Pid,
+    proc_maps::ProcessMaps,
+    sampling::{self, Sampling},
+};
 
-pub use attach::{AttachedFiles, FileProbes};
+use attach::AttachedFiles;
+pub use attach::FileProbes;
 pub use placement::{How, Placement};
 
 /// The eBPF object built by build.rs from tracer-ebpf.
@@ -37,43 +44,49 @@ const TRACEPOINTS: [(&str, &str, &str); 6] = [
 ];
 
 pub struct Probes {
-    ebpf: Ebpf,
+    programs: Programs,
+    files: AttachedFiles,
+    sampling: Option<Sampling>,
     traced: HashMap<MapData, u32, u8>,
     python: HashMap<MapData, u32, PyConfig>,
     counters: PerCpuArray<MapData, u64>,
 }
 
-/// What the kernel side could not record, summed over CPUs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct KernelCounters {
-    pub events: u64,
-    pub lost_events: u64,
-    pub lost_stacks: u64,
-    pub in_flight_full: u64,
-    pub nested_calls: u64,
-    pub stale_in_flight: u64,
-    pub unmatched_returns: u64,
-    pub lost_code: u64,
-    pub unsampled: u64,
+/// The loaded programs, which uprobes are attached through.
+pub struct Programs {
+    ebpf: Ebpf,
 }
 
 /// Live sampled allocations the kernel tracks (`SAMPLED`, ~64 B each,
 /// preallocated): at 64 KiB sampling they stand for 16 GiB of live heap.
 const SAMPLED_LIVE: u32 = 1 << 18;
 
+/// How the programs are loaded.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    /// The ring buffer's size: a power of two multiple of the page size.
+    pub ring_bytes: u32,
+    /// `task_struct.thread.fsbase` (see `host::fsbase_offset`), which lets
+    /// the programs read Python frames; 0 turns them off.
+    pub fsbase_offset: u64,
+    /// Report every exec on the host (`--all`).
+    pub all_execs: bool,
+    /// Record only allocations chosen by `--sample-bytes`.
+    pub sampling: Option<Sampling>,
+    /// Probe CPython's object allocator too.
+    pub pymalloc: bool,
+}
+
 impl Probes {
     /// Loads every program (the verifier runs here) and attaches the tracepoints.
-    /// `ring_bytes` must be a power of two multiple of the page size.
-    /// `fsbase_offset` (see `host::fsbase_offset`) lets the programs read
-    /// Python frames; 0 turns them off. `all_execs` reports every exec on
-    /// the host (`--all`). `sampling`: record only allocations chosen by
-    /// `--sample-bytes`.
-    pub fn load(
-        ring_bytes: u32,
-        fsbase_offset: u64,
-        all_execs: bool,
-        sampling: Option<Sampling>,
-    ) -> Result<Self> {
+    pub fn load(settings: Settings) -> Result<Self> {
+        let Settings {
+            ring_bytes,
+            fsbase_offset,
+            all_execs,
+            sampling,
+            pymalloc,
+        } = settings;
         let all_execs = u8::from(all_execs);
         let sample_bytes = sampling.map_or(0, |s| s.mean_bytes);
         let gaps = sampling::gap_table();
@@ -118,7 +131,9 @@ impl Probes {
             PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("map COUNTERS missing")?)?;
         let python = HashMap::try_from(ebpf.take_map("PY_PROCS").context("map PY_PROCS missing")?)?;
         Ok(Self {
-            ebpf,
+            programs: Programs { ebpf },
+            files: AttachedFiles::new(pymalloc),
+            sampling,
             traced,
             python,
             counters,
@@ -127,13 +142,33 @@ impl Probes {
 
     /// The ring buffer of records; taken once by the collector.
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
-        let map = self.ebpf.take_map("EVENTS").context("map EVENTS missing")?;
+        let map = self
+            .programs
+            .ebpf
+            .take_map("EVENTS")
+            .context("map EVENTS missing")?;
         Ok(RingBuf::try_from(map)?)
     }
 
     /// The reader of aya-log records from the programs.
     pub fn take_logger(&mut self) -> Result<aya_log::EbpfLogger<&'static dyn log::Log>> {
-        aya_log::EbpfLogger::init(&mut self.ebpf).context("initialising eBPF logging")
+        aya_log::EbpfLogger::init(&mut self.programs.ebpf).context("initialising eBPF logging")
+    }
+
+    /// Attaches probes to every file `pid` maps that needs them and has none
+    /// yet. Returns the probes of `pid`'s files that hold allocators.
+    pub fn attach_process(&mut self, pid: Pid, maps: &ProcessMaps) -> Result<Vec<FileProbes>> {
+        self.files.attach_process(&mut self.programs, pid, maps)
+    }
+
+    /// `--sample-bytes`, if the programs sample.
+    pub fn sampling(&self) -> Option<Sampling> {
+        self.sampling
+    }
+
+    /// Whether CPython's object allocator is probed too (`--pymalloc`).
+    pub fn pymalloc(&self) -> bool {
+        self.files.pymalloc()
     }
 
     /// Starts recording the allocations of process `pid`.
@@ -158,6 +193,17 @@ impl Probes {
         let _ = self.python.remove(&pid);
     }
 
+    /// The kernel's counters, summed over CPUs.
+    pub fn counters(&self) -> Result<Counters> {
+        let mut kernel = [0; counter::COUNT as usize];
+        for (index, value) in kernel.iter_mut().enumerate() {
+            *value = self.counters.get(&(index as u32), 0)?.iter().sum();
+        }
+        Ok(Counters::from_kernel(kernel))
+    }
+}
+
+impl Programs {
     /// Attaches `program` to `offset` in `file` for every process (the
     /// programs filter by the traced set). Whether it is an entry or a
     /// return probe is the program's own kind; `cookie` tells a program that
@@ -182,24 +228,6 @@ impl Probes {
             .attach(point, file, UProbeScope::AllProcesses)
             .with_context(|| format!("attaching {program} to {}+{offset:#x}", file.display()))?;
         Ok(())
-    }
-
-    pub fn counters(&self) -> Result<KernelCounters> {
-        let sum = |index: u32| -> Result<u64> {
-            let values = self.counters.get(&index, 0)?;
-            Ok(values.iter().sum())
-        };
-        Ok(KernelCounters {
-            events: sum(counter::EVENTS)?,
-            lost_events: sum(counter::LOST_EVENTS)?,
-            lost_stacks: sum(counter::LOST_STACKS)?,
-            in_flight_full: sum(counter::PENDING_FULL)?,
-            nested_calls: sum(counter::NESTED_CALLS)?,
-            stale_in_flight: sum(counter::STALE_PENDING)?,
-            unmatched_returns: sum(counter::UNMATCHED_RETURNS)?,
-            lost_code: sum(counter::LOST_CODE)?,
-            unsampled: sum(counter::UNSAMPLED)?,
-        })
     }
 }
 

@@ -4,15 +4,18 @@
 //! run dozens of frames deep, and the top of the picture is what a browser,
 //! or the HTML report's frame, shows first.
 
-use super::{Entry, folded};
+use std::io;
+
+use super::{Options, folded};
+use crate::report::{Entry, Report};
+
+pub fn render(report: &Report, options: &Options) -> io::Result<Vec<u8>> {
+    Ok(svg(report, options.of.entries(report), options.of.title())?.into_bytes())
+}
 
 /// A flamegraph of `entries` (bytes), one root per process.
-pub fn svg(
-    entries: &[Entry],
-    title: &str,
-    command_of: impl Fn(u32) -> String,
-) -> std::io::Result<String> {
-    let lines = folded::render(entries, command_of);
+pub fn svg(report: &Report, entries: &[Entry], title: &str) -> io::Result<String> {
+    let lines = folded::lines(report, entries);
     if lines.is_empty() {
         // inferno refuses an empty profile, but an empty view (no leaks) is a
         // valid answer: say so in a picture of the same kind.
@@ -25,7 +28,7 @@ pub fn svg(
     options.direction = inferno::flamegraph::Direction::Inverted;
     let mut out = Vec::new();
     inferno::flamegraph::from_lines(&mut options, lines.lines(), &mut out)?;
-    String::from_utf8(out).map_err(std::io::Error::other)
+    String::from_utf8(out).map_err(io::Error::other)
 }
 
 fn empty(title: &str) -> String {
@@ -45,7 +48,7 @@ fn empty(title: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::symbolize::{Frame, FrameKind};
+    use crate::frame::{Frame, FrameKind};
 
     #[test]
     fn draws_frames_with_their_bytes() {
@@ -66,11 +69,12 @@ mod tests {
             stack: vec![frame("leaf"), frame("root")],
             truncated: false,
         };
-        let drawn = svg(&[e], "leaks", |_| "python3".into()).expect("svg");
+        let report = crate::report::render::tests::report_of(&[e], "python3");
+        let drawn = svg(&report, &report.leaks, "leaks").expect("svg");
         assert!(drawn.starts_with("<?xml"), "{}", &drawn[..40]);
         assert!(drawn.contains("leaf (app.py:3)"));
         assert!(drawn.contains("4,096 bytes"), "count shown");
-        let empty = svg(&[], "leaks <min-age 5s>", |_| String::new()).expect("empty svg");
+        let empty = svg(&report, &[], "leaks <min-age 5s>").expect("empty svg");
         assert!(empty.contains("no allocations") && empty.contains("&lt;min-age"));
     }
 }

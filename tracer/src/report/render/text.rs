@@ -1,12 +1,13 @@
 //! The report as text tables for a terminal.
 
-use std::fmt::Write as _;
+use std::{fmt::Write as _, io};
 
-use super::{
-    Entry, Report,
-    summary::{Activity, ProcessSummary},
+use super::{Options, Section};
+use crate::{
+    event::ExitReason,
+    frame::Frame,
+    report::{Activity, Entry, ProcessSummary, Report},
 };
-use crate::{heap::ExitReason, symbolize::Frame};
 
 /// Bytes with a binary unit, e.g. `97.66 MiB`.
 pub fn human_bytes(bytes: u64) -> String {
@@ -81,22 +82,11 @@ fn write_entry(out: &mut String, rank: usize, e: &Entry, what: &str) {
     }
 }
 
-/// A part of a report, shown per process.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Section {
-    Leaks,
-    Hotspots,
-    Peak,
-    Temporary,
-    Summary,
+pub fn render(report: &Report, options: &Options) -> io::Result<Vec<u8>> {
+    Ok(text(report, &options.sections, options.top).into_bytes())
 }
 
-/// The leak and hotspot reports: what `tracer record` prints.
-pub fn render(report: &Report, top: usize) -> String {
-    render_sections(report, &[Section::Leaks, Section::Hotspots], top)
-}
-
-pub fn render_sections(report: &Report, sections: &[Section], top: usize) -> String {
+fn text(report: &Report, sections: &[Section], top: usize) -> String {
     let mut out = String::new();
     let n = report.processes.len();
     let _ = writeln!(
@@ -116,43 +106,50 @@ pub fn render_sections(report: &Report, sections: &[Section], top: usize) -> Str
         human_bytes(t.bytes_freed),
         human_bytes(t.live_bytes)
     );
-    let _ = writeln!(
-        out,
-        "  events {}, lost events {}, lost stacks {}, unmatched frees {}, truncated stacks {}",
-        grouped(c.events),
-        grouped(c.lost_events),
-        grouped(c.lost_stacks),
-        grouped(c.unmatched_frees),
-        grouped(c.truncated_stacks)
-    );
+    let shown = [
+        tracer_common::counter::EVENTS,
+        tracer_common::counter::LOST_EVENTS,
+        tracer_common::counter::LOST_STACKS,
+        crate::counters::UNMATCHED_FREES,
+        crate::counters::TRUNCATED_STACKS,
+    ];
+    let counts: Vec<String> = shown
+        .iter()
+        .map(|&i| {
+            let name = crate::counters::NAMES[i as usize].replace('_', " ");
+            format!("{name} {}", grouped(c.get(i)))
+        })
+        .collect();
+    let _ = writeln!(out, "  {}", counts.join(", "));
     for p in &report.processes {
+        let info = &p.info;
         let _ = writeln!(out);
-        let _ = writeln!(out, "== pid {}  {}", p.pid, p.command);
-        let mut about: Vec<String> = p.python.iter().cloned().collect();
-        about.push(match p.exit {
-            Some((reason, at)) => {
-                let what = match reason {
+        let _ = writeln!(out, "== pid {}  {}", info.pid, info.command);
+        let mut about: Vec<String> = info.python.iter().cloned().collect();
+        about.push(match p.leaks_taken {
+            Some(taken) => {
+                let what = match taken.reason {
                     ExitReason::PyFinalize => "Py_FinalizeEx",
                     ExitReason::LibcExit => "exit()",
                 };
-                format!("leaks taken at {what}, {at:.2} s")
+                format!("leaks taken at {what}, {:.2} s", taken.at_s)
             }
             None => "leaks taken at the end of the recording".to_owned(),
         });
-        about.extend(p.exit_status.iter().cloned());
+        about.extend(info.exit_status.iter().cloned());
         let _ = writeln!(out, "   {}", about.join("; "));
-        for note in &p.notes {
+        for note in &info.notes {
             let _ = writeln!(out, "   note: {note}");
         }
         for section in sections {
-            write_section(&mut out, report, p.pid, *section, top);
+            write_section(&mut out, report, info.pid, *section, top);
         }
     }
     out
 }
 
 fn write_section(out: &mut String, report: &Report, pid: u32, section: Section, top: usize) {
-    let history = report.history.as_ref();
+    let history = &report.history;
     let (title, list, what): (String, &[Entry], &str) = match section {
         Section::Leaks => {
             let age = if report.min_age_s > 0.0 {
@@ -172,8 +169,7 @@ fn write_section(out: &mut String, report: &Report, pid: u32, section: Section, 
             "allocations",
         ),
         Section::Peak => {
-            let Some(h) = history else { return };
-            let title = match report.summary.iter().find(|s| s.pid == pid) {
+            let title = match report.summary_of(pid) {
                 Some(s) if s.activity.peak_bytes > 0 => format!(
                     "allocations of pid {pid} live at its peak ({} at {:.2} s)",
                     human_bytes(s.activity.peak_bytes),
@@ -181,18 +177,18 @@ fn write_section(out: &mut String, report: &Report, pid: u32, section: Section, 
                 ),
                 _ => format!("allocations of pid {pid} live at its peak (no heap)"),
             };
-            (title, &h.peak, "live allocations")
+            (title, &history.peak, "live allocations")
         }
-        Section::Temporary => {
-            let Some(h) = history else { return };
-            (
-                format!("temporary allocations of pid {pid} ({})", h.temporary_rule),
-                &h.temporary,
-                "allocations",
-            )
-        }
+        Section::Temporary => (
+            format!(
+                "temporary allocations of pid {pid} ({})",
+                history.temporary_rule
+            ),
+            &history.temporary,
+            "allocations",
+        ),
         Section::Summary => {
-            if let Some(s) = report.summary.iter().find(|s| s.pid == pid) {
+            if let Some(s) = report.summary_of(pid) {
                 write_summary(out, s);
             }
             return;
@@ -244,8 +240,10 @@ fn write_summary(out: &mut String, s: &ProcessSummary) {
 mod tests {
     use super::*;
     use crate::{
-        report::{Counters, ProcessInfo, Totals},
-        symbolize::FrameKind,
+        counters::Counters,
+        frame::FrameKind,
+        process::ProcessInfo,
+        report::{History, LeaksTaken, ProcessReport, Totals},
     };
 
     #[test]
@@ -272,14 +270,19 @@ mod tests {
         };
         let report = Report {
             duration_s: 1.5,
-            processes: vec![ProcessInfo {
-                pid: 42,
-                explicit: true,
-                command: "python3 leak.py".into(),
-                exit: Some((ExitReason::PyFinalize, 1.25)),
-                exit_status: Some("exited with status 0".into()),
-                python: Some("CPython 3.11 (/usr/bin/python3.11)".into()),
-                notes: vec!["a note".into()],
+            processes: vec![ProcessReport {
+                info: ProcessInfo {
+                    pid: 42,
+                    explicit: true,
+                    command: "python3 leak.py".into(),
+                    exit_status: Some("exited with status 0".into()),
+                    python: Some("CPython 3.11 (/usr/bin/python3.11)".into()),
+                    notes: vec!["a note".into()],
+                },
+                leaks_taken: Some(LeaksTaken {
+                    reason: ExitReason::PyFinalize,
+                    at_s: 1.25,
+                }),
             }],
             totals: Totals {
                 allocs: 3,
@@ -302,9 +305,9 @@ mod tests {
             }],
             hotspots: vec![],
             summary: vec![],
-            history: None,
+            history: History::default(),
         };
-        let text = render(&report, 10);
+        let text = text(&report, &super::super::RECORD_SECTIONS, 10);
         assert!(
             text.contains(
                 "== pid 42  python3 leak.py\n   CPython 3.11 (/usr/bin/python3.11); leaks taken at Py_FinalizeEx, 1.25 s; exited with status 0\n   note: a note\n"

@@ -14,7 +14,7 @@ use log::{debug, info, warn};
 
 use tracer_common::func;
 
-use super::{How, Placement, Probes, placement};
+use super::{How, Placement, Programs, placement};
 use crate::{
     elf::ElfFile,
     proc_maps::{FileId, Mapping, ProcessMaps, mapped_file_path},
@@ -142,15 +142,22 @@ fn is_symbol_or_lto_copy(name: &str, symbol: &str) -> bool {
     })
 }
 
+/// A function probed, and where in it.
+#[derive(Clone, Debug)]
+pub struct Probed {
+    pub function: String,
+    pub placement: Placement,
+}
+
 /// What was attached to one file.
 #[derive(Clone, Debug, Default)]
 pub struct FileProbes {
     /// The file as the first process that mapped it names it.
     pub path: String,
     /// Allocation functions and where each probe went.
-    pub allocators: Vec<(String, Placement)>,
+    pub allocators: Vec<Probed>,
     /// `--pymalloc`: CPython object allocator functions probed.
-    pub pymalloc: Vec<(String, Placement)>,
+    pub pymalloc: Vec<Probed>,
     pub py_finalize: bool,
     pub libc_exit: bool,
 }
@@ -164,8 +171,8 @@ impl FileProbes {
 impl fmt::Display for FileProbes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:", self.path)?;
-        for (name, p) in self.allocators.iter().chain(&self.pymalloc) {
-            write!(f, " {name}{p}")?;
+        for p in self.allocators.iter().chain(&self.pymalloc) {
+            write!(f, " {}{}", p.function, p.placement)?;
         }
         if self.py_finalize {
             write!(f, " Py_FinalizeEx")?;
@@ -181,7 +188,7 @@ impl fmt::Display for FileProbes {
 pub struct AttachedFiles {
     files: HashMap<FileId, FileProbes>,
     /// Probe CPython's object allocator too.
-    pub pymalloc: bool,
+    pymalloc: bool,
 }
 
 impl AttachedFiles {
@@ -192,11 +199,15 @@ impl AttachedFiles {
         }
     }
 
+    pub fn pymalloc(&self) -> bool {
+        self.pymalloc
+    }
+
     /// Attaches probes to every file `pid` maps that needs them and has none
     /// yet. Returns the probes of `pid`'s files that hold allocators.
     pub fn attach_process(
         &mut self,
-        probes: &mut Probes,
+        programs: &mut Programs,
         pid: u32,
         maps: &ProcessMaps,
     ) -> Result<Vec<FileProbes>> {
@@ -204,7 +215,7 @@ impl AttachedFiles {
         for mapping in maps.files() {
             let id = FileId::from(mapping);
             if let Entry::Vacant(slot) = self.files.entry(id) {
-                let attached = attach_file(probes, pid, maps, mapping, self.pymalloc)?;
+                let attached = attach_file(programs, pid, maps, mapping, self.pymalloc)?;
                 if attached.is_allocator() || attached.py_finalize {
                     info!("pid {pid}: probes on {attached}");
                 }
@@ -223,7 +234,7 @@ impl AttachedFiles {
 }
 
 fn attach_file(
-    probes: &mut Probes,
+    programs: &mut Programs,
     pid: u32,
     maps: &ProcessMaps,
     mapping: &Mapping,
@@ -245,17 +256,17 @@ fn attach_file(
     // A file that defines malloc and free is an allocator: libc, a static
     // executable, or a preloaded jemalloc/tcmalloc/mimalloc.
     if elf.function("malloc").is_some() && elf.function("free").is_some() {
-        attach_allocators(probes, &elf, &path, &mut done)?;
+        attach_allocators(programs, &elf, &path, &mut done)?;
         if let Some(exit) = elf.function("exit") {
-            probes.attach("exit_entry", &path, exit.file_offset, None)?;
+            programs.attach("exit_entry", &path, exit.file_offset, None)?;
             done.libc_exit = true;
         }
     }
     if let Some(finalize) = elf.function("Py_FinalizeEx") {
-        probes.attach("py_finalize_entry", &path, finalize.file_offset, None)?;
+        programs.attach("py_finalize_entry", &path, finalize.file_offset, None)?;
         done.py_finalize = true;
         if pymalloc {
-            attach_pymalloc(probes, pid, &elf, &path, mapping, &mut done)?;
+            attach_pymalloc(programs, pid, &elf, &path, mapping, &mut done)?;
         }
     }
     Ok(done)
@@ -279,7 +290,7 @@ fn debug_file(pid: u32, elf: &ElfFile, mapping: &Mapping) -> Option<ElfFile> {
 }
 
 fn attach_pymalloc(
-    probes: &mut Probes,
+    programs: &mut Programs,
     pid: u32,
     elf: &ElfFile,
     path: &std::path::Path,
@@ -318,13 +329,16 @@ fn attach_pymalloc(
         let cookie = u64::from(f.func) | u64::from(f.context_first) << 32;
         // The return probe first, as for libc's functions.
         if returns {
-            probes.attach("alloc_return", path, file_offset + place.offset, None)?;
+            programs.attach("alloc_return", path, file_offset + place.offset, None)?;
         }
-        probes.attach(f.program, path, file_offset + place.offset, Some(cookie))?;
+        programs.attach(f.program, path, file_offset + place.offset, Some(cookie))?;
         if place.how == How::SingleStepped {
             single_stepped.push(format!("{name} ({})", place.instruction));
         }
-        done.pymalloc.push((name, place));
+        done.pymalloc.push(Probed {
+            function: name,
+            placement: place,
+        });
     }
     if !single_stepped.is_empty() {
         warn!(
@@ -337,7 +351,7 @@ fn attach_pymalloc(
 }
 
 fn attach_allocators(
-    probes: &mut Probes,
+    programs: &mut Programs,
     elf: &ElfFile,
     path: &std::path::Path,
     done: &mut FileProbes,
@@ -361,13 +375,16 @@ fn attach_allocators(
             // at the stack pointer where the entry probe sits. Attached
             // first: in a running process, an entry seen without its return
             // would leave the thread's call in flight.
-            probes.attach("alloc_return", path, func.file_offset + place.offset, None)?;
+            programs.attach("alloc_return", path, func.file_offset + place.offset, None)?;
         }
-        probes.attach(f.program, path, func.file_offset + place.offset, None)?;
+        programs.attach(f.program, path, func.file_offset + place.offset, None)?;
         if f.hot && place.how == How::SingleStepped {
             single_stepped_hot.push(format!("{} ({})", f.symbol, place.instruction));
         }
-        done.allocators.push((f.symbol.to_owned(), place));
+        done.allocators.push(Probed {
+            function: f.symbol.to_owned(),
+            placement: place,
+        });
     }
     if !single_stepped_hot.is_empty() {
         warn!(

@@ -1,11 +1,15 @@
 //! The report as `report.json` (schema version 1, docs/report-json.md).
 
+use std::io;
+
 use serde::Serialize;
 
-use super::{Counters, Entry, Report};
+use super::Options;
 use crate::{
-    heap::ExitReason,
-    symbolize::{Frame, FrameKind},
+    counters::{self, Counters},
+    event::ExitReason,
+    frame::{Frame, FrameKind},
+    report::{Entry, ProcessSummary, Report, TimelinePoint},
 };
 
 pub const VERSION: u32 = 1;
@@ -21,9 +25,8 @@ struct Json<'a> {
     min_age_s: f64,
     leaks: Vec<JsonEntry<'a>>,
     hotspots: Vec<JsonEntry<'a>>,
-    /// Made from a capture: what needs the whole sequence of events.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    history: Option<JsonHistory<'a>>,
+    /// What needs the whole sequence of events.
+    history: JsonHistory<'a>,
 }
 
 #[derive(Serialize)]
@@ -33,7 +36,7 @@ struct JsonHistory<'a> {
     temporary_rule: &'a str,
     temporary: Vec<JsonEntry<'a>>,
     /// Memory over time, every process.
-    timeline: &'a [super::TimelinePoint],
+    timeline: &'a [TimelinePoint],
 }
 
 #[derive(Serialize)]
@@ -48,7 +51,7 @@ struct Process<'a> {
     leaks_taken_at_s: Option<f64>,
     exit_status: Option<&'a str>,
     /// Allocated, freed, live, leaked and peak bytes, and by thread.
-    summary: Option<&'a super::summary::ProcessSummary>,
+    summary: Option<&'a ProcessSummary>,
     /// This process's own top entries.
     leaks: Vec<JsonEntry<'a>>,
     hotspots: Vec<JsonEntry<'a>>,
@@ -121,38 +124,38 @@ fn entries<'a>(
             bytes: e.bytes,
             count: e.count,
             pid: e.pid,
-            command: report
-                .processes
-                .iter()
-                .find(|p| p.pid == e.pid)
-                .map_or("", |p| p.command.as_str()),
+            command: report.command(e.pid),
             truncated: e.truncated,
             stack: e.stack.iter().map(JsonFrame::from).collect(),
         })
         .collect()
 }
 
-pub fn render(report: &Report, top: usize) -> serde_json::Result<String> {
+pub fn render(report: &Report, options: &Options) -> io::Result<Vec<u8>> {
+    let top = options.top;
     let t = &report.totals;
     let c = &report.counters;
     let json = Json {
         version: VERSION,
         duration_s: report.duration_s,
-        pids: report.processes.iter().map(|p| p.pid).collect(),
+        pids: report.processes.iter().map(|p| p.info.pid).collect(),
         processes: report
             .processes
             .iter()
-            .map(|p| Process {
-                pid: p.pid,
-                command: &p.command,
-                python: p.python.as_deref(),
-                notes: &p.notes,
-                leaks_taken_at: p.exit.map(|(reason, _)| reason),
-                leaks_taken_at_s: p.exit.map(|(_, at)| at),
-                exit_status: p.exit_status.as_deref(),
-                summary: report.summary.iter().find(|s| s.pid == p.pid),
-                leaks: entries(report, &report.leaks, top, |e| e.pid == p.pid),
-                hotspots: entries(report, &report.hotspots, top, |e| e.pid == p.pid),
+            .map(|p| {
+                let pid = p.info.pid;
+                Process {
+                    pid,
+                    command: &p.info.command,
+                    python: p.info.python.as_deref(),
+                    notes: &p.info.notes,
+                    leaks_taken_at: p.leaks_taken.map(|t| t.reason),
+                    leaks_taken_at_s: p.leaks_taken.map(|t| t.at_s),
+                    exit_status: p.info.exit_status.as_deref(),
+                    summary: report.summary_of(pid),
+                    leaks: entries(report, &report.leaks, top, |e| e.pid == pid),
+                    hotspots: entries(report, &report.hotspots, top, |e| e.pid == pid),
+                }
             })
             .collect(),
         totals: Totals {
@@ -161,28 +164,31 @@ pub fn render(report: &Report, top: usize) -> serde_json::Result<String> {
             bytes_allocated: t.bytes_allocated,
             bytes_freed: t.bytes_freed,
             live_bytes: t.live_bytes,
-            lost_events: c.lost_events,
-            lost_stacks: c.lost_stacks,
-            unmatched_frees: c.unmatched_frees,
+            lost_events: c.get(tracer_common::counter::LOST_EVENTS),
+            lost_stacks: c.get(tracer_common::counter::LOST_STACKS),
+            unmatched_frees: c.get(counters::UNMATCHED_FREES),
         },
         counters: c,
         min_age_s: report.min_age_s,
         leaks: entries(report, &report.leaks, top, |_| true),
         hotspots: entries(report, &report.hotspots, top, |_| true),
-        history: report.history.as_ref().map(|h| JsonHistory {
-            peak: entries(report, &h.peak, top, |_| true),
-            temporary_rule: &h.temporary_rule,
-            temporary: entries(report, &h.temporary, top, |_| true),
-            timeline: &h.timeline,
-        }),
+        history: JsonHistory {
+            peak: entries(report, &report.history.peak, top, |_| true),
+            temporary_rule: &report.history.temporary_rule,
+            temporary: entries(report, &report.history.temporary, top, |_| true),
+            timeline: &report.history.timeline,
+        },
     };
-    serde_json::to_string_pretty(&json)
+    serde_json::to_vec_pretty(&json).map_err(io::Error::other)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::ProcessInfo;
+    use crate::{
+        process::ProcessInfo,
+        report::{History, ProcessReport, Totals},
+    };
 
     #[test]
     fn follows_the_schema() {
@@ -205,30 +211,39 @@ mod tests {
         };
         let report = Report {
             duration_s: 2.0,
-            processes: vec![ProcessInfo {
-                pid: 5,
-                command: "cmd".into(),
-                ..ProcessInfo::default()
+            processes: vec![ProcessReport {
+                info: ProcessInfo {
+                    pid: 5,
+                    command: "cmd".into(),
+                    ..ProcessInfo::default()
+                },
+                leaks_taken: None,
             }],
-            totals: super::super::Totals {
+            totals: Totals {
                 allocs: 2,
                 frees: 0,
                 bytes_allocated: 30,
                 bytes_freed: 0,
                 live_bytes: 30,
             },
-            counters: Counters {
-                lost_events: 3,
-                ..Counters::default()
+            counters: {
+                let mut c = Counters::default();
+                c.add(tracer_common::counter::LOST_EVENTS, 3);
+                c
             },
             min_age_s: 0.0,
             leaks: vec![entry(20), entry(10)],
             hotspots: vec![entry(20), entry(10)],
             summary: vec![],
-            history: None,
+            history: History::default(),
+        };
+        let options = Options {
+            top: 1,
+            of: super::super::Of::Leaks,
+            sections: vec![],
         };
         let v: serde_json::Value =
-            serde_json::from_str(&render(&report, 1).expect("json")).expect("parse");
+            serde_json::from_slice(&render(&report, &options).expect("json")).expect("parse");
         assert_eq!(v["version"], 1);
         assert_eq!(v["pids"], serde_json::json!([5]));
         assert_eq!(v["totals"]["lost_events"], 3);

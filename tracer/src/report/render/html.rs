@@ -3,15 +3,20 @@
 //! fetched: the style is inline, the plot is SVG drawn here, and each
 //! flamegraph is inferno's SVG (with its own script) in a data: iframe.
 
-use std::fmt::Write as _;
+use std::{fmt::Write as _, io};
 
 use base64::Engine as _;
 
 use super::{
-    Entry, Report, TimelinePoint, flamegraph,
+    Options, flamegraph,
     text::{grouped, human_bytes},
 };
-use crate::symbolize::{Frame, FrameKind};
+use crate::{
+    counters,
+    frame::{Frame, FrameKind},
+    report::{Entry, Report, TimelinePoint},
+};
+use tracer_common::counter;
 
 fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -142,9 +147,8 @@ fn plot(points: &[TimelinePoint]) -> String {
 }
 
 fn flamegraph_frame(out: &mut String, title: &str, entries: &[Entry], report: &Report) {
-    let command_of = |pid| super::command_name(report, pid);
     let _ = writeln!(out, "<h2>{}</h2>", esc(title));
-    match flamegraph::svg(entries, title, command_of) {
+    match flamegraph::svg(report, entries, title) {
         Ok(svg) => {
             let data = base64::engine::general_purpose::STANDARD.encode(svg);
             let _ = writeln!(
@@ -163,7 +167,11 @@ fn flamegraph_frame(out: &mut String, title: &str, entries: &[Entry], report: &R
     }
 }
 
-pub fn render(report: &Report, top: usize) -> String {
+pub fn render(report: &Report, options: &Options) -> io::Result<Vec<u8>> {
+    Ok(page(report, options.top).into_bytes())
+}
+
+fn page(report: &Report, top: usize) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -180,23 +188,22 @@ pub fn render(report: &Report, top: usize) -> String {
         out,
         "<h2>What could not be recorded</h2><table><tr><th class=l>events</th><th>lost events</th><th>lost stacks</th><th>lost code copies</th><th>unmatched frees</th><th>truncated stacks</th></tr>\
 <tr><td class=l>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr></table>",
-        grouped(c.events),
-        grouped(c.lost_events),
-        grouped(c.lost_stacks),
-        grouped(c.lost_code),
-        grouped(c.unmatched_frees),
-        grouped(c.truncated_stacks)
+        grouped(c.get(counter::EVENTS)),
+        grouped(c.get(counter::LOST_EVENTS)),
+        grouped(c.get(counter::LOST_STACKS)),
+        grouped(c.get(counter::LOST_CODE)),
+        grouped(c.get(counters::UNMATCHED_FREES)),
+        grouped(c.get(counters::TRUNCATED_STACKS))
     );
-    let history = report.history.as_ref();
+    let history = &report.history;
     let _ = writeln!(
         out,
         "<h2>Summary</h2><table><tr><th>pid</th><th class=l>command</th><th>allocated</th><th>freed</th><th>leaked (live when it began to exit)</th><th>live at the end</th><th>peak</th></tr>"
     );
     for p in &report.processes {
+        let p = &p.info;
         let (a, peak_at_s) = report
-            .summary
-            .iter()
-            .find(|s| s.pid == p.pid)
+            .summary_of(p.pid)
             .map(|s| (s.activity, s.peak_at_s))
             .unwrap_or_default();
         let _ = writeln!(
@@ -219,9 +226,7 @@ pub fn render(report: &Report, top: usize) -> String {
         );
     }
     let _ = writeln!(out, "</table>");
-    if let Some(h) = history {
-        let _ = writeln!(out, "<h2>Memory over time</h2>{}", plot(&h.timeline));
-    }
+    let _ = writeln!(out, "<h2>Memory over time</h2>{}", plot(&history.timeline));
     table(&mut out, "Top leaks", &report.leaks, top);
     flamegraph_frame(
         &mut out,
@@ -236,15 +241,13 @@ pub fn render(report: &Report, top: usize) -> String {
         &report.hotspots,
         report,
     );
-    if let Some(h) = history {
-        table(&mut out, "Live at the peak", &h.peak, top);
-        table(
-            &mut out,
-            &format!("Temporary allocations ({})", h.temporary_rule),
-            &h.temporary,
-            top,
-        );
-    }
+    table(&mut out, "Live at the peak", &history.peak, top);
+    table(
+        &mut out,
+        &format!("Temporary allocations ({})", history.temporary_rule),
+        &history.temporary,
+        top,
+    );
     let _ = writeln!(out, "</body></html>");
     out
 }

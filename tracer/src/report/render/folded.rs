@@ -1,10 +1,13 @@
 //! Brendan Gregg's collapsed stack format, for flamegraph tools:
 //! `outermost;...;innermost weight`, one line per stack, weight in bytes.
 
-use std::fmt::Write as _;
+use std::{fmt::Write as _, io};
 
-use super::Entry;
-use crate::symbolize::Frame;
+use super::Options;
+use crate::{
+    frame::Frame,
+    report::{Entry, Report},
+};
 
 /// A frame's name in a folded line: `function (file:line)` or
 /// `function [module]`. `;` separates frames, so it may not appear in a
@@ -23,9 +26,14 @@ fn frame_name(f: &Frame) -> String {
     name.replace(';', ":")
 }
 
+pub fn render(report: &Report, options: &Options) -> io::Result<Vec<u8>> {
+    Ok(lines(report, options.of.entries(report)).into_bytes())
+}
+
 /// One line per entry; the process is the root frame so that processes stay
 /// apart in a flamegraph.
-pub fn render(entries: &[Entry], command_of: impl Fn(u32) -> String) -> String {
+pub fn lines(report: &Report, entries: &[Entry]) -> String {
+    let command_of = |pid| report.command_name(pid);
     let mut out = String::new();
     for e in entries.iter().filter(|e| e.bytes > 0) {
         let mut line = format!("{} (pid {})", command_of(e.pid).replace(';', ":"), e.pid);
@@ -41,7 +49,7 @@ pub fn render(entries: &[Entry], command_of: impl Fn(u32) -> String) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::symbolize::FrameKind;
+    use crate::frame::FrameKind;
 
     fn frame(function: &str, file: Option<&str>, line: Option<u32>) -> Frame {
         Frame {
@@ -73,7 +81,8 @@ mod tests {
             bytes: 0,
             ..e.clone()
         };
-        let text = render(&[e, empty], |_| "python3".into());
+        let report = crate::report::render::tests::report_of(&[e, empty], "python3");
+        let text = lines(&report, &report.leaks);
         assert_eq!(
             text,
             "python3 (pid 3);[libc.so.6+0x10];make:it (a.c:9);malloc [libc.so.6] 4096\n"

@@ -5,12 +5,15 @@
 //! (the leaks). The messages are declared here with prost's derive, field
 //! numbers as in profile.proto.
 
-use std::{collections::HashMap, io::Write as _};
+use std::{
+    collections::HashMap,
+    io::{self, Write as _},
+};
 
 use prost::Message;
 
-use super::Entry;
-use crate::symbolize::Frame;
+use super::Options;
+use crate::{frame::Frame, report::Report};
 
 #[derive(Clone, PartialEq, Message)]
 pub struct Profile {
@@ -184,7 +187,9 @@ impl Builder {
 
 /// A gzipped profile of the hotspots (alloc_*) and leaks (inuse_*) of every
 /// process, each sample labelled with its pid.
-pub fn render(hotspots: &[Entry], leaks: &[Entry], duration_ns: i64) -> std::io::Result<Vec<u8>> {
+pub fn render(report: &Report, _options: &Options) -> io::Result<Vec<u8>> {
+    let (hotspots, leaks) = (&report.hotspots, &report.leaks);
+    let duration_ns = (report.duration_s * 1e9) as i64;
     let mut b = Builder::default();
     b.string("");
     for (kind, unit) in [
@@ -204,6 +209,7 @@ pub fn render(hotspots: &[Entry], leaks: &[Entry], duration_ns: i64) -> std::io:
     let pid_key = b.string("pid");
     // One sample per (process, stack): allocated and still live together.
     let mut samples: HashMap<(u32, Vec<String>), usize> = HashMap::new();
+    // alloc_* first, then inuse_*.
     for (entries, first) in [(hotspots, 0), (leaks, 2)] {
         for e in entries {
             let key = (e.pid, e.stack.iter().map(Frame::place).collect());
@@ -237,7 +243,7 @@ pub fn render(hotspots: &[Entry], leaks: &[Entry], duration_ns: i64) -> std::io:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::symbolize::FrameKind;
+    use crate::{frame::FrameKind, report::Entry};
 
     #[test]
     fn samples_carry_alloc_and_inuse_values() {
@@ -258,7 +264,9 @@ mod tests {
             stack: vec![frame("leaf"), frame("root")],
             truncated: false,
         };
-        let gz = render(&[e(1000, 10)], &[e(300, 3)], 5).expect("pprof");
+        let mut report = crate::report::render::tests::report_of(&[e(300, 3)], "python3");
+        report.hotspots = vec![e(1000, 10)];
+        let gz = render(&report, &crate::report::render::tests::options()).expect("pprof");
         let mut raw = Vec::new();
         std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut raw)
             .expect("gunzip");

@@ -1,5 +1,6 @@
 //! From ring buffer records to heap events: parses each record, interns its
-//! stack, and applies it to the heap model.
+//! stack in the model, applies it to the heap model, and keeps the events
+//! applied for the sinks.
 
 use tracer_common::{
     AllocRecord, CodeRecord, FreeRecord, Header, MAX_PY_DEPTH, MAX_STACK_DEPTH, PyFrame, exec,
@@ -7,31 +8,29 @@ use tracer_common::{
 };
 
 use crate::{
-    heap::{ExitReason, HeapEvent, HeapModel},
+    event::{Block, EventKind, ExitReason, HeapEvent, Pid},
+    model::{Model, stacks::RawStack},
     sampling::Sampling,
-    stacks::{RawStack, StackTable},
 };
 
-/// Something the session must act on besides the heap model.
+/// Something the recording must act on besides the model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Notice {
     /// The process replaced its image: its new libraries need probes.
     /// `traced_by_name`: with `--all`, the kernel started tracing it.
-    Exec { pid: u32, traced_by_name: bool },
+    Exec { pid: Pid, traced_by_name: bool },
     /// The process began to exit.
-    Exiting(u32),
+    Exiting(Pid),
 }
 
 #[derive(Default)]
 pub struct Collector {
-    pub stacks: StackTable,
-    pub heap: HeapModel,
     /// Records too short for their kind: a tracer bug if ever non-zero.
-    pub malformed: u64,
-    /// With `Some`, every event applied is also kept here for a capture.
-    pub journal: Option<Vec<HeapEvent>>,
+    malformed: u64,
+    /// Events applied since `take_events`.
+    applied: Vec<HeapEvent>,
     /// `--sample-bytes`: allocation records are samples, weighted here.
-    pub sampling: Option<Sampling>,
+    sampling: Option<Sampling>,
     frames: Vec<u64>,
     python: Vec<PyFrame>,
 }
@@ -45,40 +44,41 @@ fn read<T: Copy>(bytes: &[u8]) -> Option<T> {
 }
 
 impl Collector {
-    /// `journal`: keep the events applied, for a capture.
-    pub fn new(journal: bool, sampling: Option<Sampling>) -> Self {
+    pub fn new(sampling: Option<Sampling>) -> Self {
         Self {
-            journal: journal.then(Vec::new),
             sampling,
             ..Self::default()
         }
     }
 
-    pub fn apply(&mut self, bytes: &[u8]) -> Option<Notice> {
+    /// Records that could not be parsed so far.
+    pub fn malformed(&self) -> u64 {
+        self.malformed
+    }
+
+    /// The events applied to the model since the last call, in order.
+    pub fn take_events(&mut self) -> Vec<HeapEvent> {
+        std::mem::take(&mut self.applied)
+    }
+
+    /// Applies one ring buffer record to `model`.
+    pub fn apply(&mut self, bytes: &[u8], model: &mut Model) -> Option<Notice> {
         let Some(header) = read::<Header>(bytes) else {
             self.malformed += 1;
             return None;
         };
         let pid = header.pid;
-        let event = match header.kind {
-            kind::ALLOC => self.alloc_event(bytes)?,
+        let kind = match header.kind {
+            kind::ALLOC => self.alloc_event(bytes, model)?,
             kind::FREE | kind::MUNMAP => {
                 let Some(rec) = read::<FreeRecord>(bytes) else {
                     self.malformed += 1;
                     return None;
                 };
                 if header.kind == kind::FREE {
-                    HeapEvent::Free {
-                        pid,
-                        tid: header.tid,
-                        ts_ns: header.ts_ns,
-                        addr: rec.addr,
-                    }
+                    EventKind::Free { addr: rec.addr }
                 } else {
-                    HeapEvent::Unmap {
-                        pid,
-                        tid: header.tid,
-                        ts_ns: header.ts_ns,
+                    EventKind::Unmap {
                         addr: rec.addr,
                         len: rec.len,
                     }
@@ -91,23 +91,19 @@ impl Collector {
                     ExitReason::LibcExit
                 };
                 // Its libraries may be unmapped soon: keep its map as it is now.
-                self.stacks.refresh_maps(pid);
-                self.record(HeapEvent::Exiting {
-                    pid,
-                    ts_ns: header.ts_ns,
-                    reason,
-                });
+                model.refresh_maps(pid);
+                self.record(model, &header, EventKind::Exiting { reason });
                 return Some(Notice::Exiting(pid));
             }
             kind::CODE => {
                 match read::<CodeRecord>(bytes) {
-                    Some(rec) => self.stacks.python.learn(pid, &rec),
+                    Some(rec) => model.learn_code(pid, &rec),
                     None => self.malformed += 1,
                 }
                 return None;
             }
             kind::EXEC => {
-                self.stacks.exec(pid);
+                model.exec(pid);
                 return Some(Notice::Exec {
                     pid,
                     traced_by_name: header.flags & exec::TRACED_BY_NAME != 0,
@@ -118,22 +114,25 @@ impl Collector {
                 return None;
             }
         };
-        self.record(event);
+        self.record(model, &header, kind);
         None
     }
 
-    fn record(&mut self, event: HeapEvent) {
-        self.heap.apply(&event);
-        if let Some(journal) = &mut self.journal {
-            journal.push(event);
-        }
+    fn record(&mut self, model: &mut Model, header: &Header, kind: EventKind) {
+        let event = HeapEvent {
+            pid: header.pid,
+            tid: header.tid,
+            ts_ns: header.ts_ns,
+            kind,
+        };
+        model.apply(&event);
+        self.applied.push(event);
     }
 
-    fn alloc_event(&mut self, bytes: &[u8]) -> Option<HeapEvent> {
-        let fixed = bytes.get(..AllocRecord::FIXED_LEN);
+    fn alloc_event(&mut self, bytes: &[u8], model: &mut Model) -> Option<EventKind> {
         // Read the fixed part through a zero-padded record: the stack array
         // is only partly sent.
-        let Some(fixed) = fixed else {
+        let Some(fixed) = bytes.get(..AllocRecord::FIXED_LEN) else {
             self.malformed += 1;
             return None;
         };
@@ -160,7 +159,7 @@ impl Collector {
                 .filter_map(read::<PyFrame>),
         );
         let h = rec.header;
-        let stack = self.stacks.intern(
+        let stack = model.intern(
             h.pid,
             RawStack {
                 ts_ns: h.ts_ns,
@@ -174,53 +173,41 @@ impl Collector {
                 python_lost: h.flags & flags::PY_LOST != 0,
             },
         );
-        let (pid, tid, ts_ns) = (h.pid, h.tid, h.ts_ns);
-        let (size, count) = match self.sampling {
+        let weighed = match self.sampling {
             Some(s) if func::is_sampled(rec.func) => s.weigh(rec.size, rec.addr),
-            _ => (rec.size, 1),
+            _ => crate::sampling::Weight {
+                bytes: rec.size,
+                count: 1,
+            },
+        };
+        let block = Block {
+            addr: rec.addr,
+            size: weighed.bytes,
+            count: weighed.count,
+            stack,
         };
         Some(match rec.func {
             func::REALLOC | func::REALLOCARRAY | func::PYOBJECT_REALLOC | func::PYMEM_REALLOC
                 if rec.old_addr != 0 =>
             {
-                HeapEvent::Realloc {
-                    pid,
-                    tid,
-                    ts_ns,
+                EventKind::Realloc {
                     old_addr: rec.old_addr,
-                    addr: rec.addr,
-                    size,
-                    count,
-                    stack,
+                    block,
                 }
             }
-            func::MMAP => HeapEvent::Map {
-                pid,
-                tid,
-                ts_ns,
+            func::MMAP => EventKind::Map {
                 addr: rec.addr,
                 len: rec.size,
                 stack,
             },
-            func::MREMAP => HeapEvent::Remap {
-                pid,
-                tid,
-                ts_ns,
+            func::MREMAP => EventKind::Remap {
                 old_addr: rec.old_addr,
                 old_len: rec.old_len,
                 addr: rec.addr,
                 len: rec.size,
                 stack,
             },
-            _ => HeapEvent::Alloc {
-                pid,
-                tid,
-                ts_ns,
-                addr: rec.addr,
-                size,
-                count,
-                stack,
-            },
+            _ => EventKind::Alloc(block),
         })
     }
 }
@@ -260,10 +247,14 @@ mod tests {
     #[test]
     fn alloc_realloc_free_round_trip() {
         let mut c = Collector::default();
+        let mut m = Model::default();
         let a = alloc_record(func::MALLOC, 0x1000, 64, 0);
-        assert_eq!(c.apply(&bytes_of(&a, AllocRecord::wire_len(0, 0))), None);
+        assert_eq!(
+            c.apply(&bytes_of(&a, AllocRecord::wire_len(0, 0)), &mut m),
+            None
+        );
         let r = alloc_record(func::REALLOC, 0x2000, 128, 0x1000);
-        c.apply(&bytes_of(&r, AllocRecord::wire_len(0, 0)));
+        c.apply(&bytes_of(&r, AllocRecord::wire_len(0, 0)), &mut m);
         let f = FreeRecord {
             header: Header {
                 kind: kind::FREE,
@@ -275,41 +266,45 @@ mod tests {
             addr: 0x2000,
             len: 0,
         };
-        c.apply(&bytes_of(&f, size_of::<FreeRecord>()));
-        let t = *c.heap.process(9).expect("pid 9").totals();
+        c.apply(&bytes_of(&f, size_of::<FreeRecord>()), &mut m);
+        let t = *m.heap().process(9).expect("pid 9").totals();
         assert_eq!(
             (t.allocs, t.frees, t.bytes_allocated, t.live_bytes),
             (2, 2, 192, 0)
         );
-        assert_eq!(c.malformed, 0);
+        assert_eq!(c.malformed(), 0);
+        assert_eq!(c.take_events().len(), 3, "kept for the sinks");
+        assert!(c.take_events().is_empty());
     }
 
     #[test]
     fn short_and_unknown_records_are_counted() {
         let mut c = Collector::default();
-        c.apply(&[1, 2, 3]);
+        let mut m = Model::default();
+        c.apply(&[1, 2, 3], &mut m);
         let mut a = alloc_record(func::MALLOC, 0x1000, 64, 0);
         a.stack_len = 3;
         // Says 3 frames, carries none.
-        c.apply(&bytes_of(&a, AllocRecord::wire_len(0, 0)));
+        c.apply(&bytes_of(&a, AllocRecord::wire_len(0, 0)), &mut m);
         let h = Header {
             kind: 99,
             ..Header::default()
         };
-        c.apply(&bytes_of(&h, size_of::<Header>()));
-        assert_eq!(c.malformed, 3);
+        c.apply(&bytes_of(&h, size_of::<Header>()), &mut m);
+        assert_eq!(c.malformed(), 3);
     }
 
     #[test]
     fn markers_become_notices() {
         let mut c = Collector::default();
+        let mut m = Model::default();
         let exec = Header {
             kind: kind::EXEC,
             pid: 4_000_000,
             ..Header::default()
         };
         assert_eq!(
-            c.apply(&bytes_of(&exec, 24)),
+            c.apply(&bytes_of(&exec, 24), &mut m),
             Some(Notice::Exec {
                 pid: 4_000_000,
                 traced_by_name: false
@@ -322,11 +317,11 @@ mod tests {
             ..Header::default()
         };
         assert_eq!(
-            c.apply(&bytes_of(&exit, 24)),
+            c.apply(&bytes_of(&exit, 24), &mut m),
             Some(Notice::Exiting(4_000_000))
         );
         assert!(
-            c.heap
+            m.heap()
                 .process(4_000_000)
                 .expect("pid")
                 .exit_snapshot()

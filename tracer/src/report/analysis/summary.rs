@@ -3,39 +3,11 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
-
-use crate::heap::{HeapModel, Pid, ThreadTotals};
-
-/// What one process or thread allocated and freed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Activity {
-    pub allocations: u64,
-    pub allocated_bytes: u64,
-    pub frees: u64,
-    pub freed_bytes: u64,
-    /// Live at the end of the recording.
-    pub live_bytes: u64,
-    /// Live when the process began to exit, or at the end: its leaks.
-    pub leaked_bytes: u64,
-    /// The most live bytes at once.
-    pub peak_bytes: u64,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct ProcessSummary {
-    pub pid: Pid,
-    #[serde(flatten)]
-    pub activity: Activity,
-    /// Seconds after recording began when the peak was first reached.
-    pub peak_at_s: f64,
-    /// Frees of addresses never seen allocated (before tracing, or lost).
-    pub unmatched_frees: u64,
-    /// Allocations at an address still live: a free was not seen.
-    pub implied_frees: u64,
-    /// By thread id; memory is charged to the thread that allocated it.
-    pub threads: BTreeMap<u32, Activity>,
-}
+use crate::{
+    event::Tid,
+    model::heap::{HeapModel, ThreadTotals},
+    report::{Activity, ProcessSummary},
+};
 
 fn activity(t: &ThreadTotals, leaked_bytes: u64) -> Activity {
     Activity {
@@ -53,7 +25,7 @@ fn activity(t: &ThreadTotals, leaked_bytes: u64) -> Activity {
 pub fn summaries(heap: &HeapModel, start_ns: u64) -> Vec<ProcessSummary> {
     heap.processes()
         .map(|(pid, p)| {
-            let mut leaked: BTreeMap<u32, u64> = BTreeMap::new();
+            let mut leaked: BTreeMap<Tid, u64> = BTreeMap::new();
             for a in p.leak_set() {
                 *leaked.entry(a.tid).or_default() += a.size;
             }
@@ -86,35 +58,40 @@ pub fn summaries(heap: &HeapModel, start_ns: u64) -> Vec<ProcessSummary> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{heap::HeapEvent, stacks::StackId};
+    use crate::event::{Block, EventKind, ExitReason, HeapEvent, StackId};
 
     #[test]
     fn leaks_are_the_live_set_at_exit_and_threads_add_up() {
-        let alloc = |tid, addr, size, ts_ns| HeapEvent::Alloc {
+        let on = |tid, ts_ns, kind| HeapEvent {
             pid: 9,
             tid,
             ts_ns,
-            addr,
-            size,
-            count: 1,
-            stack: StackId(1),
+            kind,
         };
-        let free = |tid, addr, ts_ns| HeapEvent::Free {
-            pid: 9,
-            tid,
-            ts_ns,
-            addr,
+        let alloc = |tid, addr, size, ts_ns| {
+            on(
+                tid,
+                ts_ns,
+                EventKind::Alloc(Block {
+                    addr,
+                    size,
+                    count: 1,
+                    stack: StackId(1),
+                }),
+            )
         };
         let mut heap = HeapModel::default();
         for e in [
             alloc(9, 0x10, 100, 1_000),
             alloc(10, 0x20, 300, 2_000),
-            HeapEvent::Exiting {
-                pid: 9,
-                ts_ns: 3_000,
-                reason: crate::heap::ExitReason::PyFinalize,
-            },
-            free(9, 0x20, 4_000), // teardown frees thread 10's leak
+            on(
+                9,
+                3_000,
+                EventKind::Exiting {
+                    reason: ExitReason::PyFinalize,
+                },
+            ),
+            on(9, 4_000, EventKind::Free { addr: 0x20 }), // teardown frees thread 10's leak
         ] {
             heap.apply(&e);
         }

@@ -4,6 +4,8 @@
 
 use std::{collections::HashMap, fs::File, os::fd::AsRawFd as _, path::PathBuf};
 
+use iced_x86::{Decoder, DecoderOptions, FlowControl};
+
 use crate::{
     elf::ElfFile,
     proc_maps::{FileId, Mapping, ProcessMaps, mapped_file_path},
@@ -28,6 +30,8 @@ pub struct Module {
 pub struct Modules {
     ids: HashMap<FileId, ModuleId>,
     list: Vec<Module>,
+    /// Whether the code before an offset is a call, by (module, offset).
+    after_call: HashMap<(ModuleId, u64), bool>,
 }
 
 impl Modules {
@@ -69,6 +73,20 @@ impl Modules {
         &self.list[id.0 as usize]
     }
 
+    /// Whether the instruction before `file_offset` in `module` is a call
+    /// of the length that ends exactly there: whether a walked frame is a
+    /// return address.
+    pub fn follows_call(&mut self, module: ModuleId, file_offset: u64) -> bool {
+        if let Some(known) = self.after_call.get(&(module, file_offset)) {
+            return *known;
+        }
+        let verdict = self.get(module).elf.as_ref().is_ok_and(|elf| {
+            ends_with_call(elf.bytes_at(file_offset.saturating_sub(7), 7.min(file_offset as usize)))
+        });
+        self.after_call.insert((module, file_offset), verdict);
+        verdict
+    }
+
     /// Where debug files of these modules may be, besides the system's:
     /// `<prefix>/lib/debug` of a binary at `<prefix>/bin/...` unpacked in a
     /// private tree.
@@ -87,5 +105,41 @@ impl Modules {
             }
         }
         dirs
+    }
+}
+
+/// Whether `before` (the bytes just before a return address) ends with a
+/// complete call instruction. x86-64 calls are 2 to 7 bytes long.
+fn ends_with_call(before: &[u8]) -> bool {
+    (2..=before.len()).any(|len| {
+        let code = &before[before.len() - len..];
+        let mut decoder = Decoder::with_ip(64, code, 0, DecoderOptions::NONE);
+        let ins = decoder.decode();
+        !ins.is_invalid()
+            && ins.len() == len
+            && matches!(
+                ins.flow_control(),
+                FlowControl::Call | FlowControl::IndirectCall
+            )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_calls_before_return_addresses() {
+        // call rel32
+        assert!(ends_with_call(&[0x90, 0x90, 0xe8, 0x10, 0x20, 0x30, 0x40]));
+        // call rax
+        assert!(ends_with_call(&[0x01, 0x02, 0x03, 0x04, 0x05, 0xff, 0xd0]));
+        // call qword ptr [rip+disp32]
+        assert!(ends_with_call(&[0x00, 0xff, 0x15, 0x01, 0x02, 0x03, 0x04]));
+        // call qword ptr [rbx+8]
+        assert!(ends_with_call(&[0, 0, 0, 0, 0xff, 0x53, 0x08]));
+        // mov rbx, rdi; pop rbp... not a call
+        assert!(!ends_with_call(&[0x48, 0x89, 0xfb, 0x5d, 0xc3, 0x90, 0x90]));
+        assert!(!ends_with_call(&[]));
     }
 }

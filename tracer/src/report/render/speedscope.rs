@@ -1,12 +1,12 @@
 //! speedscope's file format (https://www.speedscope.app/file-format-schema.json):
 //! one sampled profile per process, weighted in bytes.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, io};
 
 use serde::Serialize;
 
-use super::Entry;
-use crate::symbolize::Frame;
+use super::Options;
+use crate::{frame::Frame, report::Report};
 
 #[derive(Serialize)]
 struct File<'a> {
@@ -61,12 +61,10 @@ fn frame_of(f: &Frame) -> SpeedscopeFrame {
     }
 }
 
-/// `entries` of every process, as one speedscope file named `name`.
-pub fn render(
-    entries: &[Entry],
-    name: &str,
-    command_of: impl Fn(u32) -> String,
-) -> serde_json::Result<String> {
+/// The entries of `options.of` of every process, one profile each.
+pub fn render(report: &Report, options: &Options) -> io::Result<Vec<u8>> {
+    let entries = options.of.entries(report);
+    let name = options.of.title();
     let mut frames: Vec<SpeedscopeFrame> = Vec::new();
     let mut index: HashMap<SpeedscopeFrame, usize> = HashMap::new();
     let mut profiles: Vec<Profile> = Vec::new();
@@ -94,7 +92,7 @@ pub fn render(
         }
         profiles.push(Profile {
             kind: "sampled",
-            name: format!("{name}: pid {pid} ({})", command_of(pid)),
+            name: format!("{name}: pid {pid} ({})", report.command_name(pid)),
             unit: "bytes",
             start_value: 0,
             end_value: weights.iter().sum(),
@@ -102,7 +100,7 @@ pub fn render(
             weights,
         });
     }
-    serde_json::to_string(&File {
+    serde_json::to_vec(&File {
         schema: "https://www.speedscope.app/file-format-schema.json",
         shared: Shared { frames },
         profiles,
@@ -110,4 +108,5 @@ pub fn render(
         active_profile_index: 0,
         exporter: concat!("tracer ", env!("CARGO_PKG_VERSION")),
     })
+    .map_err(io::Error::other)
 }

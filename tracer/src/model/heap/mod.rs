@@ -1,0 +1,152 @@
+//! The heap model: every live allocation of every traced process, and
+//! per-stack totals, rebuilt from allocation events alone.
+//!
+//! Addresses are per process. Frees of addresses the model never saw
+//! allocated (made before tracing began, or whose allocation event was lost)
+//! are counted, not errors. Anonymous mappings are kept as address ranges so
+//! that a partial `munmap` trims them as the kernel does.
+
+mod peak;
+mod process;
+
+use std::collections::BTreeMap;
+
+pub use process::ProcessHeap;
+
+use crate::event::{ExitReason, HeapEvent, Pid, StackId, Tid};
+
+/// A live allocation or mapping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Allocation {
+    pub size: u64,
+    /// Allocations it stands for (more than 1 only when sampled).
+    pub count: u32,
+    pub stack: StackId,
+    pub ts_ns: u64,
+    pub tid: Tid,
+}
+
+/// Bytes and allocations.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Amount {
+    pub bytes: u64,
+    pub count: u64,
+}
+
+impl Amount {
+    fn of(a: &Allocation) -> Self {
+        Self {
+            bytes: a.size,
+            count: u64::from(a.count),
+        }
+    }
+
+    fn add(&mut self, other: Amount) {
+        self.bytes += other.bytes;
+        self.count += other.count;
+    }
+
+    fn sub(&mut self, other: Amount) {
+        self.bytes = self.bytes.saturating_sub(other.bytes);
+        self.count = self.count.saturating_sub(other.count);
+    }
+}
+
+/// Totals for one stack.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StackStats {
+    pub allocated: Amount,
+    pub live: Amount,
+}
+
+/// Totals for one process.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Allocations, reallocations and anonymous mappings.
+    pub allocs: u64,
+    /// Frees that matched a live allocation, and mappings (or the parts of
+    /// them) unmapped.
+    pub frees: u64,
+    pub bytes_allocated: u64,
+    pub bytes_freed: u64,
+    pub live_bytes: u64,
+    pub live_count: u64,
+    /// Frees (and reallocs) of addresses never seen allocated.
+    pub unmatched_frees: u64,
+    /// Unmaps of ranges never seen mapped (allocator-internal or file mappings).
+    pub unmatched_unmaps: u64,
+    /// Allocations returned at an address that was still live: the free in
+    /// between was not seen.
+    pub implied_frees: u64,
+}
+
+/// What one thread's allocations came to. Memory is charged to the thread
+/// that allocated it, whichever thread frees it, so that a thread's live
+/// bytes are the memory it is responsible for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ThreadTotals {
+    pub allocs: u64,
+    pub bytes_allocated: u64,
+    pub frees: u64,
+    pub bytes_freed: u64,
+    pub live_bytes: u64,
+    /// Its most live bytes at once.
+    pub peak_bytes: u64,
+}
+
+/// A process's highest live heap, and when it was first reached.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Peak {
+    pub bytes: u64,
+    pub ts_ns: u64,
+}
+
+/// The live set when a process began to exit.
+#[derive(Clone, Debug)]
+pub struct ExitSnapshot {
+    pub ts_ns: u64,
+    pub reason: ExitReason,
+    pub allocations: Vec<Allocation>,
+}
+
+/// The heap model of every traced process.
+#[derive(Default)]
+pub struct HeapModel {
+    processes: BTreeMap<Pid, ProcessHeap>,
+    /// Keep each process's live bytes per stack at its peak (for the peak
+    /// report): a map update per event that a live recording does without.
+    peak_stacks: bool,
+}
+
+impl HeapModel {
+    /// A model that also keeps each process's live set by stack at its
+    /// peak (`ProcessHeap::at_peak`).
+    pub fn with_peak_stacks() -> Self {
+        Self {
+            processes: BTreeMap::new(),
+            peak_stacks: true,
+        }
+    }
+
+    pub fn apply(&mut self, event: &HeapEvent) {
+        let peak_stacks = self.peak_stacks;
+        self.processes
+            .entry(event.pid)
+            .or_insert_with(|| ProcessHeap::new(peak_stacks))
+            .apply(event);
+    }
+
+    /// Drops what was recorded of `pid` (it turned out not to be a target).
+    pub fn forget(&mut self, pid: Pid) {
+        self.processes.remove(&pid);
+    }
+
+    pub fn process(&self, pid: Pid) -> Option<&ProcessHeap> {
+        self.processes.get(&pid)
+    }
+
+    /// Processes by pid, in pid order.
+    pub fn processes(&self) -> impl Iterator<Item = (Pid, &ProcessHeap)> {
+        self.processes.iter().map(|(pid, heap)| (*pid, heap))
+    }
+}

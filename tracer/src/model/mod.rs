@@ -1,0 +1,88 @@
+//! The state a recording builds from its events: the heap of every traced
+//! process, the stacks its allocations came from, and what is known of each
+//! process (its map, its files, its interpreter) to make sense of them.
+//! Sources write it; sinks read it.
+
+pub mod heap;
+pub mod modules;
+pub mod registry;
+pub mod stacks;
+
+use std::path::PathBuf;
+
+use tracer_common::CodeRecord;
+
+use self::{
+    heap::HeapModel,
+    modules::Modules,
+    registry::Registry,
+    stacks::{RawStack, StackTable},
+};
+use crate::{
+    event::{HeapEvent, Pid, StackId},
+    python::Interpreter,
+};
+
+#[derive(Default)]
+pub struct Model {
+    heap: HeapModel,
+    stacks: StackTable,
+    registry: Registry,
+}
+
+impl Model {
+    pub fn apply(&mut self, event: &HeapEvent) {
+        self.heap.apply(event);
+    }
+
+    /// The id of a stack the kernel recorded in `pid`, checked against its
+    /// map the first time it is seen.
+    pub fn intern(&mut self, pid: Pid, raw: RawStack<'_>) -> StackId {
+        self.stacks.intern(&mut self.registry, pid, raw)
+    }
+
+    /// Reads `pid`'s map now (it is about to exit, or was just adopted).
+    pub fn refresh_maps(&mut self, pid: Pid) {
+        self.registry.refresh_maps(pid);
+    }
+
+    /// `pid` replaced its image.
+    pub fn exec(&mut self, pid: Pid) {
+        self.registry.exec(pid);
+        self.stacks.exec(pid);
+    }
+
+    pub fn learn_code(&mut self, pid: Pid, rec: &CodeRecord) {
+        self.registry.learn_code(pid, rec);
+    }
+
+    pub fn add_interpreter(&mut self, pid: Pid, interpreter: Interpreter) {
+        self.registry.add_interpreter(pid, interpreter);
+    }
+
+    pub fn interpreter(&self, pid: Pid) -> Option<&Interpreter> {
+        self.registry.interpreter(pid)
+    }
+
+    /// Drops the heap of `pid` (it turned out not to be a target).
+    pub fn forget(&mut self, pid: Pid) {
+        self.heap.forget(pid);
+    }
+
+    pub fn heap(&self) -> &HeapModel {
+        &self.heap
+    }
+
+    pub fn stacks(&self) -> &StackTable {
+        &self.stacks
+    }
+
+    pub fn modules(&self) -> &Modules {
+        self.registry.modules()
+    }
+
+    /// Where debug files of the modules seen so far may be.
+    pub fn debug_dirs(&self) -> Vec<PathBuf> {
+        self.registry.modules().debug_dirs()
+    }
+}

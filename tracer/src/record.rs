@@ -1,0 +1,235 @@
+//! `tracer record`: one recording, sources -> model -> sinks. The loop
+//! waits for whichever comes first and hands it to its handler: records in
+//! the ring buffer, eBPF log lines, a target's exit, a drain or sample tick,
+//! a rescan of processes that exec'd, or a reason to stop.
+
+use std::time::Duration;
+
+use anyhow::{Result, anyhow};
+use aya::maps::{MapData, RingBuf};
+use log::{debug, warn};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    time::{Instant, sleep, sleep_until},
+};
+
+use crate::{
+    cli::RecordOptions,
+    clock::monotonic_ns,
+    counters::{self, Counters},
+    event::Pid,
+    host,
+    model::Model,
+    process::MemorySample,
+    sinks::{Ending, Sink, Snapshot, capture::CaptureSink, reports::ReportsSink},
+    sources::{
+        collector::{Collector, Notice},
+        probes::{Probes, Settings},
+        procfs,
+        targets::{Targets, readable},
+    },
+};
+
+/// How often the ring buffer is drained without a wakeup from the kernel
+/// (it wakes tracer only when a quarter full: see `wakeup` in tracer-ebpf).
+const DRAIN_EVERY: Duration = Duration::from_millis(10);
+/// How often processes that exec'd are read again for their new libraries.
+const RESCAN_EVERY: Duration = Duration::from_millis(5);
+
+pub async fn record(options: RecordOptions) -> Result<()> {
+    host::check()?;
+    let fsbase_offset = host::fsbase_offset().unwrap_or_else(|err| {
+        warn!("no Python frames: {err:#}");
+        0
+    });
+    let probes = Probes::load(Settings {
+        ring_bytes: options.ring_bytes,
+        fsbase_offset,
+        all_execs: options.all,
+        sampling: options.sampling,
+        pymalloc: options.pymalloc,
+    })?;
+    let (targets, exits) = Targets::new(options.all);
+    let mut rec = Recording {
+        probes,
+        collector: Collector::new(options.sampling),
+        model: Model::default(),
+        targets,
+        sinks: Vec::new(),
+    };
+    for &pid in &options.pids {
+        rec.targets.add_pid(pid, &mut rec.probes, &mut rec.model)?;
+    }
+    if options.all {
+        rec.targets.adopt_running(&mut rec.probes, &mut rec.model);
+    }
+    let start_ns = monotonic_ns();
+    let (capture, file) = CaptureSink::create(options.output.as_deref(), start_ns)?;
+    rec.sinks.push(Box::new(capture));
+    rec.sinks.push(Box::new(ReportsSink::new(
+        file,
+        options.output.clone(),
+        options.analysis,
+        options.top,
+    )));
+    let stop = rec.run(&options, exits).await?;
+    debug!("recording stopped: {stop}");
+    rec.finish()
+}
+
+/// The probes, the model and the sinks of one recording.
+struct Recording {
+    probes: Probes,
+    collector: Collector,
+    model: Model,
+    targets: Targets,
+    sinks: Vec<Box<dyn Sink>>,
+}
+
+impl Recording {
+    /// Records until a signal, the deadline, or the end of every target.
+    /// Returns why it stopped.
+    async fn run(
+        &mut self,
+        options: &RecordOptions,
+        mut exits: tokio::sync::mpsc::UnboundedReceiver<Pid>,
+    ) -> Result<&'static str> {
+        let mut ring = readable(self.probes.take_events()?)?;
+        let mut logger = readable(self.probes.take_logger()?)?;
+        let started = Instant::now();
+        if !options.command.is_empty() {
+            self.targets
+                .launch(&options.command, &mut self.probes, &mut self.model)?;
+        }
+        self.targets.watch_exits()?;
+        eprintln!("tracer: {}; Ctrl-C to stop", self.targets.describe());
+        let mut sigint = signal(SignalKind::interrupt())?;
+        let mut sigterm = signal(SignalKind::terminate())?;
+        let deadline = options.duration.map(|d| started + d);
+        let mut drain_tick = tokio::time::interval(DRAIN_EVERY);
+        drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sample_tick = tokio::time::interval(options.sample_every);
+        // A late tick is one sample late, not a burst of samples of one moment.
+        sample_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let stop = loop {
+            tokio::select! {
+                guard = ring.readable_mut() => {
+                    let mut guard = guard?;
+                    self.drain(guard.get_inner_mut())?;
+                    guard.clear_ready();
+                }
+                guard = logger.readable_mut() => {
+                    let mut guard = guard?;
+                    guard.get_inner_mut().flush();
+                    guard.clear_ready();
+                }
+                _ = sigint.recv() => break "interrupted",
+                _ = sigterm.recv() => break "terminated",
+                _ = sleep_until(deadline.unwrap_or(started)), if deadline.is_some() => {
+                    break "duration reached";
+                }
+                Some(pid) = exits.recv() => {
+                    if self.targets.exited(pid, &mut self.probes) {
+                        break "every target exited";
+                    }
+                }
+                _ = sleep(RESCAN_EVERY), if self.targets.rescanning() => {
+                    self.targets.rescan(&mut self.probes, &mut self.model);
+                }
+                _ = drain_tick.tick() => self.drain(ring.get_mut())?,
+                _ = sample_tick.tick() => {
+                    // Take the newest events first: a sample is of the heap now.
+                    self.drain(ring.get_mut())?;
+                    self.snapshot()?;
+                }
+            }
+        };
+        self.drain(ring.get_mut())?;
+        logger.get_mut().flush();
+        Ok(stop)
+    }
+
+    /// Applies every record in the ring to the model, hands the events to
+    /// the sinks, and acts on what the records say of the targets.
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> Result<()> {
+        let mut notices = Vec::new();
+        while let Some(item) = ring.next() {
+            if let Some(n) = self.collector.apply(&item, &mut self.model) {
+                notices.push(n);
+            }
+        }
+        let events = self.collector.take_events();
+        if !events.is_empty() {
+            for sink in &mut self.sinks {
+                sink.events(&events)?;
+            }
+        }
+        for notice in notices {
+            if let Notice::Exec {
+                pid,
+                traced_by_name,
+            } = notice
+            {
+                self.targets.exec_seen(pid, traced_by_name);
+            }
+        }
+        Ok(())
+    }
+
+    fn counters(&self) -> Result<Counters> {
+        let mut counters = self.probes.counters()?;
+        counters.set(counters::MALFORMED_RECORDS, self.collector.malformed());
+        Ok(counters)
+    }
+
+    /// Hands every sink the model and the targets as they are now.
+    fn snapshot(&mut self) -> Result<()> {
+        let ts_ns = monotonic_ns();
+        let samples: Vec<MemorySample> = self
+            .targets
+            .running()
+            .map(|pid| MemorySample {
+                pid,
+                ts_ns,
+                live_bytes: self
+                    .model
+                    .heap()
+                    .process(pid)
+                    .map_or(0, |p| p.totals().live_bytes),
+                rss_bytes: procfs::rss_bytes(pid),
+            })
+            .collect();
+        let snapshot = Snapshot {
+            ts_ns,
+            model: &self.model,
+            processes: &self.targets.infos(&self.model),
+            samples: &samples,
+            counters: self.counters()?,
+        };
+        for sink in &mut self.sinks {
+            sink.snapshot(&snapshot)?;
+        }
+        Ok(())
+    }
+
+    /// A last snapshot, then every sink finished in order; the probes are
+    /// removed in the background.
+    fn finish(mut self) -> Result<()> {
+        self.targets.finish(&mut self.model);
+        self.snapshot()?;
+        let ending = Ending {
+            end_ns: monotonic_ns(),
+            processes: self.targets.infos(&self.model),
+        };
+        let mut first_error = None;
+        for sink in self.sinks.drain(..) {
+            if let Err(err) = sink.finish(&ending)
+                && first_error.is_none()
+            {
+                first_error = Some(err);
+            }
+        }
+        self.probes.detach_in_background();
+        first_error.map_or(Ok(()), |err| Err(anyhow!(err)))
+    }
+}

@@ -1,0 +1,48 @@
+//! Where a recording goes: every sink is fed the same stream of events, as
+//! they are applied to the model, and a snapshot of the model and the
+//! targets every `--sample-ms` and at the end. The capture writer and the
+//! end-of-run reports are the first two.
+
+pub mod capture;
+pub mod reports;
+
+use anyhow::Result;
+
+use crate::{
+    counters::Counters,
+    event::HeapEvent,
+    model::Model,
+    process::{MemorySample, ProcessInfo},
+};
+
+pub trait Sink {
+    /// Events just applied to the model, in order.
+    fn events(&mut self, events: &[HeapEvent]) -> Result<()>;
+
+    /// The model and the targets as they are now.
+    fn snapshot(&mut self, snapshot: &Snapshot<'_>) -> Result<()>;
+
+    /// The recording ended, right after a last snapshot. Sinks are
+    /// finished in the order they were added: a later one may read what an
+    /// earlier one wrote.
+    fn finish(self: Box<Self>, end: &Ending) -> Result<()>;
+}
+
+pub struct Snapshot<'a> {
+    /// CLOCK_MONOTONIC ns.
+    pub ts_ns: u64,
+    pub model: &'a Model,
+    /// Every target so far.
+    pub processes: &'a [ProcessInfo],
+    /// Memory of each running target now.
+    pub samples: &'a [MemorySample],
+    /// The kernel's and the collector's.
+    pub counters: Counters,
+}
+
+pub struct Ending {
+    /// CLOCK_MONOTONIC ns.
+    pub end_ns: u64,
+    /// Every target, with how it ended.
+    pub processes: Vec<ProcessInfo>,
+}

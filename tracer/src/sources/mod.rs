@@ -1,0 +1,10 @@
+//! Where a recording's events come from: the processes it traces
+//! (`targets`, started by `launch` or found in /proc), the eBPF programs
+//! and their probes (`probes`), and the collector that turns the kernel's
+//! records into events in the model.
+
+pub mod collector;
+pub mod launch;
+pub mod probes;
+pub mod procfs;
+pub mod targets;
