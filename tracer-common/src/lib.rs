@@ -284,12 +284,12 @@ pub mod counter {
     /// Allocations whose native stack could not be captured.
     pub const LOST_STACKS: u32 = 2;
     /// Allocations dropped because the in-flight map was full.
-    pub const PENDING_FULL: u32 = 3;
+    pub const IN_FLIGHT_FULL: u32 = 3;
     /// Allocation calls made from inside another allocation call (counted,
     /// reported as part of the outer call).
     pub const NESTED_CALLS: u32 = 4;
     /// In-flight entries replaced because their return never came.
-    pub const STALE_PENDING: u32 = 5;
+    pub const STALE_IN_FLIGHT: u32 = 5;
     /// Returns that found no matching entry (attached mid-call).
     pub const UNMATCHED_RETURNS: u32 = 6;
     /// Code object copies dropped because the ring buffer was full.
@@ -298,6 +298,19 @@ pub mod counter {
     pub const UNSAMPLED: u32 = 8;
     /// Number of counters.
     pub const COUNT: u32 = 9;
+
+    /// Each counter's name in reports (`report.json` `counters`), by index.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "events",
+        "lost_events",
+        "lost_stacks",
+        "in_flight_full",
+        "nested_calls",
+        "stale_in_flight",
+        "unmatched_returns",
+        "lost_code",
+        "unsampled",
+    ];
 }
 
 // SAFETY: #[repr(C)] integers only, every bit pattern valid.
@@ -319,5 +332,19 @@ mod tests {
         );
         assert_eq!(core::mem::size_of::<PyFrame>(), 24);
         assert_eq!(AllocRecord::MAX_WIRE_LEN % 8, 0);
+    }
+
+    #[test]
+    fn every_counter_has_a_name() {
+        assert_eq!(counter::NAMES.len(), counter::COUNT as usize);
+        assert_eq!(
+            counter::NAMES[counter::IN_FLIGHT_FULL as usize],
+            "in_flight_full"
+        );
+        assert_eq!(
+            counter::NAMES[counter::STALE_IN_FLIGHT as usize],
+            "stale_in_flight"
+        );
+        assert_eq!(counter::NAMES[counter::UNSAMPLED as usize], "unsampled");
     }
 }
