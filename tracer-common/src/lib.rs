@@ -298,7 +298,8 @@ pub mod counter {
     pub const UNSAMPLED: u32 = 8;
     /// Number of counters.
     pub const COUNT: u32 = 9;
-    /// Each counter's name in reports, by index.
+
+    /// Each counter's name in reports (`report.json` `counters`), by index.
     pub const NAMES: [&str; COUNT as usize] = [
         "events",
         "lost_events",
@@ -331,5 +332,19 @@ mod tests {
         );
         assert_eq!(core::mem::size_of::<PyFrame>(), 24);
         assert_eq!(AllocRecord::MAX_WIRE_LEN % 8, 0);
+    }
+
+    #[test]
+    fn every_counter_has_a_name() {
+        assert_eq!(counter::NAMES.len(), counter::COUNT as usize);
+        assert_eq!(
+            counter::NAMES[counter::IN_FLIGHT_FULL as usize],
+            "in_flight_full"
+        );
+        assert_eq!(
+            counter::NAMES[counter::STALE_IN_FLIGHT as usize],
+            "stale_in_flight"
+        );
+        assert_eq!(counter::NAMES[counter::UNSAMPLED as usize], "unsampled");
     }
 }

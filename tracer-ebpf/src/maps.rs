@@ -1,0 +1,108 @@
+//! Every map and global of the programs, with its size and the reason for
+//! it; what happens when one fills is in docs/maps.md. Userspace finds each
+//! by its name: renaming one breaks tracer/src/probes.
+
+use aya_ebpf::{
+    Global,
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+};
+use tracer_common::{AllocRecord, CodeKey, PyConfig, counter, sampling};
+
+use crate::{python::Walk, stack::FrameWalk};
+
+/// Processes traced at once (`TRACED`, `PY_PROCS`): enough for `--all` on a
+/// busy host. A lookup miss is the whole cost an untraced process pays
+/// beyond the trap.
+const MAX_PROCESSES: u32 = 16384;
+
+/// Threads inside an allocation call at the same instant (`IN_FLIGHT`):
+/// 16k is far beyond any real process set.
+const MAX_THREADS_IN_CALL: u32 = 16384;
+
+/// Code objects remembered as copied (`CODE_SEEN`): a process runs
+/// thousands at most, and an eviction only costs a second copy.
+const MAX_CODE_OBJECTS: u32 = 65536;
+
+/// Processes whose allocations are recorded (tgid -> 1), written by userspace.
+#[map]
+pub static TRACED: HashMap<u32, u8> = HashMap::with_max_entries(MAX_PROCESSES, 0);
+
+/// Allocation calls between entry and return, per thread (pid_tgid). LRU so
+/// that threads which die inside a call cannot fill it.
+#[map]
+pub static IN_FLIGHT: LruHashMap<u64, AllocRecord> =
+    LruHashMap::with_max_entries(MAX_THREADS_IN_CALL, 0);
+
+/// Where a record is built before it is copied into `IN_FLIGHT`: an
+/// `AllocRecord` is larger than the 512-byte BPF stack.
+#[map]
+pub static SCRATCH: PerCpuArray<AllocRecord> = PerCpuArray::with_max_entries(1, 0);
+
+/// Records to userspace. The size here is a placeholder: userspace sets it
+/// at load time (`--ring-mb`).
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
+
+/// How to read the Python frames of each traced CPython process, written by
+/// userspace once it has found the interpreter.
+#[map]
+pub static PY_PROCS: HashMap<u32, PyConfig> = HashMap::with_max_entries(MAX_PROCESSES, 0);
+
+/// Where a finished record (fixed part, native frames, Python frames) is
+/// assembled before it is copied into the ring buffer: the largest one is
+/// far larger than the BPF stack.
+#[map]
+pub static OUT: PerCpuArray<[u64; AllocRecord::MAX_WIRE_LEN / 8]> =
+    PerCpuArray::with_max_entries(1, 0);
+
+/// The native frame-pointer walk's state between `bpf_loop` iterations,
+/// whose callback cannot reach the program's stack.
+#[map]
+pub static FRAME_WALK: PerCpuArray<FrameWalk> = PerCpuArray::with_max_entries(1, 0);
+
+/// The Python frame walk's state between `bpf_loop` iterations: too large
+/// for the BPF stack with the heads it reads.
+#[map]
+pub static WALK: PerCpuArray<Walk> = PerCpuArray::with_max_entries(1, 0);
+
+/// Code objects already copied to userspace (`CodeRecord`). LRU: a forgotten
+/// one is copied again when next seen.
+#[map]
+pub static CODE_SEEN: LruHashMap<CodeKey, u8> = LruHashMap::with_max_entries(MAX_CODE_OBJECTS, 0);
+
+/// Exponential gaps between samples, in units of SAMPLE_BYTES / 2^16, set
+/// by userspace (tracer's sampling.rs): a random entry is a random gap.
+#[map]
+pub static GAP_TABLE: Array<u32> = Array::with_max_entries(sampling::GAP_TABLE_LEN as u32, 0);
+
+/// Bytes left until the next sample, per CPU (0: not drawn yet). The
+/// bytes are a Poisson process, so the count may move between CPUs as
+/// threads do without biasing anything.
+#[map]
+pub static SAMPLE_LEFT: PerCpuArray<i64> = PerCpuArray::with_max_entries(1, 0);
+
+/// With sampling: the live addresses of sampled allocations, so that only
+/// their frees are sent. Userspace sizes it (LRU maps are preallocated):
+/// one entry without sampling. LRU: an allocation evicted unfreed would
+/// later show as a leak.
+#[map]
+pub static SAMPLED: LruHashMap<u64, u8> = LruHashMap::with_max_entries(1, 0);
+
+/// Per-CPU counters, indexed by `tracer_common::counter`.
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// Offset of `thread.fsbase` in the kernel's `task_struct` (from its BTF),
+/// set by userspace at load; 0 turns Python frames off.
+#[unsafe(no_mangle)]
+pub static FSBASE_OFFSET: Global<u64> = Global::new(0);
+
+/// `--all`: report every exec, and trace processes named python* from their
+/// first instruction (userspace drops those that turn out not to be CPython).
+#[unsafe(no_mangle)]
+pub static ALL_EXECS: Global<u8> = Global::new(0);
+
+/// `--sample-bytes`: the mean bytes between samples; 0 records every call.
+#[unsafe(no_mangle)]
+pub static SAMPLE_BYTES: Global<u64> = Global::new(0);
