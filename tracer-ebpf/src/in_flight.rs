@@ -8,9 +8,11 @@ use tracer_common::{AllocRecord, Header, counter, flags, func, kind};
 
 use crate::{
     maps::{IN_FLIGHT, SAMPLE_BYTES, SAMPLED, SCRATCH},
+    probe::user,
+    ring::count,
     sampling::sampled,
     stack::{UserRegs, walk_frames},
-    submit::{count, submit_alloc, submit_free, user},
+    submit::{submit_alloc, submit_free},
 };
 
 /// An in-flight entry older than this belongs to a call whose return was

@@ -14,6 +14,7 @@ mod in_flight;
 mod maps;
 mod probe;
 mod python;
+mod ring;
 mod sampling;
 mod stack;
 mod submit;
@@ -29,8 +30,9 @@ use crate::{
     in_flight::{Call, complete, enter, nested},
     maps::{ALL_EXECS, SAMPLE_BYTES, SAMPLED, TRACED},
     probe::traced,
+    ring::count,
     stack::UserRegs,
-    submit::{count, submit_free, submit_marker},
+    submit::{submit_free, submit_marker},
 };
 
 /// Defines one uprobe program per allocation function from a table of

@@ -9,8 +9,6 @@ use aya_ebpf::{
 };
 use tracer_common::{AllocRecord, CodeKey, PyConfig, counter, sampling};
 
-use crate::{python::Walk, stack::FrameWalk};
-
 /// Processes traced at once (`TRACED`, `PY_PROCS`): enough for `--all` on a
 /// busy host. A lookup miss is the whole cost an untraced process pays
 /// beyond the trap.
@@ -55,16 +53,6 @@ pub static PY_PROCS: HashMap<u32, PyConfig> = HashMap::with_max_entries(MAX_PROC
 #[map]
 pub static OUT: PerCpuArray<[u64; AllocRecord::MAX_WIRE_LEN / 8]> =
     PerCpuArray::with_max_entries(1, 0);
-
-/// The native frame-pointer walk's state between `bpf_loop` iterations,
-/// whose callback cannot reach the program's stack.
-#[map]
-pub static FRAME_WALK: PerCpuArray<FrameWalk> = PerCpuArray::with_max_entries(1, 0);
-
-/// The Python frame walk's state between `bpf_loop` iterations: too large
-/// for the BPF stack with the heads it reads.
-#[map]
-pub static WALK: PerCpuArray<Walk> = PerCpuArray::with_max_entries(1, 0);
 
 /// Code objects already copied to userspace (`CodeRecord`). LRU: a forgotten
 /// one is copied again when next seen.

@@ -1,10 +1,10 @@
-//! What every program reads first: whether the current process is traced
-//! and, at a uprobe, the probed function and its arguments as the attach
-//! cookie gives them: docs/probes.md, "Attach cookies".
+//! What programs read of the traced process: whether it is traced, at a
+//! uprobe the probed function and its arguments as the attach cookie gives
+//! them (docs/probes.md, "Attach cookies"), and its memory.
 
 use aya_ebpf::{
     EbpfContext,
-    helpers::{bpf_get_current_pid_tgid, generated::bpf_get_attach_cookie},
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, generated::bpf_get_attach_cookie},
     programs::ProbeContext,
 };
 
@@ -60,4 +60,11 @@ pub fn args(ctx: &ProbeContext, default: u32) -> Args {
         [regs[1], regs[2], regs[3]]
     };
     Args { func, a0, a1, a2 }
+}
+
+/// Reads a `T` from the traced process, or `None` if the address faults.
+#[inline(always)]
+pub fn user<T>(addr: u64) -> Option<T> {
+    // SAFETY: a checked read of user memory.
+    unsafe { bpf_probe_read_user(addr as *const T) }.ok()
 }

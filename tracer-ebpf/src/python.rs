@@ -3,9 +3,13 @@
 //! docs/python-frames.md, "Which thread state", "Walking the frames" and
 //! "Code objects".
 
-use aya_ebpf::helpers::{
-    bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel,
-    generated::{bpf_loop, bpf_probe_read_user},
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel,
+        generated::{bpf_loop, bpf_probe_read_user},
+    },
+    macros::map,
+    maps::PerCpuArray,
 };
 use tracer_common::{
     AllocRecord, CodeKey, CodeRecord, MAX_CODE_STR, MAX_CODE_TABLE, MAX_PY_DEPTH, MAX_STACK_DEPTH,
@@ -13,8 +17,9 @@ use tracer_common::{
 };
 
 use crate::{
-    maps::{CODE_SEEN, EVENTS, FSBASE_OFFSET, OUT, WALK},
-    submit::{count, header, user, wakeup},
+    maps::{CODE_SEEN, EVENTS, FSBASE_OFFSET, OUT},
+    probe::user,
+    ring::{count, header, wakeup},
 };
 
 /// The Python frame walk of this CPU's current record, between
@@ -35,6 +40,11 @@ pub struct Walk {
     frame_head: Head,
     code_head: Head,
 }
+
+/// The Python frame walk's state between `bpf_loop` iterations: too large
+/// for the BPF stack with the heads it reads.
+#[map]
+static WALK: PerCpuArray<Walk> = PerCpuArray::with_max_entries(1, 0);
 
 /// The first bytes of an object in the traced process, where every field
 /// the walk needs lies (the largest offset is 3.8's f_lasti, 104).

@@ -8,14 +8,13 @@ use aya_ebpf::{
         bpf_get_current_task_btf, bpf_probe_read_kernel,
         generated::{bpf_loop, bpf_task_pt_regs},
     },
+    macros::map,
+    maps::PerCpuArray,
     programs::ProbeContext,
 };
 use tracer_common::{AllocRecord, MAX_STACK_DEPTH};
 
-use crate::{
-    maps::{FRAME_WALK, SCRATCH},
-    submit::user,
-};
+use crate::{maps::SCRATCH, probe::user};
 
 /// How far above the stack pointer a frame may lie. Code built without
 /// frame pointers uses the register for data, often a heap address: a
@@ -73,6 +72,11 @@ pub struct FrameWalk {
     /// The stack pointer at the call: frames lie above it.
     sp: u64,
 }
+
+/// The native frame-pointer walk's state between `bpf_loop` iterations,
+/// whose callback cannot reach the program's stack.
+#[map]
+static FRAME_WALK: PerCpuArray<FrameWalk> = PerCpuArray::with_max_entries(1, 0);
 
 /// One frame: the saved frame pointer and the return address above it,
 /// read at once. Returns 1 to stop.

@@ -1,5 +1,5 @@
-//! tracer's modules import each other without a circle: at every level of
-//! the module tree, the graph of which sibling uses which is acyclic (a
+//! tracer's modules, and the kernel programs', import each other without a
+//! circle: at every level of the module tree, the graph of which sibling uses which is acyclic (a
 //! module's use of its own parent or children does not count). Read from
 //! the sources, so that a new circle fails the unit tests.
 
@@ -140,16 +140,16 @@ fn references(code: &str, me: &ModPath, is_dir_module: bool) -> Vec<Vec<String>>
     out
 }
 
-#[test]
-fn modules_import_each_other_without_a_circle() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+/// Sibling edges of the crate whose sources are in `src`, by parent module;
+/// fails on a circle.
+fn check_crate(src: &Path) -> BTreeMap<ModPath, BTreeMap<String, BTreeSet<String>>> {
     let mut files = Vec::new();
-    rust_files(&src, &mut files);
-    let modules: BTreeSet<ModPath> = files.iter().map(|f| module_of(f, &src)).collect();
+    rust_files(src, &mut files);
+    let modules: BTreeSet<ModPath> = files.iter().map(|f| module_of(f, src)).collect();
     // Edges between siblings, keyed by their parent.
     let mut graphs: BTreeMap<ModPath, BTreeMap<String, BTreeSet<String>>> = BTreeMap::new();
     for file in &files {
-        let me = module_of(file, &src);
+        let me = module_of(file, src);
         let is_dir_module = file.file_name().is_some_and(|n| n == "mod.rs");
         let text = fs::read_to_string(file).expect("read source");
         for path in references(non_test_code(&text), &me, is_dir_module) {
@@ -175,18 +175,33 @@ fn modules_import_each_other_without_a_circle() {
     for (parent, graph) in &graphs {
         if let Some(cycle) = find_cycle(graph) {
             panic!(
-                "modules of crate::{} import each other in a circle: {}",
+                "modules of {}: crate::{} import each other in a circle: {}",
+                src.display(),
                 parent.join("::"),
                 cycle.join(" -> ")
             );
         }
     }
+    graphs
+}
+
+#[test]
+fn modules_import_each_other_without_a_circle() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let graphs = check_crate(&root.join("src"));
     // The checker sees edges at all (a parse that finds nothing passes).
     assert!(
         graphs
             .get(&Vec::new())
             .is_some_and(|g| g.get("sources").is_some_and(|e| e.contains("model"))),
         "sources -> model not found: {graphs:?}"
+    );
+    let kernel = check_crate(&root.join("../tracer-ebpf/src"));
+    assert!(
+        kernel
+            .get(&Vec::new())
+            .is_some_and(|g| g.get("submit").is_some_and(|e| e.contains("python"))),
+        "submit -> python not found: {kernel:?}"
     );
 }
 
