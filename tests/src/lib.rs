@@ -70,6 +70,16 @@ pub struct Interpreter {
     pub lto: bool,
 }
 
+impl Interpreter {
+    /// Its CPython minor version, from its name ("sid-3.15" -> 15).
+    pub fn minor(&self) -> u8 {
+        self.name
+            .rsplit_once("3.")
+            .and_then(|(_, minor)| minor.parse().ok())
+            .expect("interpreter names end with their version")
+    }
+}
+
 /// Where `cargo xtask` unpacked the Debian interpreters this machine does
 /// not have.
 fn test_cache() -> PathBuf {
@@ -78,9 +88,12 @@ fn test_cache() -> PathBuf {
         .unwrap_or_else(|| root().join("tests/cache"))
 }
 
-/// Debian's build of `suite`, unpacked by `cargo xtask` with its own glibc.
+/// Debian's build of CPython `version` from `suite`, unpacked by `cargo
+/// xtask` with its own glibc.
 pub fn debian_unpacked(suite: &str, version: &str) -> PathBuf {
-    let python = test_cache().join(format!("{suite}-root/usr/bin/python{version}-private"));
+    let python = test_cache().join(format!(
+        "{suite}-{version}-root/usr/bin/python{version}-private"
+    ));
     assert!(
         python.exists(),
         "{} is missing: `cargo xtask test` fetches it (a test that cannot get its interpreter fails)",
@@ -90,8 +103,8 @@ pub fn debian_unpacked(suite: &str, version: &str) -> PathBuf {
 }
 
 /// Every interpreter of the matrix: pyenv's 3.8 to 3.13 (shared libpython,
-/// unstripped) and Debian's 3.11, 3.13 and 3.14 (static libpython,
-/// stripped, LTO; the last two with their own glibc).
+/// unstripped) and Debian's 3.11, 3.13, 3.14 and 3.15 (static libpython,
+/// stripped, LTO; the last three with their own glibc).
 pub fn interpreters() -> Vec<Interpreter> {
     let pyenv = |name, version| Interpreter {
         name,
@@ -118,6 +131,11 @@ pub fn interpreters() -> Vec<Interpreter> {
         Interpreter {
             name: "sid-3.14",
             path: debian_unpacked("sid", "3.14"),
+            lto: true,
+        },
+        Interpreter {
+            name: "sid-3.15",
+            path: debian_unpacked("sid", "3.15"),
             lto: true,
         },
     ]

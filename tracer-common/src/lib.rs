@@ -183,10 +183,19 @@ pub struct PyFrame {
 pub struct PyConfig {
     /// Address of `_PyRuntime` in the process.
     pub runtime: u64,
-    /// `_PyRuntime.autoTSSkey` (a `Py_tss_t`: int initialized, int key).
+    /// 3.8 to 3.14: `_PyRuntime.autoTSSkey` (a `Py_tss_t`: int initialized,
+    /// int key), under which each thread's thread state is kept. `NONE`
+    /// from 3.15, which keeps it in the thread-local `_Py_tss_gilstate`
+    /// (`tls_module`, `tls_offset`).
     pub tss_key: u32,
     /// glibc: `struct pthread.specific_1stblock`, from the thread pointer.
     pub pthread_specific: u32,
+    /// 3.15+: 0 if `_Py_tss_gilstate` is in the static TLS block (the
+    /// executable's), at the thread pointer plus `tls_offset` (negative);
+    /// else the TLS module id of the shared library holding it, at
+    /// `tls_offset` in that module's block (found through the thread's DTV).
+    pub tls_module: u32,
+    pub tls_offset: i32,
     /// thread state -> frame pointer (3.8-3.10: `frame`; 3.11/3.12:
     /// `cframe`; 3.13+: `current_frame`).
     pub tstate_frame: u32,
@@ -198,10 +207,11 @@ pub struct PyConfig {
     /// 3.12+: the frame's `owner` byte (older versions: any field, with
     /// `owner_cstack` = `NO_OWNER`).
     pub frame_owner: u32,
-    /// The `owner` value of frames that belong to C code (shims): skipped.
+    /// The `owner` value of the interpreter's own frames, skipped: C shims
+    /// (3.12-3.14), entry frames (3.15).
     pub owner_cstack: u32,
     pub code_firstlineno: u32,
-    /// Tag bits to clear from the frame's code pointer (3.14's
+    /// Tag bits to clear from the frame's code pointer (3.14+'s
     /// `_PyStackRef`: 1; else 0).
     pub code_tag_bits: u32,
     pub _pad: u32,

@@ -166,8 +166,9 @@ fn copy_code(cfg: &PyConfig, pid: u32, code: u64, firstlineno: i32) {
 }
 
 /// Where the Python frames of the current thread start: its frame chain,
-/// through the GIL-state TSS key (unlike `_Py_tss_tstate`, still set while
-/// C code runs with the GIL released). 0 if it has none.
+/// from the thread state `PyGILState_GetThisThreadState` would return
+/// (unlike `_Py_tss_tstate`, still set while C code runs with the GIL
+/// released). 0 if it has none.
 #[inline(always)]
 fn first_python_frame(cfg: &PyConfig) -> Result<u64, ()> {
     let fsbase_offset = FSBASE_OFFSET.load();
@@ -179,13 +180,14 @@ fn first_python_frame(cfg: &PyConfig) -> Result<u64, ()> {
         let task = bpf_get_current_task();
         bpf_probe_read_kernel((task + fsbase_offset) as *const u64).unwrap_or(0)
     };
-    let [initialized, key] = user::<[u32; 2]>(cfg.runtime + u64::from(cfg.tss_key)).ok_or(())?;
-    // glibc keeps keys below 32 in the thread's first block.
-    if initialized == 0 || key >= 32 || fsbase == 0 {
+    if fsbase == 0 {
         return Ok(0);
     }
-    let slot = fsbase + u64::from(cfg.pthread_specific) + u64::from(key) * 16 + 8;
-    let tstate = user::<u64>(slot).ok_or(())?;
+    let tstate = if cfg.tss_key != py_config::NONE {
+        tstate_by_tss_key(cfg, fsbase)?
+    } else {
+        tstate_thread_local(cfg, fsbase)?
+    };
     if tstate == 0 {
         return Ok(0);
     }
@@ -194,6 +196,38 @@ fn first_python_frame(cfg: &PyConfig) -> Result<u64, ()> {
         frame = user::<u64>(frame + u64::from(cfg.cframe_frame)).ok_or(())?;
     }
     Ok(frame)
+}
+
+/// 3.8 to 3.14: the value of the GIL-state TSS key, `pthread_getspecific`
+/// as glibc keeps it.
+#[inline(always)]
+fn tstate_by_tss_key(cfg: &PyConfig, fsbase: u64) -> Result<u64, ()> {
+    let [initialized, key] = user::<[u32; 2]>(cfg.runtime + u64::from(cfg.tss_key)).ok_or(())?;
+    // glibc keeps keys below 32 in the thread's first block.
+    if initialized == 0 || key >= 32 {
+        return Ok(0);
+    }
+    let slot = fsbase + u64::from(cfg.pthread_specific) + u64::from(key) * 16 + 8;
+    user::<u64>(slot).ok_or(())
+}
+
+/// 3.15+: the thread-local `_Py_tss_gilstate`, in the static TLS block or
+/// in a shared library's block, whose address is in the thread's DTV
+/// (x86-64 glibc: `tcbhead_t.dtv` at the thread pointer + 8, 16 bytes per
+/// module id). A block not allocated yet (-1) has no thread state.
+#[inline(always)]
+fn tstate_thread_local(cfg: &PyConfig, fsbase: u64) -> Result<u64, ()> {
+    let block = if cfg.tls_module == 0 {
+        fsbase
+    } else {
+        let dtv = user::<u64>(fsbase + 8).ok_or(())?;
+        let block = user::<u64>(dtv + u64::from(cfg.tls_module) * 16).ok_or(())?;
+        if block == 0 || block == u64::MAX {
+            return Ok(0);
+        }
+        block
+    };
+    user::<u64>(block.wrapping_add_signed(i64::from(cfg.tls_offset))).ok_or(())
 }
 
 /// One frame of the walk (a `bpf_loop` callback, which the verifier checks

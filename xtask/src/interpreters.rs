@@ -1,7 +1,9 @@
-//! Debian's CPython 3.13 (trixie) and 3.14 (sid), unpacked with their own
-//! glibc into `tests/cache/<suite>-root` for the end-to-end tests: Debian's
-//! builds (libpython linked in, stripped, LTO) of versions this machine
-//! does not have, each mapping its own libc as a process in a container does.
+//! Debian's CPython 3.13 (trixie), 3.14 and 3.15 (sid), each unpacked with
+//! its own glibc into `tests/cache/<suite>-<version>-root` for the
+//! end-to-end tests: Debian's builds (libpython linked in, stripped, LTO) of
+//! versions this machine does not have, each mapping its own libc as a
+//! process in a container does. One tree per version, so that a version
+//! sid drops keeps working from the cache.
 //!
 //! A private apt configuration (isolated from /etc/apt) downloads the
 //! packages, verified against Debian's archive keyring; `dpkg -x` unpacks
@@ -22,8 +24,26 @@ use crate::check;
 const MIRROR: &str = "http://deb.debian.org/debian";
 const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 
-/// (suite, CPython version)
-pub const SUITES: [(&str, &str); 2] = [("trixie", "3.13"), ("sid", "3.14")];
+/// A Debian build of CPython the tests run.
+pub struct Build {
+    pub suite: &'static str,
+    pub version: &'static str,
+}
+
+pub const BUILDS: [Build; 3] = [
+    Build {
+        suite: "trixie",
+        version: "3.13",
+    },
+    Build {
+        suite: "sid",
+        version: "3.14",
+    },
+    Build {
+        suite: "sid",
+        version: "3.15",
+    },
+];
 
 /// Libraries the interpreter and its standard extension modules link.
 const LIBS: [&str; 15] = [
@@ -44,9 +64,17 @@ const LIBS: [&str; 15] = [
     "libdb5.3t64",
 ];
 
-/// The runnable interpreter of `suite` under `cache`.
-pub fn interpreter(cache: &Path, suite: &str, version: &str) -> PathBuf {
-    cache.join(format!("{suite}-root/usr/bin/python{version}-private"))
+impl Build {
+    /// Where it is unpacked under `cache`.
+    fn root(&self, cache: &Path) -> PathBuf {
+        cache.join(format!("{}-{}-root", self.suite, self.version))
+    }
+
+    /// Its runnable interpreter under `cache`.
+    pub fn interpreter(&self, cache: &Path) -> PathBuf {
+        self.root(cache)
+            .join(format!("usr/bin/python{}-private", self.version))
+    }
 }
 
 fn runs(python: &Path) -> bool {
@@ -56,22 +84,24 @@ fn runs(python: &Path) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// Makes sure every suite's interpreter is unpacked and runs.
+/// Makes sure every build's interpreter is unpacked and runs.
 pub fn ensure(cache: &Path) -> Result<()> {
-    for (suite, version) in SUITES {
-        if !runs(&interpreter(cache, suite, version)) {
+    for build in &BUILDS {
+        let Build { suite, version } = build;
+        if !runs(&build.interpreter(cache)) {
             eprintln!(
                 "xtask: fetching Debian {suite}'s CPython {version} into {}",
                 cache.display()
             );
-            fetch(cache, suite, version)
+            fetch(cache, build)
                 .with_context(|| format!("fetching CPython {version} from Debian {suite}"))?;
         }
     }
     Ok(())
 }
 
-fn fetch(cache: &Path, suite: &str, version: &str) -> Result<()> {
+fn fetch(cache: &Path, build: &Build) -> Result<()> {
+    let Build { suite, version } = build;
     let dest = cache.join(format!("apt-{suite}"));
     let empty = dest.join("empty");
     let debs = dest.join("debs");
@@ -156,8 +186,8 @@ Acquire::Check-Valid-Until "false";
     let _ = Command::new("chown").arg("_apt").arg(&debs).status();
     check(apt(&debs).arg("download").args(&packages))?;
 
-    let root = cache.join(format!("{suite}-root"));
-    let staging = cache.join(format!("{suite}-root.new"));
+    let root = build.root(cache);
+    let staging = cache.join(format!("{suite}-{version}-root.new"));
     let _ = fs::remove_dir_all(&staging);
     fs::create_dir_all(&staging)?;
     let dbg_prefix = format!("python{version}-dbg_");
@@ -198,7 +228,7 @@ Acquire::Check-Valid-Until "false";
     )?;
     let _ = fs::remove_dir_all(&root);
     fs::rename(&staging, &root)?;
-    let python = interpreter(cache, suite, version);
+    let python = build.interpreter(cache);
     if !runs(&python) {
         bail!("{} does not run", python.display());
     }

@@ -5,6 +5,7 @@ mod code;
 mod layout;
 mod lines;
 mod memory;
+mod thread_local;
 mod tls;
 
 use std::collections::HashMap;
@@ -13,8 +14,9 @@ use tracer_common::{PyConfig, PyFrame};
 
 use self::{
     code::{CodeError, CodeObject},
-    layout::Layout,
+    layout::{GilState, Layout},
     memory::Memory,
+    thread_local::{ThreadLocal, ThreadLocalError},
 };
 use crate::{
     elf::ElfFile,
@@ -43,6 +45,8 @@ pub enum DetectError {
     UnknownVersion(String),
     #[error("its libc is not glibc (no pthread_getspecific to read thread states through)")]
     NotGlibc,
+    #[error("CPython 3.{0}: {1}")]
+    ThreadLocal(u8, ThreadLocalError),
 }
 
 /// "python3.11", "libpython3.11.so.1.0", "python3.13t" -> (11, free-threaded?)
@@ -104,15 +108,28 @@ pub fn detect(pid: u32, maps: &ProcessMaps) -> Result<Option<Interpreter>, Detec
         None => return Err(DetectError::NotGlibc),
     };
     let code_type = elf.symbol("PyCode_Type").map(|v| bias.wrapping_add(v));
+    let mut config = PyConfig {
+        runtime,
+        pthread_specific,
+        code_type: code_type.unwrap_or(0),
+        ..layout.kernel
+    };
+    if layout.gilstate == GilState::ThreadLocal {
+        match thread_local::find(&elf, bias, &memory) {
+            Ok(Some(ThreadLocal::Static { offset })) => config.tls_offset = offset,
+            Ok(Some(ThreadLocal::Module { module, offset })) => {
+                config.tls_module = module;
+                config.tls_offset = offset;
+            }
+            // Its loader has not relocated libpython yet: found later.
+            Ok(None) => return Ok(None),
+            Err(err) => return Err(DetectError::ThreadLocal(minor, err)),
+        }
+    }
     Ok(Some(Interpreter {
         version: format!("3.{minor}"),
         module: mapping.path.clone(),
-        config: PyConfig {
-            runtime,
-            pthread_specific,
-            code_type: code_type.unwrap_or(0),
-            ..layout.kernel
-        },
+        config,
         layout,
         code_type,
     }))

@@ -356,9 +356,14 @@ impl Targets {
             Ok(Some(interp)) => {
                 probes.trace_python(pid, &interp.config)?;
                 info!("pid {pid}: {}", describe(&interp.version, &interp.module));
+                let warning = interp.layout.warning();
+                if let Some(warning) = &warning {
+                    warn!("pid {pid}: {warning}");
+                }
                 if let Some(t) = self.targets.get_mut(&pid) {
                     t.notes = allocator_notes(pid, &probed, probes.pymalloc());
                     t.notes.extend(probes.sampling().map(|s| s.note()));
+                    t.notes.extend(warning);
                 }
                 model.add_interpreter(pid, interp);
                 Ok(true)
