@@ -213,6 +213,11 @@ fn a_branch_the_kernel_single_steps_ends_the_search() {
         choose(&[0xc3, 0x53], Arguments::first(1)).how,
         How::SingleStepped
     );
+    // syscall; push rbx: the kernel runs in between.
+    assert_eq!(
+        choose(&[0x0f, 0x05, 0x53], Arguments::first(1)).how,
+        How::SingleStepped
+    );
 }
 
 #[test]
