@@ -23,6 +23,7 @@ fuzz_target!(|data: &[u8]| {
             view: View::Mixed,
             min_age_ns: 0,
             temporary: Temporary::Within { ns: 1_000_000 },
+            include_thread_stacks: false,
         },
     );
     let options = render::Options {

@@ -20,13 +20,17 @@ fuzz_target!(|records: &[u8]| {
     file.extend(zstd::encode_all(records, 1).expect("compress"));
     let (records, _error) = capture::read(&file[..]);
     let contents = capture::Contents::new(records);
-    for temporary in [Temporary::Within { ns: 1_000_000 }, Temporary::BeforeAllocations(2)] {
+    for (temporary, include_thread_stacks) in [
+        (Temporary::Within { ns: 1_000_000 }, false),
+        (Temporary::BeforeAllocations(2), true),
+    ] {
         let report = analysis::analyze(
             &contents,
             &analysis::Options {
                 view: View::Mixed,
                 min_age_ns: 1_000,
                 temporary,
+                include_thread_stacks,
             },
         );
         let options = render::Options {

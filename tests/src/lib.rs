@@ -102,6 +102,70 @@ pub fn debian_unpacked(suite: &str, version: &str) -> PathBuf {
     python
 }
 
+/// A program built on this machine, and copies of it that run with the
+/// glibc of another Debian.
+#[derive(Clone, Debug)]
+pub struct GlibcBuild {
+    /// "glibc 2.41 (trixie)".
+    pub glibc: &'static str,
+    pub program: PathBuf,
+    /// Whether its libc's static functions (`__libc_start_call_main`, where
+    /// stacks end) have names: this machine has libc6-dbg, the unpacked
+    /// trees have no debug files.
+    pub libc_symbols: bool,
+}
+
+/// The glibc builds the C tests run against: this machine's (Debian 12,
+/// 2.36) and those unpacked by `cargo xtask` (trixie's 2.41, sid's 2.43).
+const GLIBCS: [(&str, Option<&str>); 3] = [
+    ("glibc 2.36 (bookworm)", None),
+    ("glibc 2.41 (trixie)", Some("trixie")),
+    ("glibc 2.43 (sid)", Some("sid")),
+];
+
+/// `program` as it is, and a copy beside it for each unpacked glibc,
+/// pointed at that tree's loader and libc with patchelf, as the
+/// interpreters are.
+pub fn glibc_builds(program: &Path) -> Vec<GlibcBuild> {
+    GLIBCS
+        .iter()
+        .map(|&(glibc, suite)| {
+            let Some(suite) = suite else {
+                return GlibcBuild {
+                    glibc,
+                    program: program.to_path_buf(),
+                    libc_symbols: true,
+                };
+            };
+            let root = test_cache().join(format!("{suite}-root"));
+            let loader = root.join("usr/lib64/ld-linux-x86-64.so.2");
+            assert!(
+                loader.exists(),
+                "{} is missing: `cargo xtask test` fetches it",
+                loader.display()
+            );
+            let mut copy = program.as_os_str().to_owned();
+            copy.push(format!("-{suite}"));
+            let copy = PathBuf::from(copy);
+            std::fs::copy(program, &copy).expect("copy the program");
+            let status = Command::new("patchelf")
+                .arg("--set-interpreter")
+                .arg(&loader)
+                .arg("--set-rpath")
+                .arg(root.join("usr/lib/x86_64-linux-gnu"))
+                .arg(&copy)
+                .status()
+                .expect("run patchelf");
+            assert!(status.success(), "patchelf failed on {}", copy.display());
+            GlibcBuild {
+                glibc,
+                program: copy,
+                libc_symbols: false,
+            }
+        })
+        .collect()
+}
+
 /// Every interpreter of the matrix: pyenv's 3.8 to 3.13 (shared libpython,
 /// unstripped) and Debian's 3.11, 3.13, 3.14 and 3.15 (static libpython,
 /// stripped, LTO; the last three with their own glibc).

@@ -76,6 +76,9 @@ pub mod flags {
     /// In flight only: the call was not chosen by `--sample-bytes`; its
     /// return only settles a reallocated pointer that was.
     pub const UNSAMPLED: u32 = 1 << 5;
+    /// An anonymous mapping made with `MAP_STACK`: a thread's stack (glibc
+    /// maps every thread stack so), not heap.
+    pub const THREAD_STACK: u32 = 1 << 6;
 }
 
 /// The kernel's gap table for `--sample-bytes` (see tracer's sampling.rs).

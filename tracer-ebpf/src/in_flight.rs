@@ -23,6 +23,8 @@ const STALE_NS: u64 = 1_000_000_000;
 /// What an allocation call was given at its entry.
 pub struct Call {
     pub func: u32,
+    /// `Header::flags` bits known at the entry (`flags::THREAD_STACK`).
+    pub flags: u32,
     pub size: u64,
     pub old_addr: u64,
     pub old_len: u64,
@@ -35,6 +37,7 @@ impl Call {
     pub const fn of(func: u32) -> Self {
         Self {
             func,
+            flags: 0,
             size: 0,
             old_addr: 0,
             old_len: 0,
@@ -82,7 +85,7 @@ pub fn enter<C: EbpfContext>(ctx: &C, id: u64, regs: UserRegs, call: Call) {
     };
     // SAFETY: per-CPU scratch, not shared while this program runs.
     let rec = unsafe { &mut *rec };
-    let mut rec_flags = 0;
+    let mut rec_flags = call.flags;
     let mean = SAMPLE_BYTES.load();
     let unsampled = mean != 0 && func::is_sampled(call.func) && !sampled(mean, call.size);
     if unsampled {

@@ -24,7 +24,7 @@ use aya_ebpf::{
     macros::{tracepoint, uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
-use tracer_common::{counter, exec, exiting, func, kind};
+use tracer_common::{counter, exec, exiting, flags, func, kind};
 
 use crate::{
     in_flight::{Call, complete, enter, nested},
@@ -82,8 +82,8 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
     0
 }
 
-/// `free`, attached where possible past its NULL check (see the userspace
-/// probe placement), so `free(NULL)` may not be seen: it frees nothing.
+/// `free`. Its probe may sit on the branch of its NULL check (see the
+/// userspace probe placement): `free(NULL)` comes here and frees nothing.
 /// glibc's realloc(p, 0) calls free: the realloc's return reports it.
 #[uprobe]
 pub fn free_entry(ctx: ProbeContext) -> u32 {
@@ -104,6 +104,7 @@ pub fn free_entry(ctx: ProbeContext) -> u32 {
 }
 
 const MAP_ANONYMOUS: u64 = 0x20;
+const MAP_STACK: u64 = 0x20000;
 const PROT_NONE: u64 = 0;
 
 #[tracepoint]
@@ -118,13 +119,18 @@ pub fn mmap_enter(ctx: TracePointContext) -> u32 {
         )
     };
     // A PROT_NONE mapping reserves address space and holds no data: glibc
-    // reserves 128 MiB per malloc arena (from inside `free` too, which has
-    // no return probe to mark it in flight) and every thread stack so.
-    if map_flags & MAP_ANONYMOUS == 0 || prot == PROT_NONE || nested(id) {
+    // reserves 128 MiB per malloc arena so (from inside `free` too, which
+    // has no return probe to mark it in flight). A thread stack is recorded
+    // either way, marked: glibc 2.41 maps it PROT_NONE and opens it with
+    // mprotect, 2.43 maps it readable and guards its first page with
+    // madvise, and both keep a finished thread's stack for the next thread.
+    let thread_stack = map_flags & MAP_STACK != 0;
+    if map_flags & MAP_ANONYMOUS == 0 || (prot == PROT_NONE && !thread_stack) || nested(id) {
         return 0;
     }
     let call = Call {
         size: len,
+        flags: if thread_stack { flags::THREAD_STACK } else { 0 },
         ..Call::of(func::MMAP)
     };
     enter(&ctx, id, UserRegs::of_syscall(), call);

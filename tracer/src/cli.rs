@@ -125,6 +125,13 @@ pub struct ViewArgs {
     /// Show native frames only.
     #[arg(long)]
     pub native_only: bool,
+
+    /// Rank thread stacks (mappings made with MAP_STACK; glibc keeps a
+    /// finished thread's for the next one) with the other mappings in
+    /// leaks, hotspots and peak, instead of counting them on a line of
+    /// their own.
+    #[arg(long)]
+    pub include_thread_stacks: bool,
 }
 
 #[derive(Debug, Args)]
@@ -254,6 +261,7 @@ impl RecordArgs {
                 view: self.view.view(),
                 min_age_ns: self.view.min_age_ns(),
                 temporary: Temporary::Within { ns: 1_000_000 },
+                include_thread_stacks: self.view.include_thread_stacks,
             },
             top: self.view.top,
         })

@@ -51,6 +51,9 @@ pub enum EventKind {
         addr: u64,
         len: u64,
         stack: StackId,
+        /// Made with `MAP_STACK`: a thread's stack (glibc maps every thread
+        /// stack so), which the reports keep apart from the heap.
+        thread_stack: bool,
     },
     Remap {
         old_addr: u64,

@@ -52,6 +52,7 @@ pub fn run(args: ReportArgs) -> Result<()> {
             view: args.view.view(),
             min_age_ns: args.view.min_age_ns(),
             temporary,
+            include_thread_stacks: args.view.include_thread_stacks,
         },
     );
     let (format, sections) = format_of(&args);

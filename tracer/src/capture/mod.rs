@@ -25,8 +25,9 @@ use crate::{
 };
 
 pub const MAGIC: &[u8; 8] = b"TRACECAP";
-/// 3: events as {pid, tid, ts_ns, kind}; counters by name.
-pub const VERSION: u16 = 3;
+/// 3: events as {pid, tid, ts_ns, kind}; counters by name. 4: mappings say
+/// whether they are thread stacks.
+pub const VERSION: u16 = 4;
 /// No record is this large; a length beyond it is corruption.
 const MAX_RECORD: usize = 16 << 20;
 

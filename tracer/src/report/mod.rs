@@ -14,6 +14,7 @@ use crate::{
     counters::Counters,
     event::{ExitReason, Pid, Tid},
     frame::Frame,
+    model::heap::ThreadStacks,
     process::ProcessInfo,
 };
 
@@ -24,6 +25,9 @@ pub struct Report {
     pub totals: Totals,
     pub counters: Counters,
     pub min_age_s: f64,
+    /// Thread stacks are ranked with the other mappings in leaks, hotspots
+    /// and peak (`--include-thread-stacks`), not only counted apart.
+    pub thread_stacks_included: bool,
     /// Every leaking stack, largest first.
     pub leaks: Vec<Entry>,
     /// Every allocating stack, largest first.
@@ -40,6 +44,8 @@ pub struct ProcessReport {
     pub info: ProcessInfo,
     /// When its leak set was taken, if it began to exit while recorded.
     pub leaks_taken: Option<LeaksTaken>,
+    /// Its thread stacks mapped when its leak set was taken.
+    pub thread_stacks: ThreadStacks,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]

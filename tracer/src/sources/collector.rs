@@ -199,6 +199,7 @@ impl Collector {
                 addr: rec.addr,
                 len: rec.size,
                 stack,
+                thread_stack: h.flags & flags::THREAD_STACK != 0,
             },
             func::MREMAP => EventKind::Remap {
                 old_addr: rec.old_addr,

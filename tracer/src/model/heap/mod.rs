@@ -4,10 +4,13 @@
 //! Addresses are per process. Frees of addresses the model never saw
 //! allocated (made before tracing began, or whose allocation event was lost)
 //! are counted, not errors. Anonymous mappings are kept as address ranges so
-//! that a partial `munmap` trims them as the kernel does.
+//! that a partial `munmap` trims them as the kernel does. Thread stacks
+//! (mappings made with `MAP_STACK`) are kept apart: glibc keeps a finished
+//! thread's 8 MiB stack mapped for the next thread, which is no leak.
 
 mod peak;
 mod process;
+mod regions;
 
 use std::collections::BTreeMap;
 
@@ -94,6 +97,25 @@ pub struct ThreadTotals {
     pub peak_bytes: u64,
 }
 
+/// Thread stacks mapped: how many, and their bytes (guard pages included).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ThreadStacks {
+    pub count: u64,
+    pub bytes: u64,
+}
+
+impl ThreadStacks {
+    fn add(&mut self, bytes: u64) {
+        self.count += 1;
+        self.bytes += bytes;
+    }
+
+    fn sub(&mut self, bytes: u64) {
+        self.count = self.count.saturating_sub(1);
+        self.bytes = self.bytes.saturating_sub(bytes);
+    }
+}
+
 /// A process's highest live heap, and when it was first reached.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Peak {
@@ -107,15 +129,25 @@ pub struct ExitSnapshot {
     pub ts_ns: u64,
     pub reason: ExitReason,
     pub allocations: Vec<Allocation>,
+    pub thread_stacks: ThreadStacks,
+}
+
+/// What the heap model keeps besides the live heap, and what it counts in it.
+#[derive(Clone, Copy, Debug, Default)]
+struct Options {
+    /// Each process's live bytes per stack at its peak (for the peak
+    /// report): a map update per event that a live recording does without.
+    peak_stacks: bool,
+    /// Thread stacks counted in the heap like any mapping
+    /// (`--include-thread-stacks`).
+    thread_stacks_in_heap: bool,
 }
 
 /// The heap model of every traced process.
 #[derive(Default)]
 pub struct HeapModel {
     processes: BTreeMap<Pid, ProcessHeap>,
-    /// Keep each process's live bytes per stack at its peak (for the peak
-    /// report): a map update per event that a live recording does without.
-    peak_stacks: bool,
+    options: Options,
 }
 
 impl HeapModel {
@@ -124,15 +156,25 @@ impl HeapModel {
     pub fn with_peak_stacks() -> Self {
         Self {
             processes: BTreeMap::new(),
-            peak_stacks: true,
+            options: Options {
+                peak_stacks: true,
+                ..Options::default()
+            },
         }
     }
 
+    /// The same model, counting thread stacks in the heap like any mapping
+    /// if `include` (they are kept apart otherwise).
+    pub fn including_thread_stacks(mut self, include: bool) -> Self {
+        self.options.thread_stacks_in_heap = include;
+        self
+    }
+
     pub fn apply(&mut self, event: &HeapEvent) {
-        let peak_stacks = self.peak_stacks;
+        let options = self.options;
         self.processes
             .entry(event.pid)
-            .or_insert_with(|| ProcessHeap::new(peak_stacks))
+            .or_insert_with(|| ProcessHeap::new(options))
             .apply(event);
     }
 

@@ -4,38 +4,45 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::{
-    Allocation, Amount, ExitSnapshot, Peak, StackStats, ThreadTotals, Totals, peak::PeakStacks,
+    Allocation, Amount, ExitSnapshot, Options, Peak, StackStats, ThreadStacks, ThreadTotals,
+    Totals,
+    peak::PeakStacks,
+    regions::{Region, Regions},
 };
 use crate::event::{Block, EventKind, HeapEvent, StackId, Tid};
 
 pub struct ProcessHeap {
     live: HashMap<u64, Allocation>,
-    /// Anonymous mappings by start address; `size` is the length.
-    regions: BTreeMap<u64, Allocation>,
+    /// Anonymous mappings, thread stacks included.
+    regions: Regions,
+    /// Thread stacks mapped now, in the heap or not.
+    thread_stacks: ThreadStacks,
+    /// Count thread stacks in the heap like any mapping.
+    thread_stacks_in_heap: bool,
     stacks: HashMap<StackId, StackStats>,
     totals: Totals,
     threads: BTreeMap<Tid, ThreadTotals>,
     peak: Peak,
     peak_stacks: Option<PeakStacks>,
     exit: Option<ExitSnapshot>,
-}
-
-/// A part of a mapping that an unmap removed.
-struct Removed {
-    region: Allocation,
+    /// Each thread's last heap block event, if it was a free: its address.
+    last_free: HashMap<Tid, u64>,
 }
 
 impl ProcessHeap {
-    pub(super) fn new(peak_stacks: bool) -> Self {
+    pub(super) fn new(options: Options) -> Self {
         Self {
             live: HashMap::new(),
-            regions: BTreeMap::new(),
+            regions: Regions::default(),
+            thread_stacks: ThreadStacks::default(),
+            thread_stacks_in_heap: options.thread_stacks_in_heap,
             stacks: HashMap::new(),
             totals: Totals::default(),
             threads: BTreeMap::new(),
             peak: Peak::default(),
-            peak_stacks: peak_stacks.then(PeakStacks::default),
+            peak_stacks: options.peak_stacks.then(PeakStacks::default),
             exit: None,
+            last_free: HashMap::new(),
         }
     }
 
@@ -68,9 +75,22 @@ impl ProcessHeap {
         self.exit.as_ref()
     }
 
-    /// Every live allocation and mapping now.
+    /// Every live allocation and mapping in the heap now.
     pub fn live(&self) -> impl Iterator<Item = &Allocation> {
-        self.live.values().chain(self.regions.values())
+        self.live.values().chain(
+            self.regions
+                .values()
+                .filter(|r| self.in_heap(r))
+                .map(|r| &r.alloc),
+        )
+    }
+
+    /// The thread stacks mapped when the leak set was taken (see
+    /// `leak_set`), whether the heap counts them or not.
+    pub fn thread_stacks(&self) -> ThreadStacks {
+        self.exit
+            .as_ref()
+            .map_or(self.thread_stacks, |s| s.thread_stacks)
     }
 
     /// What the process leaks: the live set when it began to exit if it did,
@@ -140,59 +160,77 @@ impl ProcessHeap {
         self.add_live(a);
     }
 
-    fn free(&mut self, addr: u64) {
+    /// `repeat`: the thread's previous block event freed `addr` too.
+    fn free(&mut self, addr: u64, repeat: bool) {
         match self.live.remove(&addr) {
             Some(old) => {
                 self.count_free(&old);
                 self.remove_live(&old);
             }
+            // glibc 2.43's `free`, on a thread's first call, initialises the
+            // thread's cache (and arena: mappings in between) and jumps back
+            // to its own entry with the same pointer: one call passes the
+            // probe twice, and the second finds the address freed by the
+            // first (no thread can have it again: it was not freed yet).
+            None if repeat => {}
             None => self.totals.unmatched_frees += 1,
+        }
+    }
+
+    /// Whether the heap counts mapping `r`: every one but the thread stacks
+    /// kept apart.
+    fn in_heap(&self, r: &Region) -> bool {
+        !r.thread_stack || self.thread_stacks_in_heap
+    }
+
+    fn region_added(&mut self, r: &Region) {
+        if r.thread_stack {
+            self.thread_stacks.add(r.alloc.size);
+        }
+        if self.in_heap(r) {
+            self.add_live(r.alloc);
+        }
+    }
+
+    fn region_removed(&mut self, r: &Region) {
+        if r.thread_stack {
+            self.thread_stacks.sub(r.alloc.size);
+        }
+        if self.in_heap(r) {
+            self.remove_live(&r.alloc);
         }
     }
 
     /// Removes `[start, end)` from the tracked mappings, keeping the parts
     /// of each mapping outside it. Returns the removed parts.
-    fn unmap(&mut self, start: u64, end: u64) -> Vec<Removed> {
-        let overlapping: Vec<u64> = self
-            .regions
-            .range(..end)
-            .rev()
-            .take_while(|(s, r)| *s + r.size > start)
-            .map(|(s, _)| *s)
-            .collect();
-        let mut removed = Vec::new();
-        for s in overlapping {
-            let Some(r) = self.regions.remove(&s) else {
-                continue;
-            };
-            self.remove_live(&r);
-            let e = s + r.size;
-            for (keep_start, keep_end) in [(s, start.max(s)), (end.min(e), e)] {
-                if keep_end > keep_start {
-                    let kept = Allocation {
-                        size: keep_end - keep_start,
-                        ..r
-                    };
-                    self.regions.insert(keep_start, kept);
-                    self.add_live(kept);
-                }
-            }
-            removed.push(Removed {
-                region: Allocation {
-                    size: end.min(e) - start.max(s),
-                    ..r
-                },
-            });
+    fn unmap(&mut self, start: u64, end: u64) -> Vec<Region> {
+        let cut = self.regions.cut(start, end);
+        for r in &cut.before {
+            self.region_removed(r);
         }
-        removed
+        for r in &cut.kept {
+            self.region_added(r);
+        }
+        cut.removed
     }
 
-    fn map(&mut self, addr: u64, a: Allocation) {
+    /// Counts the parts an unmap or a remap took away as freed.
+    fn count_unmapped(&mut self, removed: &[Region]) {
+        for r in removed {
+            if self.in_heap(r) {
+                self.count_free(&r.alloc);
+            }
+        }
+    }
+
+    fn map(&mut self, addr: u64, r: Region) {
         // A mapping over tracked ones (MAP_FIXED) replaces them.
-        self.unmap(addr, addr.saturating_add(a.size));
-        self.count_alloc(&a);
-        self.regions.insert(addr, a);
-        self.add_live(a);
+        self.unmap(addr, addr.saturating_add(r.alloc.size));
+        if self.in_heap(&r) {
+            self.count_alloc(&r.alloc);
+        }
+        self.regions.insert(addr, r);
+        self.region_added(&r);
     }
 
     pub(super) fn apply(&mut self, event: &HeapEvent) {
@@ -210,6 +248,11 @@ impl ProcessHeap {
 
     fn apply_kind(&mut self, event: &HeapEvent) {
         let (tid, ts_ns) = (event.tid, event.ts_ns);
+        let last_free = match event.kind {
+            EventKind::Free { addr } => self.last_free.insert(tid, addr),
+            EventKind::Alloc(_) | EventKind::Realloc { .. } => self.last_free.remove(&tid),
+            _ => None,
+        };
         let made = |b: Block| Allocation {
             size: b.size,
             count: b.count,
@@ -219,7 +262,9 @@ impl ProcessHeap {
         };
         if let Some(change) = event.kind.block_change() {
             if let Some(addr) = change.freed {
-                self.free(addr);
+                let repeat =
+                    matches!(event.kind, EventKind::Free { .. }) && last_free == Some(addr);
+                self.free(addr, repeat);
             }
             if let Some(block) = change.made {
                 self.alloc(block.addr, made(block));
@@ -234,7 +279,18 @@ impl ProcessHeap {
             tid,
         };
         match event.kind {
-            EventKind::Map { addr, len, stack } => self.map(addr, mapped(len, stack)),
+            EventKind::Map {
+                addr,
+                len,
+                stack,
+                thread_stack,
+            } => self.map(
+                addr,
+                Region {
+                    alloc: mapped(len, stack),
+                    thread_stack,
+                },
+            ),
             EventKind::Remap {
                 old_addr,
                 old_len,
@@ -246,10 +302,13 @@ impl ProcessHeap {
                 // was mapped before tracing, or from a file.
                 let removed = self.unmap(old_addr, old_addr.saturating_add(old_len));
                 if !removed.is_empty() {
-                    for r in &removed {
-                        self.count_free(&r.region);
-                    }
-                    self.map(addr, mapped(len, stack));
+                    self.count_unmapped(&removed);
+                    // A thread stack moved is still one.
+                    let region = Region {
+                        alloc: mapped(len, stack),
+                        thread_stack: removed.iter().any(|r| r.thread_stack),
+                    };
+                    self.map(addr, region);
                 }
             }
             EventKind::Unmap { addr, len } => {
@@ -257,9 +316,7 @@ impl ProcessHeap {
                 if removed.is_empty() {
                     self.totals.unmatched_unmaps += 1;
                 }
-                for r in &removed {
-                    self.count_free(&r.region);
-                }
+                self.count_unmapped(&removed);
             }
             EventKind::Exiting { reason } => {
                 if self.exit.is_none() {
@@ -267,6 +324,7 @@ impl ProcessHeap {
                         ts_ns,
                         reason,
                         allocations: self.live().copied().collect(),
+                        thread_stacks: self.thread_stacks,
                     });
                 }
             }

@@ -1,5 +1,5 @@
 use crate::event::{Block, EventKind, ExitReason, HeapEvent, Pid, StackId, Tid};
-use crate::model::heap::{HeapModel, Peak};
+use crate::model::heap::{HeapModel, Peak, ThreadStacks};
 
 const PID: Pid = 7;
 const S1: StackId = StackId(1);
@@ -32,8 +32,33 @@ fn free(addr: u64) -> HeapEvent {
 }
 
 fn map(addr: u64, len: u64, stack: StackId) -> HeapEvent {
-    on(PID, 0, EventKind::Map { addr, len, stack })
+    on(
+        PID,
+        0,
+        EventKind::Map {
+            addr,
+            len,
+            stack,
+            thread_stack: false,
+        },
+    )
 }
+
+/// A thread stack as glibc maps it: 8 MiB and a guard page.
+fn map_stack(addr: u64, stack: StackId) -> HeapEvent {
+    on(
+        PID,
+        0,
+        EventKind::Map {
+            addr,
+            len: STACK_LEN,
+            stack,
+            thread_stack: true,
+        },
+    )
+}
+
+const STACK_LEN: u64 = 8_392_704;
 
 fn unmap(addr: u64, len: u64) -> HeapEvent {
     on(PID, 0, EventKind::Unmap { addr, len })
@@ -242,4 +267,112 @@ fn exit_snapshot_keeps_the_leaks_freed_by_teardown() {
     let snap = p.exit_snapshot().expect("snapshot");
     assert_eq!((snap.ts_ns, snap.reason), (3, ExitReason::PyFinalize));
     assert_eq!(p.leak_set().iter().map(|a| a.size).sum::<u64>(), 300);
+}
+
+#[test]
+fn a_free_passed_twice_by_its_thread_is_one_free() {
+    // glibc 2.43: a thread's first free sets up the thread's arena (and
+    // trims its reservation) and re-enters free with the same pointer.
+    let m = model(&[
+        with_tid(1, alloc(0x1000, 100, S1, 1)),
+        with_tid(1, free(0x1000)),
+        with_tid(1, unmap(0x7000_0000, 0x100_0000)),
+        with_tid(1, free(0x1000)),
+    ]);
+    let t = *m.process(PID).expect("process").totals();
+    assert_eq!((t.frees, t.unmatched_frees, t.live_bytes), (1, 0, 0));
+    // Another thread's allocation at the address in between: a free of it.
+    let m = model(&[
+        with_tid(2, alloc(0x1000, 100, S1, 1)),
+        with_tid(1, free(0x1000)),
+        with_tid(2, alloc(0x1000, 100, S1, 2)),
+        with_tid(1, free(0x1000)),
+    ]);
+    let t = *m.process(PID).expect("process").totals();
+    assert_eq!((t.frees, t.unmatched_frees, t.live_bytes), (2, 0, 0));
+    // An allocation of the thread in between: an unmatched free.
+    let m = model(&[
+        with_tid(1, alloc(0x1000, 100, S1, 1)),
+        with_tid(1, free(0x1000)),
+        with_tid(1, alloc(0x2000, 100, S1, 2)),
+        with_tid(1, free(0x1000)),
+    ]);
+    assert_eq!(m.process(PID).expect("process").totals().unmatched_frees, 1);
+}
+
+#[test]
+fn thread_stacks_are_kept_apart_from_the_heap() {
+    let events = [
+        alloc(0x1000, 100, S1, 1),
+        map_stack(0x7000_0000, S2),
+        map_stack(0x8000_0000, S2),
+        // One thread's stack is unmapped, the other kept for the next thread.
+        unmap(0x7000_0000, STACK_LEN),
+        on(
+            PID,
+            5,
+            EventKind::Exiting {
+                reason: ExitReason::LibcExit,
+            },
+        ),
+        unmap(0x8000_0000, STACK_LEN),
+    ];
+    let m = model(&events);
+    let p = m.process(PID).expect("process");
+    let t = p.totals();
+    assert_eq!((t.allocs, t.frees, t.bytes_allocated), (1, 0, 100));
+    assert_eq!((t.live_bytes, p.peak().bytes), (100, 100));
+    assert_eq!(t.unmatched_unmaps, 0, "their unmaps are theirs");
+    assert!(p.stacks().get(&S2).is_none());
+    assert_eq!(p.leak_set().len(), 1);
+    // At the exit, one stack was still mapped.
+    assert_eq!(
+        p.thread_stacks(),
+        ThreadStacks {
+            count: 1,
+            bytes: STACK_LEN
+        }
+    );
+
+    // Included: a mapping like any other.
+    let mut m = HeapModel::with_peak_stacks().including_thread_stacks(true);
+    for e in &events {
+        m.apply(e);
+    }
+    let p = m.process(PID).expect("process");
+    let t = p.totals();
+    assert_eq!((t.allocs, t.frees), (3, 2));
+    assert_eq!(p.peak().bytes, 100 + 2 * STACK_LEN);
+    let mut leaks: Vec<u64> = p.leak_set().iter().map(|a| a.size).collect();
+    leaks.sort_unstable();
+    assert_eq!(leaks, [100, STACK_LEN]);
+    assert_eq!(p.thread_stacks().count, 1);
+}
+
+#[test]
+fn a_thread_stack_moved_or_trimmed_stays_one() {
+    let m = model(&[
+        map_stack(0x7000_0000, S2),
+        on(
+            PID,
+            0,
+            EventKind::Remap {
+                old_addr: 0x7000_0000,
+                old_len: STACK_LEN,
+                addr: 0x9000_0000,
+                len: STACK_LEN,
+                stack: S1,
+            },
+        ),
+        unmap(0x9000_0000, 4096),
+    ]);
+    let p = m.process(PID).expect("process");
+    assert_eq!(p.totals().live_bytes, 0);
+    assert_eq!(
+        p.thread_stacks(),
+        ThreadStacks {
+            count: 1,
+            bytes: STACK_LEN - 4096
+        }
+    );
 }

@@ -26,6 +26,8 @@ pub struct Options {
     pub view: View,
     pub min_age_ns: u64,
     pub temporary: Temporary,
+    /// Rank thread stacks with the other mappings instead of apart.
+    pub include_thread_stacks: bool,
 }
 
 /// Bytes and allocations of one (process, stack).
@@ -39,7 +41,8 @@ pub struct Group {
 /// Every report of a capture. Stacks the capture does not define (cut
 /// short before they were written) say so.
 pub fn analyze(contents: &Contents, options: &Options) -> Report {
-    let mut heap = HeapModel::with_peak_stacks();
+    let mut heap =
+        HeapModel::with_peak_stacks().including_thread_stacks(options.include_thread_stacks);
     let mut temporaries = temporary::Temporaries::new(options.temporary);
     contents.events.each(&mut |e| {
         heap.apply(e);
@@ -76,15 +79,16 @@ pub fn analyze(contents: &Contents, options: &Options) -> Report {
         .values()
         // --all: a process found but gone before it allocated anything.
         .filter(|p| p.explicit || heap.process(p.pid).is_some())
-        .map(|p| ProcessReport {
-            info: p.clone(),
-            leaks_taken: heap
-                .process(p.pid)
-                .and_then(|h| h.exit_snapshot())
-                .map(|s| LeaksTaken {
+        .map(|p| {
+            let process = heap.process(p.pid);
+            ProcessReport {
+                info: p.clone(),
+                leaks_taken: process.and_then(|h| h.exit_snapshot()).map(|s| LeaksTaken {
                     reason: s.reason,
                     at_s: since_start(s.ts_ns),
                 }),
+                thread_stacks: process.map(|h| h.thread_stacks()).unwrap_or_default(),
+            }
         })
         .collect();
     Report {
@@ -93,6 +97,7 @@ pub fn analyze(contents: &Contents, options: &Options) -> Report {
         totals,
         counters,
         min_age_s: options.min_age_ns as f64 / 1e9,
+        thread_stacks_included: options.include_thread_stacks,
         leaks,
         hotspots,
         summary: summary::summaries(&heap, contents.start_ns),
@@ -401,9 +406,9 @@ mod tests {
         assert_eq!(counters.get(counters::IMPLIED_FREES), 0);
     }
 
-    #[test]
-    fn a_capture_becomes_one_report() {
-        let def = |name: &str| StackDef {
+    /// A stack of one libc frame, `name`.
+    fn def(name: &str) -> StackDef {
+        StackDef {
             native: vec![Frame {
                 kind: FrameKind::Native,
                 function: name.into(),
@@ -417,7 +422,11 @@ mod tests {
             native_truncated: false,
             python: vec![],
             python_truncated: false,
-        };
+        }
+    }
+
+    #[test]
+    fn a_capture_becomes_one_report() {
         let contents = Contents {
             start_ns: 0,
             end_ns: 10_000,
@@ -444,6 +453,7 @@ mod tests {
                 view: View::Mixed,
                 min_age_ns: 0,
                 temporary: Temporary::Within { ns: 550 },
+                include_thread_stacks: false,
             },
         );
         assert_eq!(report.leaks[0].bytes, 1000);
@@ -462,5 +472,64 @@ mod tests {
         let taken = report.process(2).and_then(|p| p.leaks_taken).expect("exit");
         assert_eq!(taken.reason, ExitReason::LibcExit);
         assert_eq!(report.totals.live_bytes, 1250);
+    }
+
+    #[test]
+    fn thread_stacks_are_counted_apart_unless_included() {
+        // A worker's finished stack, kept mapped by glibc, beside a leak.
+        let stack_map = ev(
+            1,
+            500,
+            EventKind::Map {
+                addr: 0x7000_0000,
+                len: 8_392_704,
+                stack: StackId(9),
+                thread_stack: true,
+            },
+        );
+        let contents = Contents {
+            start_ns: 0,
+            end_ns: 10_000,
+            processes: [(
+                1,
+                ProcessInfo {
+                    pid: 1,
+                    explicit: true,
+                    ..ProcessInfo::default()
+                },
+            )]
+            .into(),
+            events: crate::capture::Events::Memory(vec![alloc(1, 0x10, 4130, 1, 1_000), stack_map]),
+            stacks: [(StackId(1), def("malloc")), (StackId(9), def("mmap"))].into(),
+            ..Contents::default()
+        };
+        let report_with = |include_thread_stacks| {
+            analyze(
+                &contents,
+                &Options {
+                    view: View::Mixed,
+                    min_age_ns: 0,
+                    temporary: Temporary::Within { ns: 1 },
+                    include_thread_stacks,
+                },
+            )
+        };
+        let apart = report_with(false);
+        let bytes = |list: &[Entry]| list.iter().map(|e| e.bytes).collect::<Vec<_>>();
+        assert_eq!(bytes(&apart.leaks), [4130]);
+        assert_eq!(bytes(&apart.hotspots), [4130]);
+        assert_eq!(bytes(&apart.history.peak), [4130]);
+        assert_eq!(apart.totals.live_bytes, 4130);
+        assert_eq!(apart.summary[0].activity.peak_bytes, 4130);
+        let stacks = apart.processes[0].thread_stacks;
+        assert_eq!((stacks.count, stacks.bytes), (1, 8_392_704));
+        assert!(!apart.thread_stacks_included);
+
+        let included = report_with(true);
+        assert_eq!(bytes(&included.leaks), [8_392_704, 4130]);
+        assert_eq!(bytes(&included.hotspots), [8_392_704, 4130]);
+        assert_eq!(bytes(&included.history.peak), [8_392_704, 4130]);
+        assert_eq!(included.processes[0].thread_stacks.count, 1);
+        assert!(included.thread_stacks_included);
     }
 }

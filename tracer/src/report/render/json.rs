@@ -23,6 +23,9 @@ struct Json<'a> {
     totals: Totals,
     counters: &'a Counters,
     min_age_s: f64,
+    /// Thread stacks are ranked with the other mappings
+    /// (`--include-thread-stacks`).
+    include_thread_stacks: bool,
     leaks: Vec<JsonEntry<'a>>,
     hotspots: Vec<JsonEntry<'a>>,
     /// What needs the whole sequence of events.
@@ -52,9 +55,19 @@ struct Process<'a> {
     exit_status: Option<&'a str>,
     /// Allocated, freed, live, leaked and peak bytes, and by thread.
     summary: Option<&'a ProcessSummary>,
+    /// Mapped when the leak set was taken; not in the heap's figures
+    /// unless `include_thread_stacks`.
+    thread_stacks: ThreadStacks,
     /// This process's own top entries.
     leaks: Vec<JsonEntry<'a>>,
     hotspots: Vec<JsonEntry<'a>>,
+}
+
+#[derive(Serialize)]
+struct ThreadStacks {
+    count: u64,
+    /// Guard pages included.
+    bytes: u64,
 }
 
 #[derive(Serialize)]
@@ -153,6 +166,10 @@ pub fn render(report: &Report, options: &Options) -> io::Result<Vec<u8>> {
                     leaks_taken_at_s: p.leaks_taken.map(|t| t.at_s),
                     exit_status: p.info.exit_status.as_deref(),
                     summary: report.summary_of(pid),
+                    thread_stacks: ThreadStacks {
+                        count: p.thread_stacks.count,
+                        bytes: p.thread_stacks.bytes,
+                    },
                     leaks: entries(report, &report.leaks, top, |e| e.pid == pid),
                     hotspots: entries(report, &report.hotspots, top, |e| e.pid == pid),
                 }
@@ -170,6 +187,7 @@ pub fn render(report: &Report, options: &Options) -> io::Result<Vec<u8>> {
         },
         counters: c,
         min_age_s: report.min_age_s,
+        include_thread_stacks: report.thread_stacks_included,
         leaks: entries(report, &report.leaks, top, |_| true),
         hotspots: entries(report, &report.hotspots, top, |_| true),
         history: JsonHistory {
@@ -218,6 +236,7 @@ mod tests {
                     ..ProcessInfo::default()
                 },
                 leaks_taken: None,
+                ..ProcessReport::default()
             }],
             totals: Totals {
                 allocs: 2,
@@ -232,6 +251,7 @@ mod tests {
                 c
             },
             min_age_s: 0.0,
+            thread_stacks_included: false,
             leaks: vec![entry(20), entry(10)],
             hotspots: vec![entry(20), entry(10)],
             summary: vec![],
@@ -257,5 +277,10 @@ mod tests {
         assert_eq!(v["processes"][0]["leaks_taken_at"], serde_json::Value::Null);
         assert_eq!(v["leaks"][0]["command"], "cmd");
         assert_eq!(v["processes"][0]["leaks"].as_array().map(Vec::len), Some(1));
+        assert_eq!(
+            v["processes"][0]["thread_stacks"],
+            serde_json::json!({"count": 0, "bytes": 0})
+        );
+        assert_eq!(v["include_thread_stacks"], false);
     }
 }

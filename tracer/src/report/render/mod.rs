@@ -113,10 +113,12 @@ pub(crate) mod tests {
                     ..ProcessInfo::default()
                 },
                 leaks_taken: None,
+                ..ProcessReport::default()
             }],
             totals: Totals::default(),
             counters: Counters::default(),
             min_age_s: 0.0,
+            thread_stacks_included: false,
             leaks: leaks.to_vec(),
             hotspots: vec![],
             summary: vec![],

@@ -141,6 +141,18 @@ fn text(report: &Report, sections: &[Section], top: usize) -> String {
         for note in &info.notes {
             let _ = writeln!(out, "   note: {note}");
         }
+        let stacks = p.thread_stacks;
+        let _ = writeln!(
+            out,
+            "   thread stacks: {}, {} reserved{}",
+            grouped(stacks.count),
+            human_bytes(stacks.bytes),
+            if report.thread_stacks_included {
+                " (ranked with the other mappings: --include-thread-stacks)"
+            } else {
+                ""
+            }
+        );
         for section in sections {
             write_section(&mut out, report, info.pid, *section, top);
         }
@@ -242,6 +254,7 @@ mod tests {
     use crate::{
         counters::Counters,
         frame::FrameKind,
+        model::heap::ThreadStacks,
         process::ProcessInfo,
         report::{History, LeaksTaken, ProcessReport, Totals},
     };
@@ -283,6 +296,10 @@ mod tests {
                     reason: ExitReason::PyFinalize,
                     at_s: 1.25,
                 }),
+                thread_stacks: ThreadStacks {
+                    count: 2,
+                    bytes: 2 * 8_392_704,
+                },
             }],
             totals: Totals {
                 allocs: 3,
@@ -293,6 +310,7 @@ mod tests {
             },
             counters: Counters::default(),
             min_age_s: 0.0,
+            thread_stacks_included: false,
             leaks: vec![Entry {
                 pid: 42,
                 bytes: 2048,
@@ -310,7 +328,7 @@ mod tests {
         let text = text(&report, &super::super::RECORD_SECTIONS, 10);
         assert!(
             text.contains(
-                "== pid 42  python3 leak.py\n   CPython 3.11 (/usr/bin/python3.11); leaks taken at Py_FinalizeEx, 1.25 s; exited with status 0\n   note: a note\n"
+                "== pid 42  python3 leak.py\n   CPython 3.11 (/usr/bin/python3.11); leaks taken at Py_FinalizeEx, 1.25 s; exited with status 0\n   note: a note\n   thread stacks: 2, 16.01 MiB reserved\n"
             ),
             "{text}"
         );

@@ -14,47 +14,57 @@ use log::{debug, info, warn};
 
 use tracer_common::func;
 
-use super::{How, Placement, Programs, placement};
+use super::{
+    How, Placement, Programs,
+    placement::{self, Arguments},
+};
 use crate::{
     elf::ElfFile,
     proc_maps::{FileId, Mapping, ProcessMaps, mapped_file_path},
 };
 
 /// An allocation function: its symbol, the program that records its entry,
+/// the arguments that program reads (which its probe must see as passed),
 /// and whether its return is probed (to learn the pointer).
 struct AllocFunction {
     symbol: &'static str,
     program: &'static str,
+    args: Arguments,
     returns: bool,
     /// Called often enough that a single-stepped probe matters.
     hot: bool,
 }
 
-const fn entry(symbol: &'static str, program: &'static str, hot: bool) -> AllocFunction {
+const fn entry(
+    symbol: &'static str,
+    program: &'static str,
+    args: usize,
+    hot: bool,
+) -> AllocFunction {
     AllocFunction {
         symbol,
         program,
+        args: Arguments::first(args),
         returns: true,
         hot,
     }
 }
 
-/// The libc allocation family. `free` has no return probe and is the only
-/// one whose NULL argument does nothing, so the only one whose probe may skip
-/// a NULL check.
+/// The libc allocation family. `free` has no return probe.
 const ALLOC_FUNCTIONS: [AllocFunction; 10] = [
-    entry("malloc", "malloc_entry", true),
-    entry("calloc", "calloc_entry", true),
-    entry("realloc", "realloc_entry", true),
-    entry("reallocarray", "reallocarray_entry", false),
-    entry("posix_memalign", "posix_memalign_entry", false),
-    entry("aligned_alloc", "memalign_entry", false),
-    entry("memalign", "memalign_entry", false),
-    entry("valloc", "valloc_entry", false),
-    entry("pvalloc", "pvalloc_entry", false),
+    entry("malloc", "malloc_entry", 1, true),
+    entry("calloc", "calloc_entry", 2, true),
+    entry("realloc", "realloc_entry", 2, true),
+    entry("reallocarray", "reallocarray_entry", 3, false),
+    entry("posix_memalign", "posix_memalign_entry", 3, false),
+    entry("aligned_alloc", "memalign_entry", 2, false),
+    entry("memalign", "memalign_entry", 2, false),
+    entry("valloc", "valloc_entry", 1, false),
+    entry("pvalloc", "pvalloc_entry", 1, false),
     AllocFunction {
         symbol: "free",
         program: "free_entry",
+        args: Arguments::first(1),
         returns: false,
         hot: true,
     },
@@ -70,6 +80,9 @@ struct PyAllocFunction {
     symbol: &'static str,
     program: &'static str,
     func: u32,
+    /// The arguments its program reads, after the context pointer if
+    /// `context_first`.
+    args: Arguments,
     context_first: bool,
 }
 
@@ -77,12 +90,19 @@ const fn pyalloc(
     symbol: &'static str,
     program: &'static str,
     func: u32,
+    args: usize,
     context_first: bool,
 ) -> PyAllocFunction {
+    let read = Arguments::first(args);
     PyAllocFunction {
         symbol,
         program,
         func,
+        args: if context_first {
+            read.after_context()
+        } else {
+            read
+        },
         context_first,
     }
 }
@@ -92,44 +112,56 @@ const PYMALLOC_FUNCTIONS: [PyAllocFunction; 12] = [
         "PyObject_Malloc",
         "malloc_entry",
         func::PYOBJECT_MALLOC,
+        1,
         false,
     ),
     pyalloc(
         "PyObject_Calloc",
         "calloc_entry",
         func::PYOBJECT_CALLOC,
+        2,
         false,
     ),
     pyalloc(
         "PyObject_Realloc",
         "realloc_entry",
         func::PYOBJECT_REALLOC,
+        2,
         false,
     ),
-    pyalloc("PyObject_Free", "free_entry", 0, false),
-    pyalloc("PyMem_Malloc", "malloc_entry", func::PYMEM_MALLOC, false),
-    pyalloc("PyMem_Calloc", "calloc_entry", func::PYMEM_CALLOC, false),
-    pyalloc("PyMem_Realloc", "realloc_entry", func::PYMEM_REALLOC, false),
-    pyalloc("PyMem_Free", "free_entry", 0, false),
+    pyalloc("PyObject_Free", "free_entry", 0, 1, false),
+    pyalloc("PyMem_Malloc", "malloc_entry", func::PYMEM_MALLOC, 1, false),
+    pyalloc("PyMem_Calloc", "calloc_entry", func::PYMEM_CALLOC, 2, false),
+    pyalloc(
+        "PyMem_Realloc",
+        "realloc_entry",
+        func::PYMEM_REALLOC,
+        2,
+        false,
+    ),
+    pyalloc("PyMem_Free", "free_entry", 0, 1, false),
     pyalloc(
         "_PyObject_Malloc",
         "malloc_entry",
         func::PYOBJECT_MALLOC,
+        1,
         true,
     ),
     pyalloc(
         "_PyObject_Calloc",
         "calloc_entry",
         func::PYOBJECT_CALLOC,
+        2,
         true,
     ),
     pyalloc(
         "_PyObject_Realloc",
         "realloc_entry",
         func::PYOBJECT_REALLOC,
+        2,
         true,
     ),
-    pyalloc("_PyObject_Free", "free_entry", 0, true),
+    pyalloc("_PyObject_Free", "free_entry", 0, 1, true),
 ];
 
 /// Whether `name` is `symbol` or an LTO-privatised copy of it (`symbol.lto_priv.N`).
@@ -325,7 +357,7 @@ fn attach_pymalloc(
         }
         probed_addresses.push(found.address);
         let returns = f.program != "free_entry";
-        let place = placement::choose(elf.bytes_at(file_offset, 32), !returns);
+        let place = placement::choose(elf.bytes_at(file_offset, 32), f.args);
         let cookie = u64::from(f.func) | u64::from(f.context_first) << 32;
         // The return probe first, as for libc's functions.
         if returns {
@@ -369,12 +401,12 @@ fn attach_allocators(
             continue;
         }
         let code = elf.bytes_at(func.file_offset, 32);
-        let place = placement::choose(code, !f.returns);
+        let place = placement::choose(code, f.args);
         if f.returns {
-            // Never past a NULL check here, so the return address is still
-            // at the stack pointer where the entry probe sits. Attached
-            // first: in a running process, an entry seen without its return
-            // would leave the thread's call in flight.
+            // At the entry probe's place, where the return address is still
+            // at the stack pointer (placement.rs). Attached first: in a
+            // running process, an entry seen without its return would leave
+            // the thread's call in flight.
             programs.attach("alloc_return", path, func.file_offset + place.offset, None)?;
         }
         programs.attach(f.program, path, func.file_offset + place.offset, None)?;
@@ -388,7 +420,7 @@ fn attach_allocators(
     }
     if !single_stepped_hot.is_empty() {
         warn!(
-            "{}: probes on {} are single-stepped by the kernel (no emulated instruction at their entry): expect about 10 µs per call",
+            "{}: probes on {} are single-stepped by the kernel (no emulated instruction in their entry block before their arguments change): expect about 10 µs per call",
             elf.path(),
             single_stepped_hot.join(", ")
         );

@@ -4,21 +4,67 @@
 //! few instructions in the trap handler (`push reg`, its nop patterns,
 //! `jmp`/`call`/`jcc` with relative targets) and single-steps every other one
 //! out of line, which costs about 12x more here (see docs/probes.md). So the
-//! probe goes on the first instruction that the kernel emulates *and* that
-//! still sees the function's arguments and return address untouched:
+//! probe goes on the first instruction of the function's entry block that the
+//! kernel emulates, if every instruction before it leaves what the probes
+//! read as the call found it:
 //!
-//! 1. a leading `endbr64` (a no-op without user-space IBT) is skipped;
-//! 2. if the instruction there is emulated, the probe goes there;
-//! 3. for functions where a NULL first argument does nothing (`free`), a
-//!    leading `test rdi, rdi; je ...` is skipped: every non-NULL call passes
-//!    through its fall-through with all registers unchanged;
-//! 4. otherwise the probe stays at the entry and is single-stepped.
+//! - the stack pointer: the entry program reads the return address there and
+//!   the return probe (attached at the same place) replaces it there;
+//! - the frame pointer, where the frame walk starts;
+//! - the function's argument registers, which the entry program reads;
+//!
+//! and neither writes memory nor branches, so that every call reaches the
+//! probe having done nothing the function's caller could tell. A leading
+//! `endbr64`, a `test`/`cmp`, a `mov` into a scratch register all qualify:
+//! glibc 2.43's `malloc` (`test rdi,rdi; js`) is probed on its `js`, its
+//! `free` on the `je` of its NULL check (`free(NULL)` then traps too, and
+//! the program ignores it). If none qualifies the probe stays on the entry,
+//! single-stepped.
 
 use std::fmt;
 
 use iced_x86::{
-    Code, Decoder, DecoderOptions, Formatter as _, Instruction, IntelFormatter, Register,
+    Code, Decoder, DecoderOptions, FlowControl, Formatter as _, Instruction,
+    InstructionInfoFactory, IntelFormatter, OpAccess, Register,
 };
+
+/// System V's integer argument registers, in order.
+const ARGUMENT_REGISTERS: [Register; 6] = [
+    Register::RDI,
+    Register::RSI,
+    Register::RDX,
+    Register::RCX,
+    Register::R8,
+    Register::R9,
+];
+
+/// The integer arguments a function's entry program reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Arguments {
+    /// Arguments passed before the first one read (a context pointer: 1).
+    pub skipped: usize,
+    pub read: usize,
+}
+
+impl Arguments {
+    /// The first `read` arguments.
+    pub const fn first(read: usize) -> Self {
+        Self { skipped: 0, read }
+    }
+
+    /// The same arguments after a context pointer passed first.
+    pub const fn after_context(self) -> Self {
+        Self {
+            skipped: self.skipped + 1,
+            read: self.read,
+        }
+    }
+
+    fn registers(self) -> &'static [Register] {
+        let end = (self.skipped + self.read).min(ARGUMENT_REGISTERS.len());
+        &ARGUMENT_REGISTERS[self.skipped.min(end)..end]
+    }
+}
 
 /// The chosen place, as an offset from the function's first byte.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,10 +77,9 @@ pub struct Placement {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum How {
-    /// On an emulated instruction at the entry (or right after `endbr64`).
-    Emulated,
-    /// On an emulated instruction after a NULL check of the first argument.
-    AfterNullCheck,
+    /// On an emulated instruction, after `past` instructions that leave
+    /// the call as it was.
+    Emulated { past: usize },
     /// On the entry, which the kernel single-steps.
     SingleStepped,
 }
@@ -42,76 +87,84 @@ pub enum How {
 impl fmt::Display for Placement {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let how = match self.how {
-            How::Emulated => "emulated",
-            How::AfterNullCheck => "emulated, past the NULL check",
-            How::SingleStepped => "single-stepped",
+            How::Emulated { past: 0 } => "emulated".to_owned(),
+            How::Emulated { past: 1 } => "emulated, past 1 instruction".to_owned(),
+            How::Emulated { past } => format!("emulated, past {past} instructions"),
+            How::SingleStepped => "single-stepped".to_owned(),
         };
         write!(f, "+{} ({}; {how})", self.offset, self.instruction)
     }
 }
 
-/// Chooses where to probe a function whose code starts with `code` (at least
-/// the first few instructions). `skip_null_check` allows rule 3; it must be
-/// false for a function with a return probe or for which NULL matters.
-pub fn choose(code: &[u8], skip_null_check: bool) -> Placement {
-    let insns = decode(code, 4);
-    let mut i = 0;
-    if insns
-        .first()
-        .is_some_and(|(_, ins)| ins.code() == Code::Endbr64)
-    {
-        i = 1;
-    }
-    let Some((offset, first)) = insns.get(i) else {
-        return Placement {
-            offset: 0,
-            instruction: "(undecodable)".into(),
-            how: How::SingleStepped,
-        };
-    };
-    if is_emulated(code, *offset, first) {
-        return at(*offset, first, How::Emulated);
-    }
-    if skip_null_check
-        && is_null_test_of_rdi(first)
-        && let Some((_, jump)) = insns.get(i + 1)
-        && matches!(jump.code(), Code::Je_rel8_64 | Code::Je_rel32_64)
-        && let Some((next_offset, next)) = insns.get(i + 2)
-        && is_emulated(code, *next_offset, next)
-    {
-        return at(*next_offset, next, How::AfterNullCheck);
-    }
-    let (offset, entry) = &insns[0];
-    at(*offset, entry, How::SingleStepped)
-}
-
-fn decode(code: &[u8], max: usize) -> Vec<(u64, Instruction)> {
+/// Chooses where to probe a function whose code starts with `code` (its
+/// first few dozen bytes) and whose entry program reads `args`.
+pub fn choose(code: &[u8], args: Arguments) -> Placement {
+    let kept = args.registers();
+    let mut info = InstructionInfoFactory::new();
     let mut decoder = Decoder::with_ip(64, code, 0, DecoderOptions::NONE);
-    let mut out = Vec::with_capacity(max);
-    while decoder.can_decode() && out.len() < max {
+    let mut entry = None;
+    let mut past = 0;
+    while decoder.can_decode() {
+        // An instruction cut off by the end of `code` decodes as invalid.
         let ins = decoder.decode();
         if ins.is_invalid() {
             break;
         }
-        out.push((ins.ip(), ins));
+        entry.get_or_insert(ins);
+        if is_emulated(code, &ins) {
+            return at(&ins, How::Emulated { past });
+        }
+        if !leaves_the_call(&mut info, &ins, kept) {
+            break;
+        }
+        past += 1;
     }
-    out
+    match entry {
+        Some(ins) => at(&ins, How::SingleStepped),
+        None => Placement {
+            offset: 0,
+            instruction: "(undecodable)".into(),
+            how: How::SingleStepped,
+        },
+    }
 }
 
-fn at(offset: u64, ins: &Instruction, how: How) -> Placement {
+fn at(ins: &Instruction, how: How) -> Placement {
     let mut text = String::new();
     IntelFormatter::new().format(ins, &mut text);
     Placement {
-        offset,
+        offset: ins.ip(),
         instruction: text,
         how,
     }
 }
 
-fn is_null_test_of_rdi(ins: &Instruction) -> bool {
-    ins.code() == Code::Test_rm64_r64
-        && ins.op0_register() == Register::RDI
-        && ins.op1_register() == Register::RDI
+fn writes(access: OpAccess) -> bool {
+    matches!(
+        access,
+        OpAccess::Write | OpAccess::CondWrite | OpAccess::ReadWrite | OpAccess::ReadCondWrite
+    )
+}
+
+/// Whether `ins` goes on to the next instruction without writing memory,
+/// the stack or frame pointer, or any of `kept` (a write to a part of a
+/// register is a write to it).
+fn leaves_the_call(
+    info: &mut InstructionInfoFactory,
+    ins: &Instruction,
+    kept: &[Register],
+) -> bool {
+    if ins.flow_control() != FlowControl::Next {
+        return false;
+    }
+    let info = info.info(ins);
+    let writes_memory = info.used_memory().iter().any(|m| writes(m.access()));
+    let writes_kept = info.used_registers().iter().any(|r| {
+        let full = r.register().full_register();
+        writes(r.access())
+            && (full == Register::RSP || full == Register::RBP || kept.contains(&full))
+    });
+    !writes_memory && !writes_kept
 }
 
 /// The kernel's own nop patterns (arch/x86/include/asm/nops.h, x86_nops),
@@ -129,8 +182,8 @@ const KERNEL_NOPS: [&[u8]; 8] = [
 
 /// Whether arch/x86/kernel/uprobes.c emulates `ins` (push_setup_xol_ops,
 /// branch_setup_xol_ops) instead of single-stepping it.
-fn is_emulated(code: &[u8], offset: u64, ins: &Instruction) -> bool {
-    let Ok(start) = usize::try_from(offset) else {
+fn is_emulated(code: &[u8], ins: &Instruction) -> bool {
+    let Ok(start) = usize::try_from(ins.ip()) else {
         return false;
     };
     let Some(bytes) = code.get(start..start + ins.len()) else {
@@ -148,70 +201,5 @@ fn is_emulated(code: &[u8], offset: u64, ins: &Instruction) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn push_at_entry_is_emulated() {
-        // glibc 2.36 malloc: push r12; push rbp
-        let p = choose(&[0x41, 0x54, 0x55, 0x53], false);
-        assert_eq!((p.offset, p.how), (0, How::Emulated));
-        assert_eq!(p.instruction, "push r12");
-    }
-
-    #[test]
-    fn free_goes_past_its_null_check() {
-        // glibc 2.36 free: test rdi,rdi; je +0xbf; push rbp; lea rsi,[rdi-10h]
-        let code = [
-            0x48, 0x85, 0xff, 0x0f, 0x84, 0xbf, 0x00, 0x00, 0x00, 0x55, 0x48, 0x8d, 0x77, 0xf0,
-        ];
-        let p = choose(&code, true);
-        assert_eq!((p.offset, p.how), (9, How::AfterNullCheck));
-        assert_eq!(p.instruction, "push rbp");
-        // Not allowed to skip: the entry is single-stepped.
-        let p = choose(&code, false);
-        assert_eq!((p.offset, p.how), (0, How::SingleStepped));
-    }
-
-    #[test]
-    fn endbr64_is_skipped() {
-        // endbr64; push rbp
-        let p = choose(&[0xf3, 0x0f, 0x1e, 0xfa, 0x55, 0x48, 0x89, 0xe5], false);
-        assert_eq!((p.offset, p.how), (4, How::Emulated));
-    }
-
-    #[test]
-    fn other_instructions_are_single_stepped() {
-        // glibc 2.36 aligned_alloc: cmp byte ptr [rip+...],0; je; jmp
-        let code = [0x80, 0x3d, 0x71, 0x0e, 0x14, 0x00, 0x00, 0x74, 0x07];
-        let p = choose(&code, true);
-        assert_eq!((p.offset, p.how), (0, How::SingleStepped));
-        // mov rax, rsi (reallocarray's entry)
-        let p = choose(&[0x48, 0x89, 0xf0, 0x48, 0xf7, 0xe2], false);
-        assert_eq!(p.how, How::SingleStepped);
-    }
-
-    #[test]
-    fn nops_and_branches_are_emulated() {
-        assert_eq!(
-            choose(&[0x0f, 0x1f, 0x44, 0x00, 0x00], false).how,
-            How::Emulated
-        );
-        assert_eq!(
-            choose(&[0xe9, 0x00, 0x01, 0x00, 0x00], false).how,
-            How::Emulated
-        );
-        assert_eq!(choose(&[0x74, 0x07], false).how, How::Emulated);
-        // A non-kernel nop encoding (nop word ptr [rax+rax]) is not.
-        assert_eq!(
-            choose(&[0x66, 0x66, 0x2e, 0x0f, 0x1f, 0x84, 0, 0, 0, 0, 0], false).how,
-            How::SingleStepped
-        );
-    }
-
-    #[test]
-    fn garbage_is_handled() {
-        assert_eq!(choose(&[], false).how, How::SingleStepped);
-        assert_eq!(choose(&[0x0f], false).how, How::SingleStepped);
-    }
-}
+#[path = "placement_tests.rs"]
+mod tests;
