@@ -40,6 +40,9 @@ pub struct ProcessReport {
     pub info: ProcessInfo,
     /// When its leak set was taken, if it began to exit while recorded.
     pub leaks_taken: Option<LeaksTaken>,
+    /// Bytes it inherited from its parent at fork (live in it too, not its
+    /// leaks).
+    pub inherited_bytes: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 pub use process::ProcessHeap;
 
-use crate::event::{ExitReason, HeapEvent, Pid, StackId, Tid};
+use crate::event::{EventKind, ExitReason, HeapEvent, Pid, StackId, Tid};
 
 /// A live allocation or mapping.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,6 +24,9 @@ pub struct Allocation {
     pub stack: StackId,
     pub ts_ns: u64,
     pub tid: Tid,
+    /// Made by the parent before this process was forked: live here too,
+    /// but not this process's leak.
+    pub inherited: bool,
 }
 
 /// Bytes and allocations.
@@ -129,6 +132,14 @@ impl HeapModel {
     }
 
     pub fn apply(&mut self, event: &HeapEvent) {
+        if let EventKind::Fork { parent } = event.kind {
+            let child = match self.processes.get(&parent) {
+                Some(p) => p.forked(event),
+                None => ProcessHeap::new(self.peak_stacks),
+            };
+            self.processes.insert(event.pid, child);
+            return;
+        }
         let peak_stacks = self.peak_stacks;
         self.processes
             .entry(event.pid)

@@ -18,6 +18,8 @@ pub struct ProcessHeap {
     peak: Peak,
     peak_stacks: Option<PeakStacks>,
     exit: Option<ExitSnapshot>,
+    /// What it started with, copied from its parent at fork.
+    inherited: Amount,
 }
 
 /// A part of a mapping that an unmap removed.
@@ -36,7 +38,48 @@ impl ProcessHeap {
             peak: Peak::default(),
             peak_stacks: peak_stacks.then(PeakStacks::default),
             exit: None,
+            inherited: Amount::default(),
         }
+    }
+
+    /// The heap of a child `fork` (its event) made of this process: a copy
+    /// of the live blocks and mappings, inherited, charged to the child's
+    /// first thread; nothing allocated yet.
+    pub(super) fn forked(&self, fork: &HeapEvent) -> Self {
+        let mut child = Self::new(self.peak_stacks.is_some());
+        let inherit = |a: &Allocation| Allocation {
+            tid: fork.tid,
+            inherited: true,
+            ..*a
+        };
+        for (addr, a) in &self.live {
+            let a = inherit(a);
+            child.live.insert(*addr, a);
+            child.add_live(a);
+        }
+        for (addr, a) in &self.regions {
+            let a = inherit(a);
+            child.regions.insert(*addr, a);
+            child.add_live(a);
+        }
+        child.inherited = Amount {
+            bytes: child.totals.live_bytes,
+            count: child.totals.live_count,
+        };
+        child.peak = Peak {
+            bytes: child.totals.live_bytes,
+            ts_ns: fork.ts_ns,
+        };
+        if let Some(p) = &mut child.peak_stacks {
+            p.peak_reached();
+        }
+        child
+    }
+
+    /// What it inherited from its parent at fork (zero if it was not forked
+    /// while traced).
+    pub fn inherited(&self) -> Amount {
+        self.inherited
     }
 
     pub fn totals(&self) -> &Totals {
@@ -73,12 +116,14 @@ impl ProcessHeap {
         self.live.values().chain(self.regions.values())
     }
 
-    /// What the process leaks: the live set when it began to exit if it did,
-    /// else the live set now.
+    /// What the process leaks: its own allocations live when it began to
+    /// exit if it did, else live now (what it inherited at fork is its
+    /// parent's).
     pub fn leak_set(&self) -> Vec<Allocation> {
+        let own = |a: &&Allocation| !a.inherited;
         match &self.exit {
-            Some(snapshot) => snapshot.allocations.clone(),
-            None => self.live().copied().collect(),
+            Some(snapshot) => snapshot.allocations.iter().filter(own).copied().collect(),
+            None => self.live().filter(own).copied().collect(),
         }
     }
 
@@ -216,6 +261,7 @@ impl ProcessHeap {
             stack: b.stack,
             ts_ns,
             tid,
+            inherited: false,
         };
         if let Some(change) = event.kind.block_change() {
             if let Some(addr) = change.freed {
@@ -232,6 +278,7 @@ impl ProcessHeap {
             stack,
             ts_ns,
             tid,
+            inherited: false,
         };
         match event.kind {
             EventKind::Map { addr, len, stack } => self.map(addr, mapped(len, stack)),
@@ -270,7 +317,21 @@ impl ProcessHeap {
                     });
                 }
             }
-            EventKind::Alloc(_) | EventKind::Realloc { .. } | EventKind::Free { .. } => {}
+            EventKind::Exec => {
+                // The old image's memory is gone, and with it its leaks.
+                let gone: Vec<Allocation> = self.live().copied().collect();
+                for a in &gone {
+                    self.remove_live(a);
+                }
+                self.live.clear();
+                self.regions.clear();
+                self.exit = None;
+            }
+            // A fork makes a new process (`HeapModel::apply`).
+            EventKind::Fork { .. }
+            | EventKind::Alloc(_)
+            | EventKind::Realloc { .. }
+            | EventKind::Free { .. } => {}
         }
     }
 }

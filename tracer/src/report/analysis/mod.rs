@@ -74,8 +74,9 @@ pub fn analyze(contents: &Contents, options: &Options) -> Report {
     let processes = contents
         .processes
         .values()
-        // --all: a process found but gone before it allocated anything.
-        .filter(|p| p.explicit || heap.process(p.pid).is_some())
+        // --all: a process found but gone before it allocated anything; a
+        // forked child that allocated nothing of its own (a fork and exec).
+        .filter(|p| p.explicit || heap.process(p.pid).is_some_and(|h| h.totals().allocs > 0))
         .map(|p| ProcessReport {
             info: p.clone(),
             leaks_taken: heap
@@ -85,6 +86,7 @@ pub fn analyze(contents: &Contents, options: &Options) -> Report {
                     reason: s.reason,
                     at_s: since_start(s.ts_ns),
                 }),
+            inherited_bytes: heap.process(p.pid).map_or(0, |h| h.inherited().bytes),
         })
         .collect();
     Report {

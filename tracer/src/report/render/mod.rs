@@ -113,6 +113,7 @@ pub(crate) mod tests {
                     ..ProcessInfo::default()
                 },
                 leaks_taken: None,
+                inherited_bytes: 0,
             }],
             totals: Totals::default(),
             counters: Counters::default(),
