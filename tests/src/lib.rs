@@ -403,3 +403,34 @@ pub fn compile_c(source: &str, dir: &Path, flags: &[&str]) -> PathBuf {
 pub fn off_by_percent(got: u64, expected: u64) -> f64 {
     (got as f64 - expected as f64).abs() * 100.0 / expected as f64
 }
+
+/// Names of tracer's eBPF programs (tracer-ebpf/src/main.rs) that
+/// `bpftool prog list` shows.
+pub const PROGRAMS: [&str; 4] = ["malloc_entry", "free_entry", "alloc_return", "mmap_enter"];
+
+/// How many of tracer's programs are loaded, in any tracer on the host.
+pub fn loaded_tracer_programs() -> usize {
+    let out = Command::new("bpftool")
+        .args(["prog", "list"])
+        .output()
+        .expect("bpftool (installed by cargo xtask setup)");
+    assert!(out.status.success(), "bpftool prog list failed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .filter(|l| PROGRAMS.iter().any(|p| l.contains(&format!(" name {p} "))))
+        .count()
+}
+
+/// Waits until no tracer's programs are loaded: an earlier recording's
+/// probes are removed in the background for seconds after it ends, and
+/// while they are, attaching new uprobes waits (up to hundreds of ms each).
+pub fn wait_until_no_tracer_is_loaded() {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while loaded_tracer_programs() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "another tracer's programs stayed loaded for 60 s"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -9,25 +9,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tests::{DEBIAN_PYTHON, spawn_record, workload};
+use tests::{DEBIAN_PYTHON, PROGRAMS, loaded_tracer_programs, spawn_record, workload};
 
 const ROUNDS: &str = "150";
-
-/// Names of tracer's eBPF programs (tracer-ebpf/src/main.rs) that
-/// `bpftool prog list` shows.
-const PROGRAMS: [&str; 4] = ["malloc_entry", "free_entry", "alloc_return", "mmap_enter"];
-
-fn loaded_tracer_programs() -> usize {
-    let out = Command::new("bpftool")
-        .args(["prog", "list"])
-        .output()
-        .expect("bpftool (installed by cargo xtask setup)");
-    assert!(out.status.success(), "bpftool prog list failed");
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .filter(|l| PROGRAMS.iter().any(|p| l.contains(&format!(" name {p} "))))
-        .count()
-}
 
 #[test]
 fn sigkill_leaves_the_target_untouched() {

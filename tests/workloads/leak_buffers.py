@@ -1,11 +1,13 @@
 """Leaks COUNT buffers of SIZE bytes at one known line, then exits.
 
-usage: leak_buffers.py COUNT SIZE [--wait]
+usage: leak_buffers.py COUNT SIZE [--wait] [--linger SECS]
 With --wait it prints "ready" and waits for a line on stdin before leaking,
-so that a tracer can attach to it by pid first.
+so that a tracer can attach to it by pid first. With --linger it stays
+SECS seconds after leaking, as a service that leaked at start goes on.
 """
 
 import sys
+import time
 
 LEAKED = []
 
@@ -22,6 +24,8 @@ def main():
         sys.stdin.readline()
     leak(count, size)
     print(f"leaked {count} x {size}", flush=True)
+    if "--linger" in sys.argv:
+        time.sleep(float(sys.argv[sys.argv.index("--linger") + 1]))
 
 
 if __name__ == "__main__":

@@ -30,6 +30,24 @@ pub mod kind {
     /// A [`CodeRecord`](super::CodeRecord): a Python code object seen for
     /// the first time, copied while the process runs.
     pub const CODE: u32 = 6;
+    /// A [`ForkRecord`](super::ForkRecord): a traced process forked a new
+    /// process (not a thread), traced from its first instruction.
+    pub const FORK: u32 = 7;
+}
+
+/// `TRACED` map values: how a process is traced.
+pub mod traced {
+    /// Its allocations are recorded.
+    pub const RECORD: u8 = 1;
+    /// A child that shares its parent's memory (vfork, `posix_spawn`):
+    /// nothing is recorded until it execs, when it becomes `RECORD`.
+    pub const UNTIL_EXEC: u8 = 2;
+}
+
+/// `Header::flags` of a [`kind::FORK`] record.
+pub mod fork {
+    /// The child shares its parent's memory until it execs (`CLONE_VM`).
+    pub const SHARES_MEMORY: u32 = 1;
 }
 
 /// The allocation function behind an [`AllocRecord`] (`AllocRecord::func`).
@@ -278,6 +296,26 @@ pub struct CodeKey {
     pub code: u64,
 }
 
+/// A traced process made a new process: `header.pid` is the child, `parent`
+/// the process that forked it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ForkRecord {
+    pub header: Header,
+    pub parent: u32,
+    pub _pad: u32,
+}
+
+/// Key of the kernel's map of live sampled allocations: addresses are per
+/// process (forked workers share them).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SampledKey {
+    pub pid: u32,
+    pub _pad: u32,
+    pub addr: u64,
+}
+
 /// `free` (len 0) or `munmap` (len in bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -339,6 +377,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<Header>(), 24);
         assert_eq!(AllocRecord::FIXED_LEN % 8, 0);
         assert_eq!(core::mem::size_of::<FreeRecord>() % 8, 0);
+        assert_eq!(core::mem::size_of::<ForkRecord>() % 8, 0);
         assert_eq!(
             AllocRecord::wire_len(MAX_STACK_DEPTH, 0),
             core::mem::size_of::<AllocRecord>()

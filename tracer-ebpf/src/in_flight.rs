@@ -4,7 +4,7 @@
 
 use aya_ebpf::{EbpfContext, helpers::bpf_ktime_get_ns};
 use aya_log_ebpf::debug;
-use tracer_common::{AllocRecord, Header, counter, flags, func, kind};
+use tracer_common::{AllocRecord, Header, SampledKey, counter, flags, func, kind};
 
 use crate::{
     maps::{IN_FLIGHT, SAMPLE_BYTES, SAMPLED, SCRATCH},
@@ -161,7 +161,9 @@ pub fn complete(id: u64, ret: u64, only_func: Option<u32>) {
     let sampling = SAMPLE_BYTES.load() != 0 && func::is_sampled(rec.func);
     if sampling && rec.header.flags & flags::UNSAMPLED != 0 {
         // A failed realloc leaves its pointer as it was.
-        if rec.old_addr != 0 && (ret != 0 || rec.size == 0) && SAMPLED.remove(rec.old_addr).is_ok()
+        if rec.old_addr != 0
+            && (ret != 0 || rec.size == 0)
+            && SAMPLED.remove(sampled_key(id, rec.old_addr)).is_ok()
         {
             submit_free(kind::FREE, id, rec.old_addr, 0);
         }
@@ -179,11 +181,11 @@ pub fn complete(id: u64, ret: u64, only_func: Option<u32>) {
     if sampling {
         // Userspace only knows sampled pointers: a realloc of another is a
         // fresh allocation there.
-        if rec.old_addr != 0 && SAMPLED.remove(rec.old_addr).is_err() {
+        if rec.old_addr != 0 && SAMPLED.remove(sampled_key(id, rec.old_addr)).is_err() {
             rec.old_addr = 0;
         }
         if addr != 0 {
-            let _ = SAMPLED.insert(addr, 0, 0);
+            let _ = SAMPLED.insert(sampled_key(id, addr), 0, 0);
         }
     }
     if addr != 0 {
@@ -195,4 +197,14 @@ pub fn complete(id: u64, ret: u64, only_func: Option<u32>) {
         submit_free(kind::FREE, id, rec.old_addr, 0);
     }
     let _ = IN_FLIGHT.remove(id);
+}
+
+/// The `SAMPLED` key of `addr` in the process of thread `id` (pid_tgid).
+#[inline(always)]
+pub fn sampled_key(id: u64, addr: u64) -> SampledKey {
+    SampledKey {
+        pid: (id >> 32) as u32,
+        _pad: 0,
+        addr,
+    }
 }

@@ -11,6 +11,7 @@
 #![no_main]
 
 mod in_flight;
+mod lifecycle;
 mod maps;
 mod probe;
 mod python;
@@ -20,15 +21,14 @@ mod stack;
 mod submit;
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
-    macros::{tracepoint, uprobe, uretprobe},
-    programs::{ProbeContext, RetProbeContext, TracePointContext},
+    macros::{btf_tracepoint, tracepoint, uprobe, uretprobe},
+    programs::{BtfTracePointContext, ProbeContext, RetProbeContext, TracePointContext},
 };
-use tracer_common::{counter, exec, exiting, flags, func, kind};
+use tracer_common::{counter, exiting, flags, func, kind};
 
 use crate::{
-    in_flight::{Call, complete, enter, nested},
-    maps::{ALL_EXECS, SAMPLE_BYTES, SAMPLED, TRACED},
+    in_flight::{Call, complete, enter, nested, sampled_key},
+    maps::{SAMPLE_BYTES, SAMPLED},
     probe::traced,
     ring::count,
     stack::UserRegs,
@@ -95,7 +95,7 @@ pub fn free_entry(ctx: ProbeContext) -> u32 {
     if addr == 0 {
         return 0;
     }
-    if SAMPLE_BYTES.load() != 0 && SAMPLED.remove(addr).is_err() {
+    if SAMPLE_BYTES.load() != 0 && SAMPLED.remove(sampled_key(id, addr)).is_err() {
         count(counter::UNSAMPLED);
         return 0;
     }
@@ -212,27 +212,18 @@ pub fn exit_entry(_ctx: ProbeContext) -> u32 {
     0
 }
 
-/// A traced process replaced its image: userspace looks for its new
-/// libraries. With `--all`, every exec is reported, and a process whose new
-/// name starts with "python" is traced at once.
+/// A process replaced its image (see `lifecycle::execed`).
 #[tracepoint]
 pub fn process_exec(_ctx: TracePointContext) -> u32 {
-    if let Some(id) = traced() {
-        submit_marker(kind::EXEC, id, 0);
-        return 0;
-    }
-    if ALL_EXECS.load() == 0 {
-        return 0;
-    }
-    let id = bpf_get_current_pid_tgid();
-    let tgid = (id >> 32) as u32;
-    let named_python = bpf_get_current_comm().is_ok_and(|comm| comm.starts_with(b"python"));
-    let flags = if named_python && TRACED.insert(tgid, 1, 0).is_ok() {
-        exec::TRACED_BY_NAME
-    } else {
-        0
-    };
-    submit_marker(kind::EXEC, id, flags);
+    lifecycle::execed();
+    0
+}
+
+/// A process or thread was created, before it first runs (see
+/// `lifecycle::forked`): the raw BTF tracepoint gives both tasks.
+#[btf_tracepoint(function = "sched_process_fork")]
+pub fn process_fork(ctx: BtfTracePointContext) -> u32 {
+    lifecycle::forked(ctx.arg::<u64>(0), ctx.arg::<u64>(1));
     0
 }
 

@@ -7,7 +7,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use tracer_common::{AllocRecord, CodeKey, PyConfig, counter, sampling};
+use tracer_common::{AllocRecord, CodeKey, PyConfig, SampledKey, counter, sampling};
 
 /// Processes traced at once (`TRACED`, `PY_PROCS`): enough for `--all` on a
 /// busy host. A lookup miss is the whole cost an untraced process pays
@@ -22,7 +22,8 @@ const MAX_THREADS_IN_CALL: u32 = 16384;
 /// thousands at most, and an eviction only costs a second copy.
 const MAX_CODE_OBJECTS: u32 = 65536;
 
-/// Processes whose allocations are recorded (tgid -> 1), written by userspace.
+/// Processes traced (tgid -> `tracer_common::traced`), written by userspace
+/// and by the fork program (children of traced processes).
 #[map]
 pub static TRACED: HashMap<u32, u8> = HashMap::with_max_entries(MAX_PROCESSES, 0);
 
@@ -54,6 +55,15 @@ pub static PY_PROCS: HashMap<u32, PyConfig> = HashMap::with_max_entries(MAX_PROC
 pub static OUT: PerCpuArray<[u64; AllocRecord::MAX_WIRE_LEN / 8]> =
     PerCpuArray::with_max_entries(1, 0);
 
+/// Offsets in the kernel's `task_struct` of `pid`, `tgid` and `mm`, from its
+/// BTF, set by userspace at load; 0 turns fork following off.
+#[unsafe(no_mangle)]
+pub static TASK_PID_OFFSET: Global<u64> = Global::new(0);
+#[unsafe(no_mangle)]
+pub static TASK_TGID_OFFSET: Global<u64> = Global::new(0);
+#[unsafe(no_mangle)]
+pub static TASK_MM_OFFSET: Global<u64> = Global::new(0);
+
 /// Code objects already copied to userspace (`CodeRecord`). LRU: a forgotten
 /// one is copied again when next seen.
 #[map]
@@ -75,7 +85,7 @@ pub static SAMPLE_LEFT: PerCpuArray<i64> = PerCpuArray::with_max_entries(1, 0);
 /// one entry without sampling. LRU: an allocation evicted unfreed would
 /// later show as a leak.
 #[map]
-pub static SAMPLED: LruHashMap<u64, u8> = LruHashMap::with_max_entries(1, 0);
+pub static SAMPLED: LruHashMap<SampledKey, u8> = LruHashMap::with_max_entries(1, 0);
 
 /// Per-CPU counters, indexed by `tracer_common::counter`.
 #[map]

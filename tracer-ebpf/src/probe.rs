@@ -8,15 +8,18 @@ use aya_ebpf::{
     programs::ProbeContext,
 };
 
+use tracer_common::traced;
+
 use crate::maps::TRACED;
 
-/// The current thread's pid_tgid if its process is traced.
+/// The current thread's pid_tgid if its process's allocations are recorded.
 #[inline(always)]
 pub fn traced() -> Option<u64> {
     let id = bpf_get_current_pid_tgid();
     let tgid = (id >> 32) as u32;
-    // SAFETY: the value is only tested for presence.
-    unsafe { TRACED.get(tgid) }.map(|_| id)
+    // SAFETY: the value is copied out.
+    let how = unsafe { TRACED.get(tgid) }.copied();
+    (how == Some(traced::RECORD)).then_some(id)
 }
 
 /// The function a uprobe stands for (`tracer_common::func`) and its first

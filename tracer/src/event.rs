@@ -70,6 +70,14 @@ pub enum EventKind {
     Exiting {
         reason: ExitReason,
     },
+    /// The process was just forked from `parent`: it starts with a copy of
+    /// the parent's live blocks and mappings, so that its frees of them
+    /// match (they are its parent's allocations, not its own leaks).
+    Fork {
+        parent: Pid,
+    },
+    /// The process replaced its image: everything it had is gone.
+    Exec,
 }
 
 impl EventKind {

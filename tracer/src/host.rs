@@ -41,10 +41,21 @@ pub fn check() -> Result<()> {
     Ok(())
 }
 
-/// Where the kernel keeps a task's user FS base (`task_struct.thread.fsbase`),
-/// read from its BTF: the thread pointer, through which the eBPF programs
-/// find a thread's CPython state.
-pub fn fsbase_offset() -> Result<u64> {
+/// Where fields of the kernel's `task_struct` are, read from its BTF: the
+/// eBPF programs read them by offset (aya has no CO-RE for Rust programs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskLayout {
+    /// `thread.fsbase`: the thread pointer, through which the programs find
+    /// a thread's CPython state.
+    pub fsbase: u64,
+    /// `pid` and `tgid`: whether a new task is a process or a thread.
+    pub pid: u64,
+    pub tgid: u64,
+    /// `mm`: whether a new process shares its parent's memory (vfork).
+    pub mm: u64,
+}
+
+pub fn task_layout() -> Result<TaskLayout> {
     use btf_rs::{Btf, Type};
     let btf = Btf::from_file("/sys/kernel/btf/vmlinux")
         .context("reading the kernel's BTF (/sys/kernel/btf/vmlinux)")?;
@@ -66,7 +77,12 @@ pub fn fsbase_offset() -> Result<u64> {
         .context("kernel BTF has no struct task_struct")?;
     let (thread, thread_struct) = member_offset(&task, "thread")?;
     let (fsbase, _) = member_offset(&thread_struct, "fsbase")?;
-    Ok(thread + fsbase)
+    Ok(TaskLayout {
+        fsbase: thread + fsbase,
+        pid: member_offset(&task, "pid")?.0,
+        tgid: member_offset(&task, "tgid")?.0,
+        mm: member_offset(&task, "mm")?.0,
+    })
 }
 
 /// "6.18.44-fc" -> (6, 18)
@@ -120,10 +136,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn finds_fsbase_in_this_kernel() {
-        let offset = fsbase_offset().expect("fsbase offset");
+    fn finds_task_fields_in_this_kernel() {
+        let t = task_layout().expect("task layout");
         // task_struct is several KiB; thread_struct sits at its end.
-        assert!((1024..16384).contains(&offset), "{offset}");
+        assert!((1024..16384).contains(&t.fsbase), "{t:?}");
+        // pid_t pid; pid_t tgid; next to each other.
+        assert_eq!(t.tgid, t.pid + 4, "{t:?}");
+        assert!(t.mm > 0 && t.mm < t.fsbase, "{t:?}");
     }
 
     #[test]

@@ -29,6 +29,12 @@ impl Mapping {
         self.inode != 0 && self.path.starts_with('/')
     }
 
+    /// Whether it maps a glibc (`libc.so.6`, or `libc-2.x.so` before 2.34).
+    pub fn is_glibc(&self) -> bool {
+        let name = self.path.rsplit('/').next().unwrap_or("");
+        name.starts_with("libc.so") || name.starts_with("libc-")
+    }
+
     /// The file offset that `addr` (inside this mapping) was loaded from.
     pub fn file_offset(&self, addr: u64) -> u64 {
         addr - self.start + self.offset

@@ -12,6 +12,8 @@ pub struct ProcessInfo {
     /// Named by the user (not found by `--all`): reported even if it made
     /// no allocation.
     pub explicit: bool,
+    /// The traced process it was forked from, if it was.
+    pub parent: Option<Pid>,
     pub command: String,
     /// "CPython 3.11 (/usr/bin/python3.11)" if it runs one.
     pub python: Option<String>,

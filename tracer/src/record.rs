@@ -10,7 +10,7 @@ use aya::maps::{MapData, RingBuf};
 use log::{debug, warn};
 use tokio::{
     signal::unix::{SignalKind, signal},
-    time::{Instant, sleep, sleep_until},
+    time::{Instant, sleep_until},
 };
 
 use crate::{
@@ -24,27 +24,26 @@ use crate::{
     sinks::{Ending, Sink, Snapshot, capture::CaptureSink, reports::ReportsSink},
     sources::{
         collector::{Collector, Notice},
+        pending::Pending,
         probes::{Probes, Settings},
         procfs,
-        targets::{Targets, readable},
+        targets::{Decided, Targets, readable},
     },
 };
 
 /// How often the ring buffer is drained without a wakeup from the kernel
 /// (it wakes tracer only when a quarter full: see `wakeup` in tracer-ebpf).
 const DRAIN_EVERY: Duration = Duration::from_millis(10);
-/// How often processes that exec'd are read again for their new libraries.
-const RESCAN_EVERY: Duration = Duration::from_millis(5);
 
 pub async fn record(options: RecordOptions) -> Result<()> {
     host::check()?;
-    let fsbase_offset = host::fsbase_offset().unwrap_or_else(|err| {
-        warn!("no Python frames: {err:#}");
-        0
+    let task = host::task_layout().unwrap_or_else(|err| {
+        warn!("no Python frames and no fork following: {err:#}");
+        host::TaskLayout::default()
     });
     let probes = Probes::load(Settings {
         ring_bytes: options.ring_bytes,
-        fsbase_offset,
+        task,
         all_execs: options.all,
         sampling: options.sampling,
         pymalloc: options.pymalloc,
@@ -55,6 +54,7 @@ pub async fn record(options: RecordOptions) -> Result<()> {
         collector: Collector::new(options.sampling),
         model: Model::default(),
         targets,
+        pending: Pending::default(),
         sinks: Vec::new(),
     };
     for &pid in &options.pids {
@@ -83,6 +83,8 @@ struct Recording {
     collector: Collector,
     model: Model,
     targets: Targets,
+    /// Events of processes traced but not adopted yet.
+    pending: Pending,
     sinks: Vec<Box<dyn Sink>>,
 }
 
@@ -133,8 +135,11 @@ impl Recording {
                         break "every target exited";
                     }
                 }
-                _ = sleep(RESCAN_EVERY), if self.targets.rescanning() => {
-                    self.targets.rescan(&mut self.probes, &mut self.model);
+                _ = sleep_until(self.targets.next_rescan().unwrap_or(started)),
+                    if self.targets.next_rescan().is_some() =>
+                {
+                    let decided = self.targets.rescan(&mut self.probes, &mut self.model);
+                    self.decided(decided)?;
                 }
                 _ = drain_tick.tick() => self.drain(ring.get_mut())?,
                 _ = sample_tick.tick() => {
@@ -149,8 +154,9 @@ impl Recording {
         Ok(stop)
     }
 
-    /// Applies every record in the ring to the model, hands the events to
-    /// the sinks, and acts on what the records say of the targets.
+    /// Applies every record in the ring to the model, hands the targets'
+    /// events to the sinks (holding the others), and acts on what the
+    /// records say of the processes.
     fn drain(&mut self, ring: &mut RingBuf<MapData>) -> Result<()> {
         let mut notices = Vec::new();
         while let Some(item) = ring.next() {
@@ -158,12 +164,23 @@ impl Recording {
                 notices.push(n);
             }
         }
-        let events = self.collector.take_events();
-        if !events.is_empty() {
-            for sink in &mut self.sinks {
-                sink.events(&events)?;
+        // A forked child is a target before its first event is admitted:
+        // its fork must reach the sinks in order with its parent's events.
+        for notice in &notices {
+            if let Notice::Fork {
+                child,
+                parent,
+                shares_memory,
+            } = *notice
+            {
+                self.targets.forked(child, parent, shares_memory);
             }
         }
+        let events = self.collector.take_events();
+        let targets = &self.targets;
+        let ready = self.pending.admit(events, |pid| targets.contains(pid));
+        self.feed(&ready)?;
+        let mut execs = false;
         for notice in notices {
             if let Notice::Exec {
                 pid,
@@ -171,7 +188,44 @@ impl Recording {
             } = notice
             {
                 self.targets.exec_seen(pid, traced_by_name);
+                execs = true;
             }
+        }
+        // A process that just exec'd is looked at once now, not a tick later.
+        if execs {
+            let decided = self.targets.rescan(&mut self.probes, &mut self.model);
+            self.decided(decided)?;
+        }
+        Ok(())
+    }
+
+    fn feed(&mut self, events: &[crate::event::HeapEvent]) -> Result<()> {
+        if !events.is_empty() {
+            for sink in &mut self.sinks {
+                sink.events(events)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Adopted processes' held events go on to the sinks; those of
+    /// processes let go are dropped.
+    fn decided(&mut self, decided: Decided) -> Result<()> {
+        for pid in decided.adopted {
+            let released = self.pending.release(pid);
+            if released.lost > 0 {
+                self.targets.note(
+                    pid,
+                    format!(
+                        "{} events before it was adopted could not be held (see docs/allocation-matching.md)",
+                        released.lost
+                    ),
+                );
+            }
+            self.feed(&released.events)?;
+        }
+        for pid in decided.dropped {
+            self.pending.drop_pid(pid);
         }
         Ok(())
     }
@@ -215,7 +269,9 @@ impl Recording {
     /// A last snapshot, then every sink finished in order; the probes are
     /// removed in the background.
     fn finish(mut self) -> Result<()> {
-        self.targets.finish(&mut self.model);
+        for pid in self.targets.finish(&mut self.model) {
+            self.pending.drop_pid(pid);
+        }
         self.snapshot()?;
         let ending = Ending {
             end_ns: monotonic_ns(),

@@ -18,6 +18,7 @@ mod bench;
 mod fuzz;
 mod interpreters;
 mod validators;
+mod web;
 
 /// Where the tests' fetched interpreters are unpacked (git-ignored).
 const TEST_CACHE: &str = "tests/cache";
@@ -34,8 +35,9 @@ const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// Debian's stripped python3.11 (found by build-id); the report tests read
 /// tracer's exports with chromium, protoc and python3-protobuf (pprof),
 /// golang-go (`go tool pprof`), python3-jsonschema (speedscope), and npm
-/// fetches speedscope's schema.
-const DEBIAN_PACKAGES: [(&str, &str); 10] = [
+/// fetches speedscope's schema; python3.11-venv holds the Flask and
+/// gunicorn server of the pre-fork tests, which wrk loads.
+const DEBIAN_PACKAGES: [(&str, &str); 12] = [
     ("bpftool", "/usr/sbin/bpftool"),
     ("gcc", "/usr/bin/gcc"),
     ("patchelf", "/usr/bin/patchelf"),
@@ -52,6 +54,11 @@ const DEBIAN_PACKAGES: [(&str, &str); 10] = [
     ),
     ("npm", "/usr/bin/npm"),
     ("golang-go", "/usr/bin/go"),
+    (
+        "python3.11-venv",
+        "/usr/lib/python3.11/ensurepip/__init__.py",
+    ),
+    ("wrk", "/usr/bin/wrk"),
 ];
 
 #[derive(Parser)]
@@ -116,6 +123,7 @@ fn run(task: Task) -> Result<()> {
             if is_root() {
                 interpreters::ensure(&root.join(TEST_CACHE))?;
                 validators::ensure(&root.join(TEST_CACHE))?;
+                web::ensure(&root.join(TEST_CACHE))?;
             }
             Ok(())
         }
@@ -301,6 +309,7 @@ fn test(root: &Path, harness_args: &[OsString]) -> Result<()> {
     }
     interpreters::ensure(&root.join(TEST_CACHE))?;
     validators::ensure(&root.join(TEST_CACHE))?;
+    web::ensure(&root.join(TEST_CACHE))?;
     check(Command::new("cargo").args(["fmt", "--all", "--check"]))?;
     check(Command::new("cargo").args([
         "clippy",

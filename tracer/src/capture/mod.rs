@@ -26,7 +26,8 @@ use crate::{
 
 pub const MAGIC: &[u8; 8] = b"TRACECAP";
 /// 3: events as {pid, tid, ts_ns, kind}; counters by name. 4: mappings say
-/// whether they are thread stacks.
+/// whether they are thread stacks; forks and execs, inherited allocations,
+/// processes' parents.
 pub const VERSION: u16 = 4;
 /// No record is this large; a length beyond it is corruption.
 const MAX_RECORD: usize = 16 << 20;
@@ -66,6 +67,8 @@ pub struct ProcessRecord {
     pub notes: Vec<String>,
     /// Named by the user rather than found by `--all`.
     pub explicit: bool,
+    /// The traced process it was forked from.
+    pub parent: Option<Pid>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

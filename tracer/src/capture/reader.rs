@@ -141,6 +141,7 @@ impl Contents {
                 python,
                 notes,
                 explicit,
+                parent,
             }) => {
                 let p = self.processes.entry(pid).or_default();
                 p.pid = pid;
@@ -148,6 +149,7 @@ impl Contents {
                 p.python = python;
                 p.notes = notes;
                 p.explicit = explicit;
+                p.parent = parent;
             }
             Record::ExitStatus { pid, status } => {
                 self.processes.entry(pid).or_default().exit_status = Some(status);

@@ -46,6 +46,12 @@ impl Model {
         self.registry.refresh_maps(pid);
     }
 
+    /// `child` was forked from `parent` (its heap follows from the fork
+    /// event): what is known of its address space is the parent's.
+    pub fn fork(&mut self, child: Pid, parent: Pid) {
+        self.registry.fork(child, parent);
+    }
+
     /// `pid` replaced its image.
     pub fn exec(&mut self, pid: Pid) {
         self.registry.exec(pid);

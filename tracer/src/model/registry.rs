@@ -30,7 +30,7 @@ pub enum NativeFrame {
 const MAPS_REREAD_NS: u64 = 1_000_000;
 
 /// What is known of one process's address space.
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Known {
     /// The last map read, and when (CLOCK_MONOTONIC ns).
     maps: Option<ReadMaps>,
@@ -38,6 +38,7 @@ struct Known {
     generation: u64,
 }
 
+#[derive(Clone)]
 struct ReadMaps {
     maps: ProcessMaps,
     at_ns: u64,
@@ -100,6 +101,16 @@ impl Registry {
     /// Execs of `pid` seen so far.
     pub fn generation(&self, pid: Pid) -> u64 {
         self.processes.get(&pid).map_or(0, |k| k.generation)
+    }
+
+    /// `child` was forked from `parent`: the same map and interpreter.
+    pub fn fork(&mut self, child: Pid, parent: Pid) {
+        if let Some(known) = self.processes.get(&parent).cloned() {
+            self.processes.insert(child, known);
+        }
+        if let Some(interpreter) = self.python.interpreter(parent).cloned() {
+            self.python.add(child, interpreter);
+        }
     }
 
     pub fn add_interpreter(&mut self, pid: Pid, interpreter: Interpreter) {

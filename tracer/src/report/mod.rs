@@ -46,6 +46,9 @@ pub struct ProcessReport {
     pub leaks_taken: Option<LeaksTaken>,
     /// Its thread stacks mapped when its leak set was taken.
     pub thread_stacks: ThreadStacks,
+    /// Bytes it inherited from its parent at fork (live in it too, not its
+    /// leaks).
+    pub inherited_bytes: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -112,6 +112,7 @@ fn process_record(info: &ProcessInfo) -> Record {
         python: info.python.clone(),
         notes: info.notes.clone(),
         explicit: info.explicit,
+        parent: info.parent,
     })
 }
 

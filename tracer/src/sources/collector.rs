@@ -3,8 +3,8 @@
 //! applied for the sinks.
 
 use tracer_common::{
-    AllocRecord, CodeRecord, FreeRecord, Header, MAX_PY_DEPTH, MAX_STACK_DEPTH, PyFrame, exec,
-    exiting, flags, func, kind,
+    AllocRecord, CodeRecord, ForkRecord, FreeRecord, Header, MAX_PY_DEPTH, MAX_STACK_DEPTH,
+    PyFrame, exec, exiting, flags, fork, func, kind,
 };
 
 use crate::{
@@ -21,6 +21,13 @@ pub enum Notice {
     Exec { pid: Pid, traced_by_name: bool },
     /// The process began to exit.
     Exiting(Pid),
+    /// A traced process forked `child`, traced from its first instruction;
+    /// one that `shares_memory` with its parent is recorded once it execs.
+    Fork {
+        child: Pid,
+        parent: Pid,
+        shares_memory: bool,
+    },
 }
 
 #[derive(Default)]
@@ -104,9 +111,29 @@ impl Collector {
             }
             kind::EXEC => {
                 model.exec(pid);
+                self.record(model, &header, EventKind::Exec);
                 return Some(Notice::Exec {
                     pid,
                     traced_by_name: header.flags & exec::TRACED_BY_NAME != 0,
+                });
+            }
+            kind::FORK => {
+                let Some(rec) = read::<ForkRecord>(bytes) else {
+                    self.malformed += 1;
+                    return None;
+                };
+                let shares_memory = header.flags & fork::SHARES_MEMORY != 0;
+                // A child sharing its parent's memory has no heap of its
+                // own until it execs.
+                if !shares_memory {
+                    model.fork(pid, rec.parent);
+                    let parent = rec.parent;
+                    self.record(model, &header, EventKind::Fork { parent });
+                }
+                return Some(Notice::Fork {
+                    child: pid,
+                    parent: rec.parent,
+                    shares_memory,
                 });
             }
             _ => {

@@ -3,8 +3,10 @@
 //! and their probes (`probes`), and the collector that turns the kernel's
 //! records into events in the model.
 
+mod adopt;
 pub mod collector;
 pub mod launch;
+pub mod pending;
 pub mod probes;
 pub mod procfs;
 pub mod targets;

@@ -54,14 +54,65 @@ pub fn maps_python(pid: Pid) -> bool {
     })
 }
 
-/// Every process on the host that may run CPython.
-pub fn python_candidates() -> Vec<Pid> {
+/// A process's parent, from /proc/PID/stat.
+pub fn parent(pid: Pid) -> Option<Pid> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command (field 2) may hold spaces and parentheses: fields resume
+    // after its last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A process and its parent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Child {
+    pub pid: Pid,
+    pub parent: Pid,
+}
+
+/// Every descendant of `pid` running now, parents before their children.
+pub fn descendants(pid: Pid) -> Vec<Child> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let all: Vec<Child> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<Pid>().ok())
+        .filter_map(|p| {
+            Some(Child {
+                pid: p,
+                parent: parent(p)?,
+            })
+        })
+        .collect();
+    let mut found = Vec::new();
+    let mut frontier = vec![pid];
+    while let Some(p) = frontier.pop() {
+        for c in all.iter().filter(|c| c.parent == p && c.pid != pid) {
+            if !found.contains(c) {
+                found.push(*c);
+                frontier.push(c.pid);
+            }
+        }
+    }
+    found
+}
+
+/// Every process on the host but this one.
+pub fn all_processes() -> Vec<Pid> {
     let me = std::process::id();
     let Ok(dir) = fs::read_dir("/proc") else {
         return Vec::new();
     };
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<Pid>().ok())
-        .filter(|&pid| pid != me && maps_python(pid))
+        .filter(|&pid| pid != me)
+        .collect()
+}
+
+/// Every process on the host that may run CPython.
+pub fn python_candidates() -> Vec<Pid> {
+    all_processes()
+        .into_iter()
+        .filter(|&pid| maps_python(pid))
         .collect()
 }
 
@@ -75,5 +126,29 @@ mod tests {
         assert!(!command_line(me).is_empty());
         assert!(rss_bytes(me).is_some_and(|b| b > 0));
         assert_eq!(rss_bytes(u32::MAX), None);
+    }
+
+    #[test]
+    fn finds_children_and_grandchildren() {
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 3 & wait"])
+            .spawn()
+            .expect("sh");
+        let me = std::process::id();
+        let pid = child.id();
+        assert_eq!(parent(pid), Some(me));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut found = descendants(me);
+        while !found.iter().any(|c| c.parent == pid) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            found = descendants(me);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(found.contains(&Child { pid, parent: me }), "{found:?}");
+        assert!(
+            found.iter().any(|c| c.parent == pid),
+            "the sleep: {found:?}"
+        );
     }
 }

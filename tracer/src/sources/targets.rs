@@ -1,11 +1,12 @@
-//! The processes a recording traces: named ones (`--pid`, a launched
-//! command) and, with `--all`, every CPython process found running or
-//! started later. Adopting a process probes the files it maps, finds its
-//! interpreter and adds it to the kernel's traced set; its exit is watched
-//! through a pidfd.
+//! The processes a recording traces: named ones (`--pid` with its
+//! descendants, a launched command), with `--all` every CPython process
+//! found running or started later, and the processes any of them forks
+//! (traced by the kernel from their first instruction). A process that
+//! execs something else than CPython, or that `--all` finds is not one, is
+//! let go. Exits are watched through pidfds.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     ffi::OsString,
     os::fd::{FromRawFd as _, OwnedFd},
     path::Path,
@@ -13,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Result, bail};
 use log::{debug, info, warn};
 use tokio::{
     io::{Interest, unix::AsyncFd},
@@ -22,29 +23,42 @@ use tokio::{
 };
 
 use super::{
+    adopt::{Found, Setup, describe, find_interpreter, probe_files, setup},
     launch::{self, Stage},
-    probes::{FileProbes, Probes},
+    probes::Probes,
     procfs,
 };
-use crate::{
-    event::Pid,
-    model::Model,
-    proc_maps::ProcessMaps,
-    process::ProcessInfo,
-    python::{self, DetectError},
-};
+use crate::{event::Pid, model::Model, proc_maps::ProcessMaps, process::ProcessInfo};
 
 /// After an exec, the new image's libraries appear over a few milliseconds;
 /// its map is read again for this long, at every rescan tick, to probe them.
 const EXEC_RESCAN_FOR: Duration = Duration::from_secs(2);
 /// `--all`: when an exec'd process not named python* is checked for a CPython.
 const EXEC_SETTLE: Duration = Duration::from_millis(200);
+/// A process that just exec'd is looked at this often, for this long: its
+/// loader maps its libraries within a millisecond or two, and every
+/// millisecond before its libc is probed and its interpreter found is one
+/// of allocations unseen or without Python frames.
+const YOUNG_RESCAN_EVERY: Duration = Duration::from_millis(1);
+const YOUNG_FOR: Duration = Duration::from_millis(100);
+/// Then this often.
+const RESCAN_EVERY: Duration = Duration::from_millis(5);
+
+/// How a target came to be traced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Origin {
+    /// `--pid`, or the launched command.
+    Named,
+    /// `--all` found it.
+    Found,
+    /// A traced process forked it.
+    Forked { parent: Pid },
+}
 
 struct Target {
     command: String,
     child: Option<Child>,
-    /// Named by the user (`--pid`, the command), not found by `--all`.
-    explicit: bool,
+    origin: Origin,
     exited: bool,
     exit_status: Option<String>,
     /// What the report says of its allocators.
@@ -52,11 +66,11 @@ struct Target {
 }
 
 impl Target {
-    fn new(pid: Pid, explicit: bool) -> Self {
+    fn new(pid: Pid, origin: Origin) -> Self {
         Self {
             command: procfs::command_line(pid),
             child: None,
-            explicit,
+            origin,
             exited: false,
             exit_status: None,
             notes: Vec::new(),
@@ -64,50 +78,74 @@ impl Target {
     }
 }
 
-/// A process whose image changed, read again until `until`.
+/// A process that may become a target once it shows a CPython: it exec'd,
+/// or `--all` saw it exec.
 #[derive(Clone, Copy)]
-struct Rescan {
+struct Candidate {
+    /// When its exec was seen.
+    since: Instant,
+    /// When it exec'd, by the kernel's clock (CLOCK_MONOTONIC ns).
+    since_ns: u64,
+    /// Given up after this.
     until: Instant,
-    /// `--all`: the kernel traces it already (its name starts with python).
-    traced_by_name: bool,
+    /// The kernel traces it already (its events are held until it is
+    /// adopted): `--all` traced it by name, or it descends from a target.
+    traced: bool,
+    /// The target it was forked from, if it was.
+    parent: Option<Pid>,
 }
 
-/// What probing a process found.
-struct Setup {
-    /// An allocator (libc) of the process is probed.
-    allocator: bool,
-    /// Whether it runs a CPython, or why it runs one tracer cannot read.
-    python: Result<bool, DetectError>,
+/// What a rescan decided.
+#[derive(Debug, Default)]
+pub struct Decided {
+    /// Now targets.
+    pub adopted: Vec<Pid>,
+    /// Traced by the kernel until now, let go (not CPython).
+    pub dropped: Vec<Pid>,
 }
 
 pub struct Targets {
     targets: BTreeMap<Pid, Target>,
-    rescans: HashMap<Pid, Rescan>,
+    candidates: HashMap<Pid, Candidate>,
+    /// Children sharing their parent's memory (vfork), recorded from their
+    /// exec on: by child, the target that made it.
+    until_exec: HashMap<Pid, Pid>,
+    /// Processes whose exit is watched.
+    watched: HashSet<Pid>,
     exits: mpsc::UnboundedSender<Pid>,
     /// `--all`: new CPython processes are adopted as they appear.
     all: bool,
+    last_rescan: Instant,
 }
 
 impl Targets {
-    /// Also returns where exited targets are reported.
+    /// Also returns where exited processes are reported.
     pub fn new(all: bool) -> (Self, mpsc::UnboundedReceiver<Pid>) {
         let (exits, exited) = mpsc::unbounded_channel();
         let targets = Self {
             targets: BTreeMap::new(),
-            rescans: HashMap::new(),
+            candidates: HashMap::new(),
+            until_exec: HashMap::new(),
+            watched: HashSet::new(),
             exits,
             all,
+            last_rescan: Instant::now(),
         };
         (targets, exited)
     }
 
-    /// Traces a process named by `--pid`: one that tracer cannot trace is
-    /// an error.
+    /// Whether `pid`'s events go to the sinks.
+    pub fn contains(&self, pid: Pid) -> bool {
+        self.targets.contains_key(&pid)
+    }
+
+    /// Traces a process named by `--pid`, and its descendants: one that
+    /// tracer cannot trace is an error.
     pub fn add_pid(&mut self, pid: Pid, probes: &mut Probes, model: &mut Model) -> Result<()> {
         if !Path::new(&format!("/proc/{pid}")).exists() {
             bail!("no process with pid {pid}: check the pid with `ps -p {pid}`");
         }
-        self.targets.insert(pid, Target::new(pid, true));
+        self.targets.insert(pid, Target::new(pid, Origin::Named));
         let setup = self.setup(pid, probes, model)?;
         if !setup.allocator {
             bail!(
@@ -118,13 +156,37 @@ impl Targets {
         if let Err(err) = &setup.python {
             bail!("pid {pid}: {err}");
         }
-        probes.trace_pid(pid)
+        probes.trace_pid(pid)?;
+        for c in procfs::descendants(pid) {
+            if !self.targets.contains_key(&c.pid) {
+                let origin = Origin::Forked { parent: c.parent };
+                if !self.adopt(c.pid, origin, probes, model) {
+                    debug!(
+                        "pid {}, a child of pid {}: not CPython, not traced",
+                        c.pid, c.parent
+                    );
+                }
+            }
+        }
+        Ok(())
     }
 
-    /// `--all`: every CPython process running now.
+    /// `--all`: every CPython process running now; and the C library of
+    /// every process, where new ones will allocate from their start.
     pub fn adopt_running(&mut self, probes: &mut Probes, model: &mut Model) {
+        for pid in procfs::all_processes() {
+            if let Ok(maps) = ProcessMaps::read(pid)
+                && let Err(err) = probes.attach_libc(pid, &maps)
+            {
+                debug!("pid {pid}: {err:#}");
+            }
+        }
         for pid in procfs::python_candidates() {
-            self.adopt(pid, probes, model);
+            let origin = match procfs::parent(pid) {
+                Some(parent) if self.targets.contains_key(&parent) => Origin::Forked { parent },
+                _ => Origin::Found,
+            };
+            self.adopt(pid, origin, probes, model);
         }
     }
 
@@ -138,7 +200,7 @@ impl Targets {
         let mut traced = false;
         let launched = launch::launch(command, |pid, stage| {
             if !traced {
-                self.targets.insert(pid, Target::new(pid, true));
+                self.targets.insert(pid, Target::new(pid, Origin::Named));
                 probes.trace_pid(pid)?;
                 traced = true;
             }
@@ -162,9 +224,10 @@ impl Targets {
     }
 
     /// Watches every target adopted so far for its exit.
-    pub fn watch_exits(&self) -> Result<()> {
-        for pid in self.targets.keys() {
-            watch_exit(*pid, self.exits.clone())?;
+    pub fn watch_exits(&mut self) -> Result<()> {
+        let pids: Vec<Pid> = self.targets.keys().copied().collect();
+        for pid in pids {
+            self.watch(pid)?;
         }
         Ok(())
     }
@@ -177,7 +240,7 @@ impl Targets {
             .map(|(pid, t)| format!("pid {pid} ({})", t.command))
             .collect();
         if !self.all {
-            return format!("recording {}", names.join(", "));
+            return format!("recording {} and what they fork", names.join(", "));
         }
         let listed = if names.is_empty() {
             String::new()
@@ -195,7 +258,9 @@ impl Targets {
     /// with `--all`, which waits for new ones).
     pub fn exited(&mut self, pid: Pid, probes: &mut Probes) -> bool {
         probes.untrace_pid(pid);
-        self.rescans.remove(&pid);
+        self.candidates.remove(&pid);
+        self.until_exec.remove(&pid);
+        self.watched.remove(&pid);
         if let Some(t) = self.targets.get_mut(&pid) {
             t.exited = true;
             t.exit_status = match &mut t.child {
@@ -203,72 +268,165 @@ impl Targets {
                 None => Some("exited during the recording".to_owned()),
             };
         }
-        !self.all && self.targets.values().all(|t| t.exited)
+        !self.all && self.candidates.is_empty() && self.targets.values().all(|t| t.exited)
     }
 
-    /// A process called execve: a target is read again for its new
-    /// libraries; with `--all` another process is looked at once.
+    /// A traced process forked `child`, which the kernel traces from its
+    /// first instruction: a new target, with its parent's facts; or, if it
+    /// shares its parent's memory, one once it execs a CPython.
+    pub fn forked(&mut self, child: Pid, parent: Pid, shares_memory: bool) {
+        let Some(p) = self.targets.get(&parent) else {
+            // A child of a process not adopted yet: judged on its own.
+            self.candidates.insert(
+                child,
+                Candidate {
+                    since: Instant::now(),
+                    since_ns: crate::clock::monotonic_ns(),
+                    until: Instant::now() + EXEC_RESCAN_FOR,
+                    traced: true,
+                    parent: None,
+                },
+            );
+            return;
+        };
+        if shares_memory {
+            self.until_exec.insert(child, parent);
+        } else {
+            let target = Target {
+                command: p.command.clone(),
+                child: None,
+                origin: Origin::Forked { parent },
+                exited: false,
+                exit_status: None,
+                notes: p.notes.clone(),
+            };
+            self.targets.insert(child, target);
+        }
+        if let Err(err) = self.watch(child) {
+            debug!("pid {child}: {err:#}");
+        }
+    }
+
+    /// A process called execve: a named target is read again for its new
+    /// libraries; a forked one must show a CPython again to stay; with
+    /// `--all` another process is looked at once.
     pub fn exec_seen(&mut self, pid: Pid, traced_by_name: bool) {
-        let is_target = self.targets.contains_key(&pid);
-        if !is_target && !self.all {
+        let now = Instant::now();
+        let origin = self.targets.get(&pid).map(|t| t.origin);
+        if origin == Some(Origin::Named) {
+            self.candidates.insert(
+                pid,
+                Candidate {
+                    since: now,
+                    since_ns: crate::clock::monotonic_ns(),
+                    until: now + EXEC_RESCAN_FOR,
+                    traced: true,
+                    parent: None,
+                },
+            );
+            if let Some(t) = self.targets.get_mut(&pid) {
+                t.command = procfs::command_line(pid);
+            }
             return;
         }
+        // Anything else is judged again on its new image; the kernel still
+        // traces it, and its events are held until then.
+        let was_target = self.targets.remove(&pid).is_some();
+        let parent = match origin {
+            Some(Origin::Forked { parent }) => Some(parent),
+            _ => self.until_exec.remove(&pid),
+        };
+        let descends = was_target || parent.is_some();
+        if !descends && !self.all {
+            return;
+        }
+        let traced = traced_by_name || descends;
         // --all: other processes' execs are looked at once, when their
         // loader is done: a busy host execs hundreds a second.
-        let wait = if traced_by_name || is_target {
-            EXEC_RESCAN_FOR
-        } else {
-            EXEC_SETTLE
-        };
-        self.rescans.insert(
+        let wait = if traced { EXEC_RESCAN_FOR } else { EXEC_SETTLE };
+        self.candidates.insert(
             pid,
-            Rescan {
-                until: Instant::now() + wait,
-                traced_by_name,
+            Candidate {
+                since: now,
+                since_ns: crate::clock::monotonic_ns(),
+                until: now + wait,
+                traced,
+                parent,
             },
         );
-        if let Some(t) = self.targets.get_mut(&pid) {
-            t.command = procfs::command_line(pid);
-        }
     }
 
-    /// Whether processes that exec'd are being read again.
-    pub fn rescanning(&self) -> bool {
-        !self.rescans.is_empty()
+    /// When processes that exec'd should be looked at again, if any are
+    /// being looked at: a deadline, so that a busy event loop cannot put
+    /// it off.
+    pub fn next_rescan(&self) -> Option<Instant> {
+        let young = Instant::now().checked_sub(YOUNG_FOR);
+        let youngest = self.candidates.values().map(|c| c.since).max()?;
+        let every = match young {
+            Some(t) if youngest < t => RESCAN_EVERY,
+            _ => YOUNG_RESCAN_EVERY,
+        };
+        Some(self.last_rescan + every)
     }
 
-    /// Reads the processes that exec'd again: probes for a target's new
-    /// libraries; `--all` adopts a new process once it shows a CPython.
-    pub fn rescan(&mut self, probes: &mut Probes, model: &mut Model) {
+    /// Looks at the processes that exec'd again: probes for a named
+    /// target's new libraries; adopts another once it shows a CPython, or
+    /// lets it go when its time is up.
+    pub fn rescan(&mut self, probes: &mut Probes, model: &mut Model) -> Decided {
         let now = Instant::now();
-        let pending: Vec<(Pid, Rescan)> = self.rescans.iter().map(|(p, r)| (*p, *r)).collect();
-        for (pid, rescan) in pending {
-            let due = now >= rescan.until;
+        self.last_rescan = now;
+        let mut decided = Decided::default();
+        let pending: Vec<(Pid, Candidate)> =
+            self.candidates.iter().map(|(p, c)| (*p, *c)).collect();
+        let mut found = Vec::new();
+        for &(pid, candidate) in &pending {
             if self.targets.contains_key(&pid) {
+                // A named target that exec'd: probes for its new libraries.
                 if let Err(err) = self.setup(pid, probes, model) {
                     debug!("pid {pid}: {err:#}");
                 }
-            } else if rescan.traced_by_name || due {
-                if self.adopt(pid, probes, model) {
-                    watch_exit(pid, self.exits.clone()).unwrap_or_else(|e| debug!("{e:#}"));
-                    self.rescans.remove(&pid);
-                    continue;
+            } else if candidate.traced || now >= candidate.until {
+                let origin = candidate
+                    .parent
+                    .map_or(Origin::Found, |parent| Origin::Forked { parent });
+                if let Some(f) = self.adopt_start(pid, origin, probes, model) {
+                    found.push((pid, f));
                 }
-                if due && rescan.traced_by_name {
-                    probes.untrace_pid(pid);
-                    model.forget(pid);
-                }
-            }
-            if due {
-                self.rescans.remove(&pid);
             }
         }
+        // The slow half after every process's quick one.
+        for (pid, f) in found {
+            let started_ns = self.candidates.get(&pid).map(|c| c.since_ns);
+            if self.adopt_finish(pid, f, probes, started_ns) {
+                if let Err(err) = self.watch(pid) {
+                    debug!("pid {pid}: {err:#}");
+                }
+                if let Some(c) = self.candidates.remove(&pid) {
+                    debug!(
+                        "pid {pid}: adopted {:.1} ms after its exec",
+                        c.since.elapsed().as_secs_f64() * 1e3
+                    );
+                }
+                decided.adopted.push(pid);
+            }
+        }
+        for (pid, candidate) in pending {
+            if now < candidate.until || !self.candidates.contains_key(&pid) {
+                continue;
+            }
+            self.candidates.remove(&pid);
+            if candidate.traced && !self.targets.contains_key(&pid) {
+                probes.untrace_pid(pid);
+                model.forget(pid);
+                decided.dropped.push(pid);
+            }
+        }
+        decided
     }
 
-    /// The recording ended: how launched commands ended, if they did, and
-    /// what `--all` traced by name without it turning out to be a CPython
-    /// is dropped.
-    pub fn finish(&mut self, model: &mut Model) {
+    /// The recording ended: how launched commands ended, if they did.
+    /// Returns the processes traced but never adopted, let go now.
+    pub fn finish(&mut self, model: &mut Model) -> Vec<Pid> {
         // A launched command still running when the recording ends keeps running.
         for t in self.targets.values_mut() {
             if let Some(child) = &mut t.child
@@ -277,11 +435,16 @@ impl Targets {
                 t.exit_status = child.try_wait().ok().flatten().map(|s| describe_status(&s));
             }
         }
-        for (pid, _) in self.rescans.drain() {
-            if !self.targets.contains_key(&pid) {
-                model.forget(pid);
-            }
+        let dropped: Vec<Pid> = self
+            .candidates
+            .drain()
+            .map(|(pid, _)| pid)
+            .filter(|pid| !self.targets.contains_key(pid))
+            .collect();
+        for pid in &dropped {
+            model.forget(*pid);
         }
+        dropped
     }
 
     /// The targets still running.
@@ -297,7 +460,11 @@ impl Targets {
             .iter()
             .map(|(&pid, t)| ProcessInfo {
                 pid,
-                explicit: t.explicit,
+                explicit: t.origin == Origin::Named,
+                parent: match t.origin {
+                    Origin::Forked { parent } => Some(parent),
+                    _ => None,
+                },
                 command: t.command.clone(),
                 python: model
                     .interpreter(pid)
@@ -308,21 +475,72 @@ impl Targets {
             .collect()
     }
 
-    /// `--all`: traces `pid` if it runs a supported CPython. Returns whether it does.
-    fn adopt(&mut self, pid: Pid, probes: &mut Probes, model: &mut Model) -> bool {
+    /// Adds a note to what the report says of `pid`.
+    pub fn note(&mut self, pid: Pid, note: String) {
+        if let Some(t) = self.targets.get_mut(&pid) {
+            t.notes.push(note);
+        }
+    }
+
+    /// Traces `pid` if it runs a supported CPython. Returns whether it does.
+    fn adopt(&mut self, pid: Pid, origin: Origin, probes: &mut Probes, model: &mut Model) -> bool {
         if self.targets.contains_key(&pid) {
             return true;
         }
-        if !procfs::maps_python(pid) {
-            return false;
+        match self.adopt_start(pid, origin, probes, model) {
+            Some(found) => self.adopt_finish(pid, found, probes, None),
+            None => false,
         }
-        self.targets.insert(pid, Target::new(pid, false));
-        match self.setup(pid, probes, model) {
+    }
+
+    /// The quick half of adopting `pid` (`adopt::find_interpreter`): `Some`
+    /// if it runs a CPython tracer can read, a target from now on. Nothing
+    /// is done in a process that maps no python file: a busy host execs
+    /// hundreds of other programs a second.
+    fn adopt_start(
+        &mut self,
+        pid: Pid,
+        origin: Origin,
+        probes: &mut Probes,
+        model: &mut Model,
+    ) -> Option<Found> {
+        if !procfs::maps_python(pid) {
+            return None;
+        }
+        match find_interpreter(pid, probes, model) {
+            Ok(found) if found.is_python() => {
+                self.targets.insert(pid, Target::new(pid, origin));
+                Some(found)
+            }
+            Ok(_) => None,
+            Err(err) => {
+                debug!("pid {pid}: {err:#}");
+                None
+            }
+        }
+    }
+
+    /// The slow half (`adopt::probe_files`); a process without an allocator
+    /// tracer can probe is let go.
+    fn adopt_finish(
+        &mut self,
+        pid: Pid,
+        found: Found,
+        probes: &mut Probes,
+        started_ns: Option<u64>,
+    ) -> bool {
+        match probe_files(pid, found, probes, started_ns) {
             Ok(Setup {
                 allocator: true,
                 python: Ok(true),
+                notes,
             }) => match probes.trace_pid(pid) {
-                Ok(()) => return true,
+                Ok(()) => {
+                    if let (Some(notes), Some(t)) = (notes, self.targets.get_mut(&pid)) {
+                        t.notes = notes;
+                    }
+                    return true;
+                }
                 Err(err) => warn!("pid {pid}: {err:#}"),
             },
             Ok(Setup {
@@ -338,40 +556,20 @@ impl Targets {
         false
     }
 
-    /// Probes the files `pid` maps, opens them for its stacks, and if it
-    /// runs CPython configures its Python frames. Safe to repeat.
+    /// `adopt::setup`, keeping the notes it makes for the target.
     fn setup(&mut self, pid: Pid, probes: &mut Probes, model: &mut Model) -> Result<Setup> {
-        let maps = ProcessMaps::read(pid)
-            .with_context(|| format!("cannot read the memory map of pid {pid}"))?;
-        model.refresh_maps(pid);
-        let probed = probes.attach_process(pid, &maps)?;
-        let allocator = probed.iter().any(FileProbes::is_allocator);
-        if model.interpreter(pid).is_some() {
-            return Ok(Setup {
-                allocator,
-                python: Ok(true),
-            });
+        let setup = setup(pid, probes, model)?;
+        if let (Some(notes), Some(t)) = (&setup.notes, self.targets.get_mut(&pid)) {
+            t.notes.clone_from(notes);
         }
-        let python = match python::detect(pid, &maps) {
-            Ok(Some(interp)) => {
-                probes.trace_python(pid, &interp.config)?;
-                info!("pid {pid}: {}", describe(&interp.version, &interp.module));
-                let warning = interp.layout.warning();
-                if let Some(warning) = &warning {
-                    warn!("pid {pid}: {warning}");
-                }
-                if let Some(t) = self.targets.get_mut(&pid) {
-                    t.notes = allocator_notes(pid, &probed, probes.pymalloc());
-                    t.notes.extend(probes.sampling().map(|s| s.note()));
-                    t.notes.extend(warning);
-                }
-                model.add_interpreter(pid, interp);
-                Ok(true)
-            }
-            Ok(None) => Ok(false),
-            Err(err) => Err(err),
-        };
-        Ok(Setup { allocator, python })
+        Ok(setup)
+    }
+
+    fn watch(&mut self, pid: Pid) -> Result<()> {
+        if self.watched.insert(pid) {
+            watch_exit(pid, self.exits.clone())?;
+        }
+        Ok(())
     }
 }
 
@@ -405,10 +603,6 @@ fn watch_exit(pid: Pid, exited: mpsc::UnboundedSender<Pid>) -> Result<()> {
     Ok(())
 }
 
-fn describe(version: &str, module: &str) -> String {
-    format!("CPython {version} ({module})")
-}
-
 fn describe_status(status: &std::process::ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt as _;
     match (status.code(), status.signal()) {
@@ -416,32 +610,4 @@ fn describe_status(status: &std::process::ExitStatus) -> String {
         (None, Some(sig)) => format!("killed by signal {sig}"),
         _ => "ended".to_owned(),
     }
-}
-
-/// What the report should say about how much of a Python process's object
-/// allocation tracer sees.
-fn allocator_notes(pid: Pid, probed: &[FileProbes], pymalloc: bool) -> Vec<String> {
-    if procfs::python_malloc_is_libc(pid) {
-        return vec![
-            "PYTHONMALLOC=malloc: every object allocation goes through libc, and is traced".into(),
-        ];
-    }
-    if !pymalloc {
-        return vec!["objects of 512 bytes or less come from CPython's own allocator and are not traced (see --pymalloc)".into()];
-    }
-    let hooked: Vec<&str> = probed
-        .iter()
-        .flat_map(|f| f.pymalloc.iter().map(|p| p.function.as_str()))
-        .collect();
-    if hooked.is_empty() {
-        return vec!["--pymalloc: no object allocator function found to probe".into()];
-    }
-    let lto = hooked.iter().any(|n| n.contains(".lto_priv."));
-    let mut note = format!("--pymalloc: probing {}", hooked.join(", "));
-    if lto {
-        note.push_str(
-            "; this is an LTO build that inlines the object allocator into its callers, so only the calls that reach these functions are seen (a few percent): run it with PYTHONMALLOC=malloc for every object",
-        );
-    }
-    vec![note]
 }

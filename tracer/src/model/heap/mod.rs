@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 
 pub use process::ProcessHeap;
 
-use crate::event::{ExitReason, HeapEvent, Pid, StackId, Tid};
+use crate::event::{EventKind, ExitReason, HeapEvent, Pid, StackId, Tid};
 
 /// A live allocation or mapping.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,6 +27,9 @@ pub struct Allocation {
     pub stack: StackId,
     pub ts_ns: u64,
     pub tid: Tid,
+    /// Made by the parent before this process was forked: live here too,
+    /// but not this process's leak.
+    pub inherited: bool,
 }
 
 /// Bytes and allocations.
@@ -172,6 +175,14 @@ impl HeapModel {
 
     pub fn apply(&mut self, event: &HeapEvent) {
         let options = self.options;
+        if let EventKind::Fork { parent } = event.kind {
+            let child = match self.processes.get(&parent) {
+                Some(p) => p.forked(event),
+                None => ProcessHeap::new(options),
+            };
+            self.processes.insert(event.pid, child);
+            return;
+        }
         self.processes
             .entry(event.pid)
             .or_insert_with(|| ProcessHeap::new(options))

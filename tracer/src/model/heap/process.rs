@@ -27,6 +27,8 @@ pub struct ProcessHeap {
     exit: Option<ExitSnapshot>,
     /// Each thread's last heap block event, if it was a free: its address.
     last_free: HashMap<Tid, u64>,
+    /// What it started with, copied from its parent at fork.
+    inherited: Amount,
 }
 
 impl ProcessHeap {
@@ -43,7 +45,54 @@ impl ProcessHeap {
             peak_stacks: options.peak_stacks.then(PeakStacks::default),
             exit: None,
             last_free: HashMap::new(),
+            inherited: Amount::default(),
         }
+    }
+
+    /// The heap of a child `fork` (its event) made of this process: a copy
+    /// of the live blocks and mappings, inherited, charged to the child's
+    /// first thread; nothing allocated yet.
+    pub(super) fn forked(&self, fork: &HeapEvent) -> Self {
+        let mut child = Self::new(Options {
+            peak_stacks: self.peak_stacks.is_some(),
+            thread_stacks_in_heap: self.thread_stacks_in_heap,
+        });
+        let inherit = |a: &Allocation| Allocation {
+            tid: fork.tid,
+            inherited: true,
+            ..*a
+        };
+        for (addr, a) in &self.live {
+            let a = inherit(a);
+            child.live.insert(*addr, a);
+            child.add_live(a);
+        }
+        for (start, r) in self.regions.iter() {
+            let r = Region {
+                alloc: inherit(&r.alloc),
+                ..*r
+            };
+            child.regions.insert(start, r);
+            child.region_added(&r);
+        }
+        child.inherited = Amount {
+            bytes: child.totals.live_bytes,
+            count: child.totals.live_count,
+        };
+        child.peak = Peak {
+            bytes: child.totals.live_bytes,
+            ts_ns: fork.ts_ns,
+        };
+        if let Some(p) = &mut child.peak_stacks {
+            p.peak_reached();
+        }
+        child
+    }
+
+    /// What it inherited from its parent at fork (zero if it was not forked
+    /// while traced).
+    pub fn inherited(&self) -> Amount {
+        self.inherited
     }
 
     pub fn totals(&self) -> &Totals {
@@ -93,12 +142,14 @@ impl ProcessHeap {
             .map_or(self.thread_stacks, |s| s.thread_stacks)
     }
 
-    /// What the process leaks: the live set when it began to exit if it did,
-    /// else the live set now.
+    /// What the process leaks: its own allocations live when it began to
+    /// exit if it did, else live now (what it inherited at fork is its
+    /// parent's).
     pub fn leak_set(&self) -> Vec<Allocation> {
+        let own = |a: &&Allocation| !a.inherited;
         match &self.exit {
-            Some(snapshot) => snapshot.allocations.clone(),
-            None => self.live().copied().collect(),
+            Some(snapshot) => snapshot.allocations.iter().filter(own).copied().collect(),
+            None => self.live().filter(own).copied().collect(),
         }
     }
 
@@ -259,6 +310,7 @@ impl ProcessHeap {
             stack: b.stack,
             ts_ns,
             tid,
+            inherited: false,
         };
         if let Some(change) = event.kind.block_change() {
             if let Some(addr) = change.freed {
@@ -277,6 +329,7 @@ impl ProcessHeap {
             stack,
             ts_ns,
             tid,
+            inherited: false,
         };
         match event.kind {
             EventKind::Map {
@@ -328,7 +381,23 @@ impl ProcessHeap {
                     });
                 }
             }
-            EventKind::Alloc(_) | EventKind::Realloc { .. } | EventKind::Free { .. } => {}
+            EventKind::Exec => {
+                // The old image's memory is gone, and with it its leaks.
+                let gone: Vec<Allocation> = self.live.drain().map(|(_, a)| a).collect();
+                for a in &gone {
+                    self.remove_live(a);
+                }
+                let mapped = self.regions.cut(0, u64::MAX);
+                for r in &mapped.before {
+                    self.region_removed(r);
+                }
+                self.exit = None;
+            }
+            // A fork makes a new process (`HeapModel::apply`).
+            EventKind::Fork { .. }
+            | EventKind::Alloc(_)
+            | EventKind::Realloc { .. }
+            | EventKind::Free { .. } => {}
         }
     }
 }

@@ -376,3 +376,52 @@ fn a_thread_stack_moved_or_trimmed_stays_one() {
         }
     );
 }
+
+#[test]
+fn a_forked_child_frees_what_it_inherited_and_leaks_only_its_own() {
+    const CHILD: Pid = 8;
+    let mut m = HeapModel::default();
+    for e in [
+        alloc(0x10, 100, S1, 1),
+        alloc(0x20, 200, S1, 2),
+        map(0x10_0000, 4096, S1),
+    ] {
+        m.apply(&e);
+    }
+    let in_child = |ts_ns, kind| HeapEvent {
+        pid: CHILD,
+        tid: CHILD,
+        ts_ns,
+        kind,
+    };
+    m.apply(&in_child(3, EventKind::Fork { parent: PID }));
+    // The parent goes on: its frees are not the child's.
+    m.apply(&free(0x10));
+    m.apply(&in_child(4, EventKind::Free { addr: 0x20 }));
+    m.apply(&in_child(
+        5,
+        EventKind::Alloc(Block {
+            addr: 0x30,
+            size: 50,
+            count: 1,
+            stack: S2,
+        }),
+    ));
+    let child = m.process(CHILD).expect("child");
+    let t = child.totals();
+    assert_eq!(t.unmatched_frees, 0, "a pre-fork block freed in the child");
+    assert_eq!((t.allocs, t.bytes_allocated), (1, 50));
+    assert_eq!(t.live_bytes, 100 + 4096 + 50);
+    assert_eq!(child.inherited().bytes, 100 + 200 + 4096);
+    let leaks = child.leak_set();
+    assert_eq!(leaks.iter().map(|a| a.size).collect::<Vec<_>>(), [50]);
+    assert_eq!(
+        m.process(PID).expect("parent").totals().live_bytes,
+        200 + 4096
+    );
+    // An exec empties it.
+    m.apply(&in_child(6, EventKind::Exec));
+    let child = m.process(CHILD).expect("child");
+    assert_eq!(child.totals().live_bytes, 0);
+    assert!(child.leak_set().is_empty());
+}

@@ -34,6 +34,11 @@ impl Regions {
         self.by_start.values()
     }
 
+    /// Each mapping with its start.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &Region)> {
+        self.by_start.iter().map(|(s, r)| (*s, r))
+    }
+
     /// Adds a mapping at `start` (which overlaps none: `cut` its range first).
     pub fn insert(&mut self, start: u64, region: Region) {
         self.by_start.insert(start, region);

@@ -77,8 +77,9 @@ pub fn analyze(contents: &Contents, options: &Options) -> Report {
     let processes = contents
         .processes
         .values()
-        // --all: a process found but gone before it allocated anything.
-        .filter(|p| p.explicit || heap.process(p.pid).is_some())
+        // --all: a process found but gone before it allocated anything; a
+        // forked child that allocated nothing of its own (a fork and exec).
+        .filter(|p| p.explicit || heap.process(p.pid).is_some_and(|h| h.totals().allocs > 0))
         .map(|p| {
             let process = heap.process(p.pid);
             ProcessReport {
@@ -88,6 +89,7 @@ pub fn analyze(contents: &Contents, options: &Options) -> Report {
                     at_s: since_start(s.ts_ns),
                 }),
                 thread_stacks: process.map(|h| h.thread_stacks()).unwrap_or_default(),
+                inherited_bytes: process.map_or(0, |h| h.inherited().bytes),
             }
         })
         .collect();

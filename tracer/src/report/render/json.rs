@@ -52,6 +52,10 @@ struct Process<'a> {
     /// What marked the leak set: `py_finalize`, `libc_exit`, or null (end of recording).
     leaks_taken_at: Option<ExitReason>,
     leaks_taken_at_s: Option<f64>,
+    /// The traced process it was forked from, or null.
+    parent: Option<u32>,
+    /// Bytes it inherited from its parent at fork.
+    inherited_bytes: u64,
     exit_status: Option<&'a str>,
     /// Allocated, freed, live, leaked and peak bytes, and by thread.
     summary: Option<&'a ProcessSummary>,
@@ -164,6 +168,8 @@ pub fn render(report: &Report, options: &Options) -> io::Result<Vec<u8>> {
                     notes: &p.info.notes,
                     leaks_taken_at: p.leaks_taken.map(|t| t.reason),
                     leaks_taken_at_s: p.leaks_taken.map(|t| t.at_s),
+                    parent: p.info.parent,
+                    inherited_bytes: p.inherited_bytes,
                     exit_status: p.info.exit_status.as_deref(),
                     summary: report.summary_of(pid),
                     thread_stacks: ThreadStacks {

@@ -124,7 +124,11 @@ fn text(report: &Report, sections: &[Section], top: usize) -> String {
     for p in &report.processes {
         let info = &p.info;
         let _ = writeln!(out);
-        let _ = writeln!(out, "== pid {}  {}", info.pid, info.command);
+        let _ = write!(out, "== pid {}  {}", info.pid, info.command);
+        if let Some(parent) = info.parent {
+            let _ = write!(out, "  (forked from pid {parent})");
+        }
+        let _ = writeln!(out);
         let mut about: Vec<String> = info.python.iter().cloned().collect();
         about.push(match p.leaks_taken {
             Some(taken) => {
@@ -137,6 +141,12 @@ fn text(report: &Report, sections: &[Section], top: usize) -> String {
             None => "leaks taken at the end of the recording".to_owned(),
         });
         about.extend(info.exit_status.iter().cloned());
+        if p.inherited_bytes > 0 {
+            about.push(format!(
+                "{} inherited at fork (not its leaks)",
+                human_bytes(p.inherited_bytes)
+            ));
+        }
         let _ = writeln!(out, "   {}", about.join("; "));
         for note in &info.notes {
             let _ = writeln!(out, "   note: {note}");
@@ -287,6 +297,7 @@ mod tests {
                 info: ProcessInfo {
                     pid: 42,
                     explicit: true,
+                    parent: None,
                     command: "python3 leak.py".into(),
                     exit_status: Some("exited with status 0".into()),
                     python: Some("CPython 3.11 (/usr/bin/python3.11)".into()),
@@ -300,6 +311,7 @@ mod tests {
                     count: 2,
                     bytes: 2 * 8_392_704,
                 },
+                inherited_bytes: 0,
             }],
             totals: Totals {
                 allocs: 3,

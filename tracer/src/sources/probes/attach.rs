@@ -192,6 +192,8 @@ pub struct FileProbes {
     pub pymalloc: Vec<Probed>,
     pub py_finalize: bool,
     pub libc_exit: bool,
+    /// When its probes were in place (CLOCK_MONOTONIC ns).
+    pub ready_ns: u64,
 }
 
 impl FileProbes {
@@ -235,19 +237,22 @@ impl AttachedFiles {
         self.pymalloc
     }
 
-    /// Attaches probes to every file `pid` maps that needs them and has none
-    /// yet. Returns the probes of `pid`'s files that hold allocators.
+    /// Attaches probes to every file `pid` maps that `wanted` accepts and
+    /// that needs them and has none yet. Returns the probes of those files
+    /// that hold allocators.
     pub fn attach_process(
         &mut self,
         programs: &mut Programs,
         pid: u32,
         maps: &ProcessMaps,
+        wanted: impl Fn(&Mapping) -> bool,
     ) -> Result<Vec<FileProbes>> {
         let mut allocators = Vec::new();
-        for mapping in maps.files() {
+        for mapping in maps.files().filter(|m| wanted(m)) {
             let id = FileId::from(mapping);
             if let Entry::Vacant(slot) = self.files.entry(id) {
-                let attached = attach_file(programs, pid, maps, mapping, self.pymalloc)?;
+                let mut attached = attach_file(programs, pid, maps, mapping, self.pymalloc)?;
+                attached.ready_ns = crate::clock::monotonic_ns();
                 if attached.is_allocator() || attached.py_finalize {
                     info!("pid {pid}: probes on {attached}");
                 }

@@ -9,18 +9,19 @@ use std::path::Path;
 
 use anyhow::{Context as _, Result};
 use aya::{
-    Ebpf, EbpfLoader,
+    Btf, Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
-        TracePoint, UProbe,
+        BtfTracePoint, TracePoint, UProbe,
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
     },
 };
-use tracer_common::{PyConfig, counter};
+use tracer_common::{PyConfig, counter, traced};
 
 use crate::{
     counters::Counters,
     event::Pid,
+    host::TaskLayout,
     proc_maps::ProcessMaps,
     sampling::{self, Sampling},
 };
@@ -57,6 +58,9 @@ pub struct Programs {
     ebpf: Ebpf,
 }
 
+/// Where new processes are seen: the raw tracepoint with both tasks.
+const FORK_EVENT: &str = "sched_process_fork";
+
 /// Live sampled allocations the kernel tracks (`SAMPLED`, ~64 B each,
 /// preallocated): at 64 KiB sampling they stand for 16 GiB of live heap.
 const SAMPLED_LIVE: u32 = 1 << 18;
@@ -66,9 +70,10 @@ const SAMPLED_LIVE: u32 = 1 << 18;
 pub struct Settings {
     /// The ring buffer's size: a power of two multiple of the page size.
     pub ring_bytes: u32,
-    /// `task_struct.thread.fsbase` (see `host::fsbase_offset`), which lets
-    /// the programs read Python frames; 0 turns them off.
-    pub fsbase_offset: u64,
+    /// Where the programs read a task's thread pointer (Python frames) and
+    /// whether a new task is a process sharing its parent's memory (fork
+    /// following); zeros turn those off.
+    pub task: TaskLayout,
     /// Report every exec on the host (`--all`).
     pub all_execs: bool,
     /// Record only allocations chosen by `--sample-bytes`.
@@ -82,7 +87,7 @@ impl Probes {
     pub fn load(settings: Settings) -> Result<Self> {
         let Settings {
             ring_bytes,
-            fsbase_offset,
+            task,
             all_execs,
             sampling,
             pymalloc,
@@ -100,19 +105,30 @@ impl Probes {
             .map_max_entries("EVENTS", ring_bytes)
             .map_max_entries("SAMPLED", if sample_bytes == 0 { 1 } else { SAMPLED_LIVE })
             .override_global(aya_log::LEVEL, &log_level, true)
-            .override_global("FSBASE_OFFSET", &fsbase_offset, true)
+            .override_global("FSBASE_OFFSET", &task.fsbase, true)
+            .override_global("TASK_PID_OFFSET", &task.pid, true)
+            .override_global("TASK_TGID_OFFSET", &task.tgid, true)
+            .override_global("TASK_MM_OFFSET", &task.mm, true)
             .override_global("ALL_EXECS", &all_execs, true)
             .override_global("SAMPLE_BYTES", &sample_bytes, true)
             .load(EBPF_OBJECT)
             .context("loading the eBPF programs")?;
+        let btf = Btf::from_sys_fs().context("reading the kernel's BTF")?;
         for (name, program) in ebpf.programs_mut() {
             match program {
                 aya::programs::Program::UProbe(p) => p.load(),
                 aya::programs::Program::TracePoint(p) => p.load(),
+                aya::programs::Program::BtfTracePoint(p) => p.load(FORK_EVENT, &btf),
                 _ => continue,
             }
             .with_context(|| format!("the kernel rejected eBPF program {name}"))?;
         }
+        let fork: &mut BtfTracePoint = ebpf
+            .program_mut("process_fork")
+            .context("eBPF program process_fork missing")?
+            .try_into()?;
+        fork.attach()
+            .with_context(|| format!("attaching to tracepoint {FORK_EVENT}"))?;
         for (program, category, event) in TRACEPOINTS {
             let tp: &mut TracePoint = ebpf
                 .program_mut(program)
@@ -158,7 +174,25 @@ impl Probes {
     /// Attaches probes to every file `pid` maps that needs them and has none
     /// yet. Returns the probes of `pid`'s files that hold allocators.
     pub fn attach_process(&mut self, pid: Pid, maps: &ProcessMaps) -> Result<Vec<FileProbes>> {
-        self.files.attach_process(&mut self.programs, pid, maps)
+        // Its C library first: until it is probed nothing the process
+        // allocates is seen, and each attachment can take milliseconds.
+        let mut probed = self
+            .files
+            .attach_process(&mut self.programs, pid, maps, |m| m.is_glibc())?;
+        probed.extend(
+            self.files
+                .attach_process(&mut self.programs, pid, maps, |m| !m.is_glibc())?,
+        );
+        Ok(probed)
+    }
+
+    /// Probes the glibc `pid` maps, if it has none yet: `--all` probes the
+    /// C libraries in use before it finds a CPython, so that a new process
+    /// is seen from its first allocation rather than from its adoption.
+    pub fn attach_libc(&mut self, pid: Pid, maps: &ProcessMaps) -> Result<()> {
+        self.files
+            .attach_process(&mut self.programs, pid, maps, |m| m.is_glibc())?;
+        Ok(())
     }
 
     /// `--sample-bytes`, if the programs sample.
@@ -174,7 +208,7 @@ impl Probes {
     /// Starts recording the allocations of process `pid`.
     pub fn trace_pid(&mut self, pid: u32) -> Result<()> {
         self.traced
-            .insert(pid, 1, 0)
+            .insert(pid, traced::RECORD, 0)
             .with_context(|| format!("adding pid {pid} to the traced set"))
     }
 
@@ -224,9 +258,15 @@ impl Programs {
             location: UProbeAttachLocation::AbsoluteOffset(offset),
             cookie,
         };
+        let started = std::time::Instant::now();
         probe
             .attach(point, file, UProbeScope::AllProcesses)
             .with_context(|| format!("attaching {program} to {}+{offset:#x}", file.display()))?;
+        log::debug!(
+            "attached {program} to {}+{offset:#x} in {:.1} ms",
+            file.display(),
+            started.elapsed().as_secs_f64() * 1e3
+        );
         Ok(())
     }
 }

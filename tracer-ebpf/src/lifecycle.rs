@@ -1,0 +1,105 @@
+//! Traced processes coming and going: a traced process's new processes are
+//! traced from their first instruction, and an exec is reported (with
+//! `--all`, every exec): docs/allocation-matching.md, "Forks and execs".
+
+use aya_ebpf::{
+    bindings::BPF_RB_FORCE_WAKEUP,
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel},
+};
+use tracer_common::{ForkRecord, counter, exec, fork, kind, traced};
+
+use crate::{
+    maps::{
+        ALL_EXECS, EVENTS, PY_PROCS, TASK_MM_OFFSET, TASK_PID_OFFSET, TASK_TGID_OFFSET, TRACED,
+    },
+    ring::{count, header},
+    submit::submit_marker,
+};
+
+/// A field of a kernel `task_struct` at `offset`, or `None` if unreadable.
+#[inline(always)]
+fn task_field<T>(task: u64, offset: u64) -> Option<T> {
+    // SAFETY: a checked read of kernel memory.
+    unsafe { bpf_probe_read_kernel((task + offset) as *const T) }.ok()
+}
+
+/// `sched_process_fork`: `parent` made `child` (kernel `task_struct`s),
+/// before the child first runs. A new process of a traced one is traced
+/// the same way, with its Python layout; one that shares its parent's
+/// memory (vfork, `posix_spawn`) only once it execs, since until then its
+/// allocations are its parent's. Threads are traced with their process.
+#[inline(always)]
+pub fn forked(parent: u64, child: u64) {
+    let tgid_offset = TASK_TGID_OFFSET.load();
+    if tgid_offset == 0 {
+        return;
+    }
+    let parent_tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: the value is copied out.
+    let Some(how) = (unsafe { TRACED.get(parent_tgid) }).copied() else {
+        return;
+    };
+    let (Some(pid), Some(tgid)) = (
+        task_field::<u32>(child, TASK_PID_OFFSET.load()),
+        task_field::<u32>(child, tgid_offset),
+    ) else {
+        return;
+    };
+    if pid != tgid {
+        return;
+    }
+    let mm = TASK_MM_OFFSET.load();
+    let shares_memory = task_field::<u64>(child, mm)
+        .is_some_and(|c| c != 0 && task_field::<u64>(parent, mm) == Some(c));
+    let (child_how, flags) = if shares_memory {
+        (traced::UNTIL_EXEC, fork::SHARES_MEMORY)
+    } else {
+        // SAFETY: the value is copied out.
+        if let Some(config) = unsafe { PY_PROCS.get(parent_tgid) } {
+            let _ = PY_PROCS.insert(tgid, config, 0);
+        }
+        (how, 0)
+    };
+    if TRACED.insert(tgid, child_how, 0).is_err() {
+        return;
+    }
+    let id = u64::from(tgid) << 32 | u64::from(pid);
+    let rec = ForkRecord {
+        header: header(kind::FORK, id, flags),
+        parent: parent_tgid,
+        _pad: 0,
+    };
+    // Rare, and acted on at once (the child is a new target).
+    match EVENTS.output::<ForkRecord>(&rec, BPF_RB_FORCE_WAKEUP as u64) {
+        Ok(()) => count(counter::EVENTS),
+        Err(_) => count(counter::LOST_EVENTS),
+    }
+}
+
+/// `sched_process_exec`: a traced process replaced its image, and
+/// userspace looks for its new libraries; a child that shared its parent's
+/// memory is recorded from now on. With `--all`, every exec is reported,
+/// and a process whose new name starts with "python" is traced at once.
+#[inline(always)]
+pub fn execed() {
+    let id = bpf_get_current_pid_tgid();
+    let tgid = (id >> 32) as u32;
+    // SAFETY: the value is copied out.
+    if let Some(how) = unsafe { TRACED.get(tgid) }.copied() {
+        if how == traced::UNTIL_EXEC {
+            let _ = TRACED.insert(tgid, traced::RECORD, 0);
+        }
+        submit_marker(kind::EXEC, id, 0);
+        return;
+    }
+    if ALL_EXECS.load() == 0 {
+        return;
+    }
+    let named_python = bpf_get_current_comm().is_ok_and(|comm| comm.starts_with(b"python"));
+    let flags = if named_python && TRACED.insert(tgid, traced::RECORD, 0).is_ok() {
+        exec::TRACED_BY_NAME
+    } else {
+        0
+    };
+    submit_marker(kind::EXEC, id, flags);
+}
