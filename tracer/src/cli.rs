@@ -182,6 +182,21 @@ pub struct RecordArgs {
     #[arg(long, value_name = "MIB", default_value_t = 32)]
     pub ring_mb: u32,
 
+    /// Stop recording (and report what was recorded) once the capture
+    /// file reaches this many MiB.
+    #[arg(long, value_name = "MIB", default_value_t = DEFAULT_CAPTURE_MB)]
+    pub max_capture_mb: u64,
+
+    /// Run the command as this user (a name or a uid). Default: the user
+    /// who ran tracer (through sudo: SUDO_UID and SUDO_GID).
+    #[arg(long, value_name = "USER", requires = "command")]
+    pub user: Option<String>,
+
+    /// Leave the command running when tracer stops (by default it gets
+    /// SIGTERM, then SIGKILL if it is still running 5 seconds later).
+    #[arg(long, requires = "command")]
+    pub detach_command: bool,
+
     /// The command to start and trace from its first allocation.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,
@@ -198,6 +213,51 @@ impl ViewArgs {
 
     pub fn min_age_ns(&self) -> u64 {
         (self.min_age.max(0.0) * 1e9) as u64
+    }
+
+    /// Each option in its range, with one clear error.
+    pub fn check(&self) -> Result<()> {
+        seconds("--min-age", self.min_age)?;
+        if !(1..=MAX_TOP).contains(&self.top) {
+            bail!("--top must be from 1 to {MAX_TOP}, not {}", self.top);
+        }
+        Ok(())
+    }
+}
+
+/// Longest time any option takes, in seconds (a year): beyond it a
+/// value is a mistake, and nanoseconds of it would overflow.
+const MAX_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
+/// Most entries per report.
+const MAX_TOP: usize = 1_000_000;
+/// --sample-ms: an hour at most (10 ms at least: a tick more often than
+/// the ring is drained is all ticks).
+const SAMPLE_MS: std::ops::RangeInclusive<u64> = 10..=3_600_000;
+/// --sample-bytes: at most 1 TiB between samples (the kernel multiplies it
+/// by gaps of up to 2^20 in 64 bits).
+const MAX_SAMPLE_BYTES: u64 = 1 << 40;
+/// --max-capture-mb: 2 GiB by default (about an hour of a busy service,
+/// docs/captures.md), 1 TiB at most.
+const DEFAULT_CAPTURE_MB: u64 = 2048;
+const MAX_CAPTURE_MB: u64 = 1 << 20;
+
+/// A number of seconds that is not negative, not NaN, and at most a year.
+fn seconds(option: &str, value: f64) -> Result<f64> {
+    if !(0.0..=MAX_SECONDS).contains(&value) {
+        bail!("{option} must be a number of seconds from 0 to {MAX_SECONDS} (a year), not {value}");
+    }
+    Ok(value)
+}
+
+impl ReportArgs {
+    /// Each option in its range, with one clear error.
+    pub fn check(&self) -> Result<()> {
+        self.view.check()?;
+        seconds("--temporary-ms (in seconds)", self.temporary_ms / 1e3)?;
+        if self.temporary_allocations == Some(0) {
+            bail!("--temporary-allocations must be at least 1");
+        }
+        Ok(())
     }
 }
 
@@ -218,6 +278,10 @@ pub struct RecordOptions {
     pub sample_every: Duration,
     pub sampling: Option<Sampling>,
     pub ring_bytes: u32,
+    pub max_capture_bytes: u64,
+    /// `--user`, if given.
+    pub user: Option<String>,
+    pub detach_command: bool,
     pub analysis: analysis::Options,
     pub top: usize,
 }
@@ -237,15 +301,34 @@ impl RecordArgs {
         }
         let duration = match self.duration {
             Some(d) => match Duration::try_from_secs_f64(d) {
-                Ok(d) if !d.is_zero() => Some(d),
-                _ => bail!("--duration must be a positive number of seconds, not {d}"),
+                Ok(t) if !t.is_zero() && d <= MAX_SECONDS => Some(t),
+                _ => bail!(
+                    "--duration must be a positive number of seconds up to {MAX_SECONDS} (a year), not {d}"
+                ),
             },
             None => None,
         };
         let sampling = match self.sample_bytes {
-            Some(0) => bail!("--sample-bytes must be at least 1"),
+            Some(n) if !(1..=MAX_SAMPLE_BYTES).contains(&n) => {
+                bail!("--sample-bytes must be from 1 to {MAX_SAMPLE_BYTES} (1 TiB), not {n}")
+            }
             n => n.map(|mean_bytes| Sampling { mean_bytes }),
         };
+        if !SAMPLE_MS.contains(&self.sample_ms) {
+            bail!(
+                "--sample-ms must be from {} to {} (an hour), not {}",
+                SAMPLE_MS.start(),
+                SAMPLE_MS.end(),
+                self.sample_ms
+            );
+        }
+        if !(1..=MAX_CAPTURE_MB).contains(&self.max_capture_mb) {
+            bail!(
+                "--max-capture-mb must be from 1 to {MAX_CAPTURE_MB}, not {}",
+                self.max_capture_mb
+            );
+        }
+        self.view.check()?;
         Ok(RecordOptions {
             pids: self.pids,
             all: self.all,
@@ -253,10 +336,12 @@ impl RecordArgs {
             pymalloc: self.pymalloc,
             duration,
             output: self.output,
-            // A tick more often than this is all ticks.
-            sample_every: Duration::from_millis(self.sample_ms.max(10)),
+            sample_every: Duration::from_millis(self.sample_ms),
             sampling,
             ring_bytes: self.ring_mb << 20,
+            max_capture_bytes: self.max_capture_mb << 20,
+            user: self.user,
+            detach_command: self.detach_command,
             analysis: analysis::Options {
                 view: self.view.view(),
                 min_age_ns: self.view.min_age_ns(),

@@ -26,6 +26,23 @@ pub struct Frame {
     pub unknown: Option<String>,
 }
 
+/// The longest name, path or reason a frame keeps, in bytes: far beyond
+/// any real one, and what keeps a stack record (and a capture reader)
+/// bounded whatever a traced process or a debug file holds.
+pub const MAX_TEXT: usize = 4096;
+
+/// `s`, cut to `MAX_TEXT` bytes at a character boundary.
+pub fn clip(mut s: String) -> String {
+    if s.len() > MAX_TEXT {
+        let mut end = MAX_TEXT;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
 impl Frame {
     pub const UNKNOWN_FUNCTION: &str = "[unknown]";
 

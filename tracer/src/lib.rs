@@ -11,11 +11,14 @@ mod cli;
 mod clock;
 pub mod counters;
 mod elf;
+pub mod escape;
 pub mod event;
 pub mod frame;
 mod host;
+mod lru;
 pub mod model;
 mod offline;
+mod outputs;
 mod proc_maps;
 pub mod process;
 mod python;
@@ -24,7 +27,10 @@ pub mod report;
 pub mod sampling;
 pub mod sinks;
 pub mod sources;
+pub mod stdio;
 pub mod symbolize;
+mod target_file;
+mod user;
 
 use std::process::ExitCode;
 
@@ -37,8 +43,18 @@ fn init_logging(verbose: u8) {
         _ => "debug",
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
-        .format_timestamp(None)
-        .format_target(false)
+        // Log lines carry paths and command lines of traced processes:
+        // escaped, so that each stays one line without terminal escapes.
+        .format(|buf, record| {
+            use std::io::Write as _;
+            let style = buf.default_level_style(record.level());
+            writeln!(
+                buf,
+                "[{style}{:<5}{style:#}] {}",
+                record.level(),
+                escape::text(&record.args().to_string())
+            )
+        })
         .init();
 }
 
@@ -56,7 +72,7 @@ pub fn main() -> ExitCode {
             let rendered = err.to_string();
             let first = rendered.lines().next().unwrap_or("invalid arguments");
             let first = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("error: {first} (see `tracer --help`)");
+            stdio::line(&format!("error: {first} (see `tracer --help`)"));
             return ExitCode::from(2);
         }
     };
@@ -67,7 +83,7 @@ pub fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(err) => {
-            eprintln!("error: cannot start the async runtime: {err}");
+            stdio::line(&format!("error: cannot start the async runtime: {err}"));
             return ExitCode::FAILURE;
         }
     };
@@ -79,8 +95,10 @@ pub fn main() -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`| head`): what it read was what it wanted.
+        Err(err) if err.is::<stdio::OutputClosed>() => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            stdio::line(&format!("error: {err:#}"));
             ExitCode::FAILURE
         }
     }

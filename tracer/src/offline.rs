@@ -2,7 +2,12 @@
 //! without root or the traced machine's files, through the same analysis
 //! and renderers as `tracer record`.
 
-use std::{fs, io::Write as _, os::unix::fs::FileTypeExt as _, sync::Arc};
+use std::{
+    fs,
+    io::Write as _,
+    os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _},
+    sync::Arc,
+};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 
@@ -16,8 +21,13 @@ use crate::{
 };
 
 pub fn run(args: ReportArgs) -> Result<()> {
+    args.check()?;
     let shown = args.capture.display().to_string();
-    let file = fs::File::open(&args.capture)
+    // Non-blocking: opening a FIFO for reading would wait for a writer.
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(&args.capture)
         .map_err(|e| anyhow!("{shown}: {}", CaptureError::Open(e.to_string())))?;
     // A FIFO or a device would block or never end.
     let kind = file
@@ -67,10 +77,10 @@ pub fn run(args: ReportArgs) -> Result<()> {
     };
     let bytes = render::render(&report, format, &options)?;
     match &args.output {
-        Some(path) => {
-            fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))?
-        }
-        None => std::io::stdout().write_all(&bytes)?,
+        Some(path) => crate::outputs::create_file(path)?
+            .write_all(&bytes)
+            .with_context(|| format!("cannot write {}", path.display()))?,
+        None => crate::stdio::out(&bytes)?,
     }
     // What was read before a cut or corrupt record is reported; the error
     // still says where reading stopped.

@@ -2,7 +2,6 @@
 
 use std::{
     fs, io,
-    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
 };
 
@@ -126,36 +125,6 @@ impl From<&Mapping> for FileId {
             inode: m.inode,
         }
     }
-}
-
-/// A path this process can open that names the very file `mapping` maps:
-/// the path itself when this process sees the same file there, else through
-/// the process's root (a container), else, if that path now names another
-/// file (a library upgraded on disk while mapped), `/proc/PID/map_files`.
-pub fn mapped_file_path(pid: u32, maps: &ProcessMaps, mapping: &Mapping) -> PathBuf {
-    let file = FileId::from(mapping);
-    for candidate in [PathBuf::from(&mapping.path), host_path(pid, &mapping.path)] {
-        if is_same_file(&candidate, file) {
-            return candidate;
-        }
-    }
-    let first = maps
-        .iter()
-        .find(|m| FileId::from(*m) == file)
-        .unwrap_or(mapping);
-    PathBuf::from(format!(
-        "/proc/{pid}/map_files/{:x}-{:x}",
-        first.start, first.end
-    ))
-}
-
-/// Whether `path` names the file `file` (device and inode match).
-pub fn is_same_file(path: &Path, file: FileId) -> bool {
-    fs::metadata(path).is_ok_and(|md| {
-        md.ino() == file.inode
-            && libc::major(md.dev()) == file.dev_major
-            && libc::minor(md.dev()) == file.dev_minor
-    })
 }
 
 #[cfg(test)]

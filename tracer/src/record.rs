@@ -20,6 +20,7 @@ use crate::{
     event::Pid,
     host,
     model::Model,
+    outputs::OutputDir,
     process::MemorySample,
     sinks::{Ending, Sink, Snapshot, capture::CaptureSink, reports::ReportsSink},
     sources::{
@@ -29,6 +30,7 @@ use crate::{
         procfs,
         targets::{Decided, Targets, readable},
     },
+    stdio,
 };
 
 /// How often the ring buffer is drained without a wakeup from the kernel
@@ -37,6 +39,12 @@ const DRAIN_EVERY: Duration = Duration::from_millis(10);
 
 pub async fn record(options: RecordOptions) -> Result<()> {
     host::check()?;
+    // Checked before anything is loaded: a bad -o fails at once.
+    let output = options
+        .output
+        .as_deref()
+        .map(OutputDir::create)
+        .transpose()?;
     let task = host::task_layout().unwrap_or_else(|err| {
         warn!("no Python frames and no fork following: {err:#}");
         host::TaskLayout::default()
@@ -64,11 +72,11 @@ pub async fn record(options: RecordOptions) -> Result<()> {
         rec.targets.adopt_running(&mut rec.probes, &mut rec.model);
     }
     let start_ns = monotonic_ns();
-    let (capture, file) = CaptureSink::create(options.output.as_deref(), start_ns)?;
+    let (capture, file) = CaptureSink::create(output.as_ref(), start_ns)?;
     rec.sinks.push(Box::new(capture));
     rec.sinks.push(Box::new(ReportsSink::new(
         file,
-        options.output.clone(),
+        output,
         options.analysis,
         options.top,
     )));
@@ -104,7 +112,7 @@ impl Recording {
                 .launch(&options.command, &mut self.probes, &mut self.model)?;
         }
         self.targets.watch_exits()?;
-        eprintln!("tracer: {}; Ctrl-C to stop", self.targets.describe());
+        stdio::line(&format!("tracer: {}; Ctrl-C to stop", self.targets.describe()));
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut sigterm = signal(SignalKind::terminate())?;
         let deadline = options.duration.map(|d| started + d);

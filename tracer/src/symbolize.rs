@@ -1,9 +1,23 @@
 //! Stacks in the reports' terms: function, module, file and line per frame,
 //! with blazesym for native code. Symbols are cached per (module, offset).
 //! A stack is taken out of the model (`Unsymbolized`, which owns what it
-//! needs) so that it can be symbolized on another thread.
+//! needs, the open files included) so that it can be symbolized on another
+//! thread.
+//!
+//! blazesym is given the descriptor of each file (`/proc/self/fd/N`), never
+//! a path a process controls; it maps what it reads and follows debug
+//! links, so a file that only root can change is given as it is, and any
+//! other as a private copy without its links (`elf::private_copy`). What
+//! it caches is bounded: it is made anew once it has seen `MAX_MODULES`
+//! files.
 
-use std::collections::HashMap;
+use std::{
+    collections::{HashMap, VecDeque},
+    fs::File,
+    os::fd::AsRawFd as _,
+    path::PathBuf,
+    sync::Arc,
+};
 
 use blazesym::symbolize::{
     self, Input, Symbolized,
@@ -13,14 +27,23 @@ use blazesym::symbolize::{
 use tracer_common::func;
 
 use crate::{
-    frame::{Frame, FrameKind, StackDef},
+    elf::private_copy,
+    frame::{Frame, FrameKind, StackDef, clip},
     model::{
         modules::{ModuleId, Modules},
         registry::NativeFrame,
         stacks::{Cut, Stack},
     },
     python::PyLocation,
+    target_file::TargetFile,
 };
+
+/// Files blazesym reads before it is made anew (dropping every file it
+/// maps and every symbol table it parsed); private copies kept at once.
+const MAX_MODULES: usize = 64;
+const MAX_COPIES: usize = 16;
+/// Symbolized places remembered: past this the cache is started again.
+const MAX_PLACES: usize = 1 << 20;
 
 /// Functions a complete stack ends in: where the kernel starts a process or
 /// a thread.
@@ -55,8 +78,8 @@ enum NativeRef {
     Module {
         module: ModuleId,
         path: String,
-        /// Where to read the file, or why it cannot be read.
-        file: Result<std::path::PathBuf, String>,
+        /// The file, open, or why it cannot be read.
+        file: Result<Arc<TargetFile>, String>,
         file_offset: u64,
     },
     Unmapped {
@@ -99,10 +122,7 @@ fn native_ref(modules: &Modules, frame: NativeFrame) -> NativeRef {
             NativeRef::Module {
                 module,
                 path: m.path.clone(),
-                file: match &m.elf {
-                    Ok(_) => Ok(m.symbolize_path.clone()),
-                    Err(err) => Err(err.clone()),
-                },
+                file: m.file(),
                 file_offset,
             }
         }
@@ -112,6 +132,11 @@ fn native_ref(modules: &Modules, frame: NativeFrame) -> NativeRef {
 
 pub struct Symbolizer {
     blazesym: symbolize::Symbolizer,
+    /// Modules blazesym has read since it was made.
+    seen: Vec<ModuleId>,
+    debug_dirs: Vec<PathBuf>,
+    /// Private copies of files only their owner could change, oldest first.
+    copies: VecDeque<(ModuleId, Result<File, String>)>,
     frames: HashMap<ModuleOffset, Vec<Frame>>,
 }
 
@@ -122,17 +147,68 @@ struct ModuleOffset {
     file_offset: u64,
 }
 
+fn blazesym(debug_dirs: &[PathBuf]) -> symbolize::Symbolizer {
+    symbolize::Symbolizer::builder()
+        .enable_code_info(true)
+        .enable_inlined_fns(true)
+        .enable_demangling(true)
+        .set_debug_dirs(Some(debug_dirs))
+        .build()
+}
+
 impl Symbolizer {
-    /// `debug_dirs`: where to look for separate debug files (by build id).
-    pub fn new(debug_dirs: &[std::path::PathBuf]) -> Self {
+    /// `debug_dirs`: where to look for separate debug files (by build id),
+    /// directories only root can change.
+    pub fn new(debug_dirs: &[PathBuf]) -> Self {
         Self {
-            blazesym: symbolize::Symbolizer::builder()
-                .enable_code_info(true)
-                .enable_inlined_fns(true)
-                .enable_demangling(true)
-                .set_debug_dirs(Some(debug_dirs))
-                .build(),
+            blazesym: blazesym(debug_dirs),
+            seen: Vec::new(),
+            debug_dirs: debug_dirs.to_vec(),
+            copies: VecDeque::new(),
             frames: HashMap::new(),
+        }
+    }
+
+    /// Debug directories found since (a new interpreter's tree) count from
+    /// the next time blazesym is made.
+    pub fn set_debug_dirs(&mut self, debug_dirs: &[PathBuf]) {
+        if self.debug_dirs != debug_dirs {
+            self.debug_dirs = debug_dirs.to_vec();
+            self.seen.clear();
+            self.blazesym = blazesym(debug_dirs);
+        }
+    }
+
+    /// The path blazesym reads `module` at: the file's own descriptor if
+    /// only root can change it, else its private copy's.
+    fn source_path(&mut self, module: ModuleId, file: &TargetFile) -> Result<PathBuf, String> {
+        if !self.seen.contains(&module) {
+            if self.seen.len() >= MAX_MODULES {
+                self.blazesym = blazesym(&self.debug_dirs);
+                self.seen.clear();
+            }
+            self.seen.push(module);
+        }
+        if file.trusted() {
+            return Ok(file.kernel_path());
+        }
+        if !self.copies.iter().any(|(m, _)| *m == module) {
+            if self.copies.len() >= MAX_COPIES {
+                self.copies.pop_front();
+                // A copy blazesym still maps would be read again under
+                // another descriptor: start it afresh.
+                self.blazesym = blazesym(&self.debug_dirs);
+                self.seen.clear();
+                self.seen.push(module);
+            }
+            let copy = private_copy(file)
+                .map_err(|e| format!("cannot copy {} to read it: {e}", file.shown()));
+            self.copies.push_back((module, copy));
+        }
+        match self.copies.iter().find(|(m, _)| *m == module) {
+            Some((_, Ok(copy))) => Ok(PathBuf::from(format!("/proc/self/fd/{}", copy.as_raw_fd()))),
+            Some((_, Err(err))) => Err(err.clone()),
+            None => Err("no copy".into()),
         }
     }
 
@@ -147,12 +223,15 @@ impl Symbolizer {
             .last()
             .is_some_and(|f| ROOT_FUNCTIONS.contains(&f.function.as_str()));
         let native_truncated = stack.cut.is_some() || !reached_root;
-        if stack.cut == Some(Cut::Lost) {
-            native.push(Frame::unknown(
-                String::new(),
-                0,
-                "stack not captured".into(),
-            ));
+        let why_not = match stack.cut {
+            Some(Cut::Lost) => Some("stack not captured"),
+            Some(Cut::OverLimit) => Some(
+                "stack not kept: its process made more distinct stacks than tracer keeps of one process",
+            ),
+            _ => None,
+        };
+        if let Some(why) = why_not {
+            native.push(Frame::unknown(String::new(), 0, why.into()));
         }
         StackDef {
             native,
@@ -185,10 +264,16 @@ impl Symbolizer {
         }) {
             return frames.clone();
         }
-        let frames = match file {
-            Err(err) => vec![Frame::unknown(path.clone(), file_offset, err.clone())],
-            Ok(file) => {
-                let src = Source::Elf(Elf::new(file));
+        let source = match file {
+            Ok(file) => self.source_path(module, file),
+            Err(err) => Err(err.clone()),
+        };
+        let path = clip(path.clone());
+        let path = &path;
+        let frames = match source {
+            Err(err) => vec![Frame::unknown(path.clone(), file_offset, err)],
+            Ok(source) => {
+                let src = Source::Elf(Elf::new(source));
                 let query = file_offset.saturating_sub(back);
                 match self
                     .blazesym
@@ -206,6 +291,9 @@ impl Symbolizer {
                 }
             }
         };
+        if self.frames.len() >= MAX_PLACES {
+            self.frames.clear();
+        }
         self.frames.insert(
             ModuleOffset {
                 module,
@@ -277,7 +365,7 @@ pub fn allocator_name(func: u32) -> &'static str {
 fn frames_of(sym: &symbolize::Sym<'_>, module: &str, offset: u64) -> Vec<Frame> {
     let location = |info: Option<&symbolize::CodeInfo<'_>>| {
         info.map_or((None, None), |ci| {
-            (Some(ci.to_path().display().to_string()), ci.line)
+            (Some(clip(ci.to_path().display().to_string())), ci.line)
         })
     };
     let mut frames = Vec::with_capacity(1 + sym.inlined.len());
@@ -287,7 +375,7 @@ fn frames_of(sym: &symbolize::Sym<'_>, module: &str, offset: u64) -> Vec<Frame> 
         let (file, line) = location(inl.code_info.as_ref());
         frames.push(Frame {
             kind: FrameKind::Native,
-            function: inl.name.to_string(),
+            function: clip(inl.name.to_string()),
             module: module.to_owned(),
             file,
             line,
@@ -299,7 +387,7 @@ fn frames_of(sym: &symbolize::Sym<'_>, module: &str, offset: u64) -> Vec<Frame> 
     let (file, line) = location(sym.code_info.as_deref());
     frames.push(Frame {
         kind: FrameKind::Native,
-        function: sym.name.to_string(),
+        function: clip(sym.name.to_string()),
         module: module.to_owned(),
         file,
         line,

@@ -89,6 +89,7 @@ fn run(mut writer: Writer, jobs: Receiver<Job>) -> io::Result<File> {
             Job::Stacks { debug_dirs, stacks } => {
                 // Debug directories are known once the targets' libraries are.
                 let symbolizer = symbolizer.get_or_insert_with(|| Symbolizer::new(&debug_dirs));
+                symbolizer.set_debug_dirs(&debug_dirs);
                 for NewStack { id, stack } in stacks {
                     let def = symbolizer.symbolize(&stack);
                     writer.write(&Record::Stack { id, def })?;

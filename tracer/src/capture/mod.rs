@@ -9,6 +9,7 @@
 //! them; readers resolve them at the end. See docs/captures.md.
 
 pub mod background;
+mod limits;
 mod reader;
 mod writer;
 
@@ -29,8 +30,6 @@ pub const MAGIC: &[u8; 8] = b"TRACECAP";
 /// whether they are thread stacks; forks and execs, inherited allocations,
 /// processes' parents.
 pub const VERSION: u16 = 4;
-/// No record is this large; a length beyond it is corruption.
-const MAX_RECORD: usize = 16 << 20;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Record {

@@ -10,7 +10,10 @@ use std::{
     sync::Arc,
 };
 
-use super::{CaptureError, MAGIC, MAX_RECORD, ProcessRecord, Record, VERSION};
+use super::{
+    CaptureError, MAGIC, ProcessRecord, Record, VERSION,
+    limits::{self, MAX_RECORD},
+};
 use crate::{
     counters::Counters,
     event::{HeapEvent, Pid, StackId},
@@ -63,8 +66,8 @@ impl Events {
             }
             Events::File(file) => {
                 let _ = read_each(FromStart::from(file), &mut |record| match record {
-                    Record::Event(e) => f(&e),
-                    _ => true,
+                    Record::Event(e) => Ok(f(&e)),
+                    _ => Ok(true),
                 });
             }
         }
@@ -109,15 +112,25 @@ impl Contents {
 
     /// Reads a capture's processes, stacks, samples and counters, leaving
     /// its events in the file (see `Events`), with the number of records
-    /// read and why reading stopped early, if it did.
+    /// read and why reading stopped early, if it did. What it keeps is
+    /// bounded (`limits::kept_budget`).
     pub fn read_file(file: Arc<File>) -> (Self, u64, Option<CaptureError>) {
         let mut c = Contents::default();
         let mut last_ts = 0;
         let mut records = 0;
+        let budget = limits::kept_budget();
+        let mut kept = 0u64;
         let error = read_each(FromStart::from(&file), &mut |record| {
+            kept += limits::kept_bytes(&record);
+            if kept > budget {
+                return Err(format!(
+                    "its stacks, samples and processes need more than the {} MiB tracer keeps of a capture",
+                    budget >> 20
+                ));
+            }
             records += 1;
             c.add(record, &mut last_ts);
-            true
+            Ok(true)
         })
         .err();
         c.events = Events::File(file);
@@ -172,19 +185,25 @@ impl Contents {
 /// what was read before an error is kept.
 pub fn read(input: impl Read) -> (Vec<Record>, Option<CaptureError>) {
     let mut records = Vec::new();
+    let budget = limits::kept_budget();
+    let mut kept = 0u64;
     let error = read_each(input, &mut |r| {
+        kept += limits::kept_bytes(&r) + size_of::<Record>() as u64;
+        if kept > budget {
+            return Err(format!("more than {} MiB of records", budget >> 20));
+        }
         records.push(r);
-        true
+        Ok(true)
     })
     .err();
     (records, error)
 }
 
 /// Hands each record of a capture to `each`, in order, until it returns
-/// false.
+/// false, or why it cannot take it (then the capture is corrupt there).
 fn read_each(
     mut input: impl Read,
-    each: &mut dyn FnMut(Record) -> bool,
+    each: &mut dyn FnMut(Record) -> Result<bool, String>,
 ) -> Result<(), CaptureError> {
     let mut head = [0u8; 10];
     input
@@ -238,11 +257,12 @@ fn read_each(
             Err(Short::Io(e)) => return Err(corrupt(e)),
         }
         let record: Record = postcard::from_bytes(&body).map_err(|e| corrupt(e.to_string()))?;
+        limits::check(&record).map_err(corrupt)?;
         ended = matches!(record, Record::End { .. });
-        count += 1;
-        if !each(record) {
+        if !each(record).map_err(corrupt)? {
             return Ok(());
         }
+        count += 1;
     }
 }
 

@@ -79,7 +79,7 @@ impl Registry {
     pub fn refresh_maps(&mut self, pid: Pid) {
         if let Ok(maps) = ProcessMaps::read(pid) {
             for m in maps.iter().filter(|m| m.executable && m.is_file()) {
-                self.modules.get_or_open(pid, &maps, m);
+                self.modules.get_or_open(pid, m);
             }
             self.processes.entry(pid).or_default().maps = Some(ReadMaps {
                 maps,
@@ -96,6 +96,18 @@ impl Registry {
         known.maps = None;
         self.python.forget(pid);
         self.refresh_maps(pid);
+    }
+
+    /// `pid` exited (or was let go): nothing of it is kept. Its files stay
+    /// in `Modules`, which stacks already recorded point into.
+    pub fn forget(&mut self, pid: Pid) {
+        self.processes.remove(&pid);
+        self.python.forget(pid);
+    }
+
+    /// Processes whose address space is known.
+    pub fn processes(&self) -> usize {
+        self.processes.len()
     }
 
     /// Execs of `pid` seen so far.
@@ -162,7 +174,7 @@ impl Registry {
         };
         let frame = match read.maps.find(addr) {
             Some(m) if m.is_file() => NativeFrame::Module {
-                module: self.modules.get_or_open(pid, &read.maps, m),
+                module: self.modules.get_or_open(pid, m),
                 file_offset: m.file_offset(addr),
             },
             _ => NativeFrame::Unmapped { addr },

@@ -50,7 +50,21 @@ pub enum Cut {
     NotAReturnAddress,
     /// The walk reached the depth limit.
     DepthLimit,
+    /// Not kept: its process made more distinct stacks than tracer keeps
+    /// of one process (`MAX_STACKS_PER_PROCESS`).
+    OverLimit,
 }
+
+/// Distinct stacks and Python frame locations one process may add to the
+/// table: far more than a real program makes (a large service makes a few
+/// thousand), and what bounds tracer's memory when a process makes new code
+/// objects without end. Past it, its new stacks are one `Cut::OverLimit`
+/// stack, counted.
+const MAX_STACKS_PER_PROCESS: u32 = 65_536;
+const MAX_LOCATIONS_PER_PROCESS: u32 = 32_768;
+/// Raw stacks remembered per process (a cache of what was checked): past
+/// it the process's cache is started again.
+const MAX_RAW_PER_PROCESS: usize = 32_768;
 
 /// A stack as the kernel recorded it.
 #[derive(Clone, Copy, Debug)]
@@ -92,24 +106,36 @@ type RawKeys = Vec<RawKey>;
 const KEY_HEAD: usize = 4;
 
 /// Interns stacks: equal raw stacks of a process map to one id without
-/// being checked again, and equal checked stacks share one id.
+/// being checked again, and equal checked stacks share one id. What is kept
+/// per process goes when it exits (`forget`).
 #[derive(Default)]
 pub struct StackTable {
-    /// Hash of (pid, raw stack) -> the raw stacks with that hash.
-    raw: HashMap<u64, RawKeys>,
     ids: HashMap<Stack, StackId>,
     stacks: Vec<Stack>,
     hasher: std::hash::RandomState,
-    /// Python frames already resolved, by what the kernel read.
-    py_frames: HashMap<PyFrameKey, Option<PyLocId>>,
     py_ids: HashMap<PyLocation, PyLocId>,
     py_locations: Vec<PyLocation>,
+    processes: HashMap<Pid, ProcessStacks>,
+    /// Stacks not kept (`Cut::OverLimit`), over the recording.
+    over_limit: u64,
+}
+
+/// What the table keeps of one process.
+#[derive(Default)]
+struct ProcessStacks {
+    /// Hash of a raw stack -> the raw stacks with that hash.
+    raw: HashMap<u64, RawKeys>,
+    raw_count: usize,
+    /// Python frames already resolved, by what the kernel read.
+    py_frames: HashMap<PyFrameKey, Option<PyLocId>>,
+    /// Distinct stacks and locations it added to the table.
+    new_stacks: u32,
+    new_locations: u32,
 }
 
 /// A Python frame of one process as the kernel read it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct PyFrameKey {
-    pid: Pid,
     code: u64,
     instr: u64,
     firstlineno: i32,
@@ -131,7 +157,25 @@ impl StackTable {
 
     /// `pid` replaced its image: its Python frames mean other things now.
     pub fn exec(&mut self, pid: Pid) {
-        self.py_frames.retain(|key, _| key.pid != pid);
+        if let Some(p) = self.processes.get_mut(&pid) {
+            p.py_frames.clear();
+        }
+    }
+
+    /// `pid` exited: what was kept to intern its stacks goes (the stacks
+    /// stay: the capture and the reports name them by id).
+    pub fn forget(&mut self, pid: Pid) {
+        self.processes.remove(&pid);
+    }
+
+    /// Processes whose stacks are cached.
+    pub fn processes(&self) -> usize {
+        self.processes.len()
+    }
+
+    /// Allocations whose stack was not kept (`Cut::OverLimit`).
+    pub fn over_limit(&self) -> u64 {
+        self.over_limit
     }
 
     pub fn intern(&mut self, registry: &mut Registry, pid: Pid, raw: RawStack<'_>) -> StackId {
@@ -153,7 +197,8 @@ impl StackTable {
         python_words(raw.python).for_each(|w| w.hash(&mut h));
         let hash = h.finish();
         let native_end = KEY_HEAD + raw.frames.len();
-        if let Some(bucket) = self.raw.get(&hash) {
+        let process = self.processes.entry(pid).or_default();
+        if let Some(bucket) = process.raw.get(&hash) {
             for known in bucket {
                 let key = &known.key;
                 if key.len() == native_end + raw.python.len() * 3
@@ -170,22 +215,54 @@ impl StackTable {
         }
         let mut certainty = Certainty::Certain;
         let stack = self.check(registry, pid, raw, &mut certainty);
-        let next = StackId(self.stacks.len() as u32);
-        let id = *self.ids.entry(stack.clone()).or_insert(next);
-        if id == next {
-            self.stacks.push(stack);
-        }
+        let id = self.add(pid, stack);
         // A frame not found in a map older than the event may be found
         // later: such a stack is checked again next time.
+        let process = self.processes.entry(pid).or_default();
         if certainty == Certainty::Certain {
+            if process.raw_count >= MAX_RAW_PER_PROCESS {
+                process.raw.clear();
+                process.raw_count = 0;
+            }
             let key: Box<[u64]> = key_head
                 .iter()
                 .chain(raw.frames)
                 .copied()
                 .chain(python_words(raw.python))
                 .collect();
-            self.raw.entry(hash).or_default().push(RawKey { key, id });
+            process.raw.entry(hash).or_default().push(RawKey { key, id });
+            process.raw_count += 1;
         }
+        id
+    }
+
+    /// The id of `stack`, new if it is; past `MAX_STACKS_PER_PROCESS` new
+    /// ones of `pid`, the id of its function's `Cut::OverLimit` stack.
+    fn add(&mut self, pid: Pid, stack: Stack) -> StackId {
+        if let Some(&id) = self.ids.get(&stack) {
+            return id;
+        }
+        let process = self.processes.entry(pid).or_default();
+        let stack = if process.new_stacks >= MAX_STACKS_PER_PROCESS {
+            self.over_limit += 1;
+            let over = Stack {
+                func: stack.func,
+                frames: Vec::new(),
+                cut: Some(Cut::OverLimit),
+                python: Vec::new(),
+                python_cut: None,
+            };
+            if let Some(&id) = self.ids.get(&over) {
+                return id;
+            }
+            over
+        } else {
+            process.new_stacks += 1;
+            stack
+        };
+        let id = StackId(self.stacks.len() as u32);
+        self.ids.insert(stack.clone(), id);
+        self.stacks.push(stack);
         id
     }
 
@@ -219,23 +296,46 @@ impl StackTable {
         frame: &PyFrame,
     ) -> Option<PyLocId> {
         let key = PyFrameKey {
-            pid,
             code: frame.code,
             instr: frame.instr,
             firstlineno: frame.firstlineno,
         };
-        if let Some(known) = self.py_frames.get(&key) {
+        let process = self.processes.entry(pid).or_default();
+        if let Some(known) = process.py_frames.get(&key) {
             return *known;
         }
-        let id = registry.resolve_python(pid, frame).map(|location| {
-            let next = PyLocId(self.py_locations.len() as u32);
-            let id = *self.py_ids.entry(location.clone()).or_insert(next);
-            if id == next {
-                self.py_locations.push(location);
+        let location = registry.resolve_python(pid, frame);
+        let process = self.processes.entry(pid).or_default();
+        let id = location.map(|mut location| {
+            if let Some(&id) = self.py_ids.get(&location) {
+                return id;
             }
+            if process.new_locations >= MAX_LOCATIONS_PER_PROCESS {
+                // One unknown frame for all of them, that says why.
+                location = PyLocation {
+                    module: location.module,
+                    function: crate::frame::Frame::UNKNOWN_FUNCTION.to_owned(),
+                    file: None,
+                    line: None,
+                    unknown: Some(format!(
+                        "its process ran more than {MAX_LOCATIONS_PER_PROCESS} distinct Python lines: not kept"
+                    )),
+                };
+                if let Some(&id) = self.py_ids.get(&location) {
+                    return id;
+                }
+            } else {
+                process.new_locations += 1;
+            }
+            let id = PyLocId(self.py_locations.len() as u32);
+            self.py_ids.insert(location.clone(), id);
+            self.py_locations.push(location);
             id
         });
-        self.py_frames.insert(key, id);
+        if process.py_frames.len() >= MAX_RAW_PER_PROCESS {
+            process.py_frames.clear();
+        }
+        process.py_frames.insert(key, id);
         id
     }
 }

@@ -10,6 +10,9 @@ use super::{
 /// Longest string or line table read from a process: a larger one is not a
 /// real file name or table.
 const MAX_OBJECT_BYTES: i64 = 1 << 20;
+/// Characters of a name or file name kept: a longer one is cut (the
+/// kernel's copies keep 256 bytes).
+const MAX_NAME_CHARS: i64 = 1024;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CodeObject {
@@ -142,9 +145,8 @@ fn read_str(memory: &Memory, layout: &CodeLayout, addr: u64) -> Result<String, S
         } else {
             layout.compact_data
         };
-    let raw = memory
-        .read(data, length as usize * kind as usize)
-        .map_err(e)?;
+    let chars = length.min(MAX_NAME_CHARS) as usize;
+    let raw = memory.read(data, chars * kind as usize).map_err(e)?;
     Ok(decode(&raw, kind))
 }
 

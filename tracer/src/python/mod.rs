@@ -20,8 +20,20 @@ use self::{
 };
 use crate::{
     elf::ElfFile,
-    proc_maps::{FileId, Mapping, ProcessMaps, mapped_file_path},
+    lru::Lru,
+    proc_maps::{FileId, Mapping, ProcessMaps},
+    target_file::TargetFile,
 };
+
+/// Code objects (with their line tables) kept per process, and the
+/// kernel's cut copies: a process runs a few thousand.
+const MAX_CODES: usize = 16_384;
+const MAX_PARTIAL: usize = 4_096;
+
+/// The contents of the file `m` maps in `pid`, through its descriptor.
+fn mapped_elf(pid: u32, m: &Mapping) -> Option<ElfFile> {
+    ElfFile::from_target(&TargetFile::mapped(pid, m).ok()?).ok()
+}
 
 /// The CPython interpreter of one process.
 #[derive(Clone, Debug)]
@@ -76,7 +88,7 @@ pub fn detect(pid: u32, maps: &ProcessMaps) -> Result<Option<Interpreter>, Detec
     });
     let Some((mapping, elf, runtime_vaddr)) = candidates
         .filter_map(|m| {
-            let elf = ElfFile::open(&mapped_file_path(pid, maps, m)).ok()?;
+            let elf = mapped_elf(pid, m)?;
             let runtime = elf.symbol("_PyRuntime")?;
             Some((m.clone(), elf, runtime))
         })
@@ -152,7 +164,7 @@ fn glibc_specific_block(pid: u32, maps: &ProcessMaps) -> Option<u32> {
         if !is_glibc_name(m.path.rsplit('/').next()?) {
             return None;
         }
-        tls::specific_block_offset(&ElfFile::open(&mapped_file_path(pid, maps, m)).ok()?)
+        tls::specific_block_offset(&mapped_elf(pid, m)?)
     })
 }
 
@@ -173,10 +185,10 @@ struct Process {
     memory: Memory,
     /// By (address, co_firstlineno): a code object freed and another made
     /// at its address is read again unless both start on the same line.
-    codes: HashMap<(u64, i32), Result<CodeObject, CodeError>>,
+    codes: Lru<(u64, i32), Result<CodeObject, CodeError>>,
     /// Kernel copies whose line table was cut: used only if the process can
     /// no longer be read.
-    partial: HashMap<(u64, i32), CodeObject>,
+    partial: Lru<(u64, i32), CodeObject>,
 }
 
 /// Resolves Python frames of the traced CPython processes, while they run:
@@ -193,8 +205,8 @@ impl Resolver {
             Process {
                 interpreter,
                 memory: Memory::new(pid),
-                codes: HashMap::new(),
-                partial: HashMap::new(),
+                codes: Lru::new(MAX_CODES),
+                partial: Lru::new(MAX_PARTIAL),
             },
         );
     }
@@ -243,14 +255,18 @@ impl Resolver {
         let module = format!("python{}", p.interpreter.version);
         let layout = p.interpreter.layout;
         let key = (frame.code, frame.firstlineno);
-        let code = p.codes.entry(key).or_insert_with(|| {
-            match CodeObject::read(&p.memory, &layout.code, frame.code, p.interpreter.code_type) {
-                Err(CodeError::Unreadable(why)) => {
-                    p.partial.remove(&key).ok_or(CodeError::Unreadable(why))
-                }
-                read => read,
-            }
-        });
+        if p.codes.get(&key).is_none() {
+            let read =
+                match CodeObject::read(&p.memory, &layout.code, frame.code, p.interpreter.code_type)
+                {
+                    Err(CodeError::Unreadable(why)) => {
+                        p.partial.remove(&key).ok_or(CodeError::Unreadable(why))
+                    }
+                    read => read,
+                };
+            p.codes.insert(key, read);
+        }
+        let code = p.codes.get(&key)?;
         match code {
             Ok(code) if code.hidden => None,
             // Frames whose executable is no code object are the

@@ -6,10 +6,9 @@
 
 use std::{
     collections::HashSet,
-    fs::{self, File, OpenOptions},
+    fs::{File, OpenOptions},
     io,
     os::unix::fs::OpenOptionsExt as _,
-    path::Path,
     sync::Arc,
 };
 
@@ -23,6 +22,7 @@ use crate::{
     },
     event::{HeapEvent, Pid, StackId},
     model::Model,
+    outputs::OutputDir,
     process::ProcessInfo,
     symbolize::Unsymbolized,
 };
@@ -52,21 +52,12 @@ pub struct CaptureSink {
 impl CaptureSink {
     /// A capture in `dir/capture.tracer`, or without `dir` in an unnamed
     /// temporary file. `start_ns` is when recording began.
-    pub fn create(dir: Option<&Path>, start_ns: u64) -> Result<(Self, CaptureFile)> {
+    pub fn create(dir: Option<&OutputDir>, start_ns: u64) -> Result<(Self, CaptureFile)> {
         let (file, shown) = match dir {
-            Some(dir) => {
-                fs::create_dir_all(dir)
-                    .with_context(|| format!("cannot create {}", dir.display()))?;
-                let path = dir.join(CAPTURE_FILE);
-                let file = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .open(&path)
-                    .with_context(|| format!("cannot create {}", path.display()))?;
-                (file, path.display().to_string())
-            }
+            Some(dir) => (
+                dir.create_file(CAPTURE_FILE)?,
+                dir.path().join(CAPTURE_FILE).display().to_string(),
+            ),
             None => (
                 unnamed_file().context("cannot create a temporary capture")?,
                 "the temporary capture".to_owned(),

@@ -3,11 +3,7 @@
 //! the files hold. Prints the leak and hotspot tables; with `-o`, writes
 //! report.json and the folded stacks beside the capture.
 
-use std::{
-    fs,
-    io::Write as _,
-    path::{Path, PathBuf},
-};
+use std::io::Write as _;
 
 use anyhow::{Context as _, Result, bail};
 
@@ -15,6 +11,7 @@ use super::{Ending, Sink, Snapshot, capture::CaptureFile};
 use crate::{
     capture::Contents,
     event::HeapEvent,
+    outputs::OutputDir,
     report::{
         Report,
         analysis::{self, analyze},
@@ -25,7 +22,7 @@ use crate::{
 pub struct ReportsSink {
     capture: CaptureFile,
     /// `-o`: where report.json and the folded stacks go.
-    output: Option<PathBuf>,
+    output: Option<OutputDir>,
     analysis: analysis::Options,
     /// Entries per list and process.
     top: usize,
@@ -34,7 +31,7 @@ pub struct ReportsSink {
 impl ReportsSink {
     pub fn new(
         capture: CaptureFile,
-        output: Option<PathBuf>,
+        output: Option<OutputDir>,
         analysis: analysis::Options,
         top: usize,
     ) -> Self {
@@ -48,7 +45,7 @@ impl ReportsSink {
 }
 
 /// Writes the files `tracer record -o DIR` leaves beside its capture.
-fn write_outputs(dir: &Path, report: &Report, top: usize) -> Result<()> {
+fn write_outputs(dir: &OutputDir, report: &Report, top: usize) -> Result<()> {
     for (name, format, of) in [
         ("report.json", Format::Json, Of::Leaks),
         ("stacks.folded", Format::Folded, Of::Leaks),
@@ -59,10 +56,12 @@ fn write_outputs(dir: &Path, report: &Report, top: usize) -> Result<()> {
             of,
             sections: Vec::new(),
         };
-        let path = dir.join(name);
+        let path = dir.path().join(name);
         let bytes = render::render(report, format, &options)
             .with_context(|| format!("cannot render {}", path.display()))?;
-        fs::write(&path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
+        dir.create_file(name)?
+            .write_all(&bytes)
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(())
 }
@@ -94,9 +93,6 @@ impl Sink for ReportsSink {
                 sections: render::RECORD_SECTIONS.to_vec(),
             },
         )?;
-        let mut stdout = std::io::stdout().lock();
-        stdout.write_all(&text)?;
-        stdout.flush()?;
-        Ok(())
+        crate::stdio::out(&text)
     }
 }

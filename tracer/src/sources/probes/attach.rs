@@ -7,6 +7,7 @@
 use std::{
     collections::{HashMap, hash_map::Entry},
     fmt,
+    path::Path,
 };
 
 use anyhow::Result;
@@ -20,7 +21,8 @@ use super::{
 };
 use crate::{
     elf::ElfFile,
-    proc_maps::{FileId, Mapping, ProcessMaps, mapped_file_path},
+    proc_maps::{FileId, Mapping, ProcessMaps},
+    target_file::TargetFile,
 };
 
 /// An allocation function: its symbol, the program that records its entry,
@@ -221,6 +223,9 @@ impl fmt::Display for FileProbes {
 /// Every file probed so far, and the files found to need nothing.
 pub struct AttachedFiles {
     files: HashMap<FileId, FileProbes>,
+    /// The probed files, open for as long as their probes are: the kernel
+    /// names each probe's file as it was given (`/proc/self/fd/N`).
+    open: Vec<TargetFile>,
     /// Probe CPython's object allocator too.
     pymalloc: bool,
 }
@@ -229,6 +234,7 @@ impl AttachedFiles {
     pub fn new(pymalloc: bool) -> Self {
         Self {
             files: HashMap::new(),
+            open: Vec::new(),
             pymalloc,
         }
     }
@@ -251,10 +257,11 @@ impl AttachedFiles {
         for mapping in maps.files().filter(|m| wanted(m)) {
             let id = FileId::from(mapping);
             if let Entry::Vacant(slot) = self.files.entry(id) {
-                let mut attached = attach_file(programs, pid, maps, mapping, self.pymalloc)?;
+                let (mut attached, file) = attach_file(programs, pid, mapping, self.pymalloc)?;
                 attached.ready_ns = crate::clock::monotonic_ns();
                 if attached.is_allocator() || attached.py_finalize {
                     info!("pid {pid}: probes on {attached}");
+                    self.open.extend(file);
                 }
                 slot.insert(attached);
             }
@@ -270,67 +277,84 @@ impl AttachedFiles {
     }
 }
 
+/// Opens the file `mapping` maps in `pid` once, checks it is the file the
+/// process maps, and attaches its probes through that descriptor, at
+/// offsets read from it. Returns the file too, if probes hold it.
 fn attach_file(
     programs: &mut Programs,
     pid: u32,
-    maps: &ProcessMaps,
     mapping: &Mapping,
     pymalloc: bool,
-) -> Result<FileProbes> {
+) -> Result<(FileProbes, Option<TargetFile>)> {
     let mut done = FileProbes {
         path: mapping.path.clone(),
         ..FileProbes::default()
     };
-    let path = mapped_file_path(pid, maps, mapping);
-    let elf = match ElfFile::open(&path) {
-        Ok(elf) => elf,
+    let opened = TargetFile::mapped(pid, mapping)
+        .map_err(crate::elf::ElfError::from)
+        .and_then(|file| Ok((ElfFile::from_target(&file)?, file)));
+    let (elf, file) = match opened {
+        Ok(opened) => opened,
         Err(err) => {
-            // Not every mapped file is an ELF (locale archives, caches).
+            // Not every mapped file is an ELF (locale archives, caches);
+            // one that changed or went away since is skipped.
             debug!("pid {pid}: skipping {}: {err}", mapping.path);
-            return Ok(done);
+            return Ok((done, None));
         }
     };
     // A file that defines malloc and free is an allocator: libc, a static
     // executable, or a preloaded jemalloc/tcmalloc/mimalloc.
     if elf.function("malloc").is_some() && elf.function("free").is_some() {
-        attach_allocators(programs, &elf, &path, &mut done)?;
+        attach_allocators(programs, &elf, &file, &mut done)?;
         if let Some(exit) = elf.function("exit") {
-            programs.attach("exit_entry", &path, exit.file_offset, None)?;
+            programs.attach("exit_entry", &file, exit.file_offset, None)?;
             done.libc_exit = true;
         }
     }
     if let Some(finalize) = elf.function("Py_FinalizeEx") {
-        programs.attach("py_finalize_entry", &path, finalize.file_offset, None)?;
+        programs.attach("py_finalize_entry", &file, finalize.file_offset, None)?;
         done.py_finalize = true;
         if pymalloc {
-            attach_pymalloc(programs, pid, &elf, &path, mapping, &mut done)?;
+            attach_pymalloc(programs, pid, &elf, &file, mapping, &mut done)?;
         }
     }
-    Ok(done)
+    Ok((done, Some(file)))
 }
 
 /// The build-id debug file of `elf` (mapped by `pid` at `mapping`): in the
 /// process's root, on the host, or beside an interpreter unpacked in a
-/// private tree (`<prefix>/bin/python` with `<prefix>/lib/debug`).
+/// private tree (`<prefix>/bin/python` with `<prefix>/lib/debug`). Its
+/// symbols say where probes go: it must be root's (and writable by no one
+/// else), opened without following links, and carry the same build id.
 fn debug_file(pid: u32, elf: &ElfFile, mapping: &Mapping) -> Option<ElfFile> {
     let id = elf.build_id()?;
     let (dir, file) = id.split_at(2);
-    let relative = format!(".build-id/{dir}/{file}.debug");
-    let prefix = std::path::Path::new(&mapping.path).parent()?.parent()?;
+    let relative = format!("usr/lib/debug/.build-id/{dir}/{file}.debug");
+    let prefix = Path::new(&mapping.path).parent()?.parent()?;
+    let private = prefix.join("lib/debug");
+    let private = private.strip_prefix("/").ok()?;
+    let in_private = format!("{}/.build-id/{dir}/{file}.debug", private.display());
+    let process_root = crate::proc_maps::host_path(pid, "/");
     [
-        crate::proc_maps::host_path(pid, &format!("/usr/lib/debug/{relative}")),
-        std::path::PathBuf::from(format!("/usr/lib/debug/{relative}")),
-        prefix.join("lib/debug").join(&relative),
+        (process_root.as_path(), relative.as_str()),
+        (Path::new("/"), relative.as_str()),
+        (Path::new("/"), in_private.as_str()),
     ]
-    .iter()
-    .find_map(|p| ElfFile::open(p).ok())
+    .into_iter()
+    .find_map(|(root, path)| {
+        let file = TargetFile::root_owned(root, path)
+            .inspect_err(|err| debug!("{path}: {err}"))
+            .ok()?;
+        let debug = ElfFile::from_target(&file).ok()?;
+        (debug.build_id().as_deref() == Some(id.as_str())).then_some(debug)
+    })
 }
 
 fn attach_pymalloc(
     programs: &mut Programs,
     pid: u32,
     elf: &ElfFile,
-    path: &std::path::Path,
+    file: &TargetFile,
     mapping: &Mapping,
     done: &mut FileProbes,
 ) -> Result<()> {
@@ -346,13 +370,22 @@ fn attach_pymalloc(
             is_symbol_or_lto_copy(name, f.symbol)
                 && (!f.context_first || name.contains(".lto_priv."))
         };
-        let Some((name, found)) = elf
-            .find_function(matches)
-            .or_else(|| debug.as_ref()?.find_function(matches))
-        else {
+        let own = elf.find_function(matches);
+        let from_debug = own.is_none();
+        let Some((name, found)) = own.or_else(|| debug.as_ref()?.find_function(matches)) else {
             debug!("{}: no {}", elf.path(), f.symbol);
             continue;
         };
+        // Where a debug file says a function is, the file itself must
+        // start one (its unwind table): a probe goes nowhere else.
+        if from_debug && elf.is_function_start(found.address) != Some(true) {
+            warn!(
+                "{}: the debug file puts {name} at {:#x}, where the file itself starts no function: not probed",
+                elf.path(),
+                found.address
+            );
+            continue;
+        }
         // A debug file's addresses are the binary's; its offsets are not.
         let Some(file_offset) = elf.file_offset(found.address) else {
             continue;
@@ -366,9 +399,9 @@ fn attach_pymalloc(
         let cookie = u64::from(f.func) | u64::from(f.context_first) << 32;
         // The return probe first, as for libc's functions.
         if returns {
-            programs.attach("alloc_return", path, file_offset + place.offset, None)?;
+            programs.attach("alloc_return", file, file_offset + place.offset, None)?;
         }
-        programs.attach(f.program, path, file_offset + place.offset, Some(cookie))?;
+        programs.attach(f.program, file, file_offset + place.offset, Some(cookie))?;
         if place.how == How::SingleStepped {
             single_stepped.push(format!("{name} ({})", place.instruction));
         }
@@ -390,7 +423,7 @@ fn attach_pymalloc(
 fn attach_allocators(
     programs: &mut Programs,
     elf: &ElfFile,
-    path: &std::path::Path,
+    file: &TargetFile,
     done: &mut FileProbes,
 ) -> Result<()> {
     // glibc gives aligned_alloc and memalign one address: probe it once.
@@ -412,9 +445,9 @@ fn attach_allocators(
             // at the stack pointer (placement.rs). Attached first: in a
             // running process, an entry seen without its return would leave
             // the thread's call in flight.
-            programs.attach("alloc_return", path, func.file_offset + place.offset, None)?;
+            programs.attach("alloc_return", file, func.file_offset + place.offset, None)?;
         }
-        programs.attach(f.program, path, func.file_offset + place.offset, None)?;
+        programs.attach(f.program, file, func.file_offset + place.offset, None)?;
         if f.hot && place.how == How::SingleStepped {
             single_stepped_hot.push(format!("{} ({})", f.symbol, place.instruction));
         }

@@ -5,8 +5,6 @@
 mod attach;
 mod placement;
 
-use std::path::Path;
-
 use anyhow::{Context as _, Result};
 use aya::{
     Btf, Ebpf, EbpfLoader,
@@ -24,6 +22,7 @@ use crate::{
     host::TaskLayout,
     proc_maps::ProcessMaps,
     sampling::{self, Sampling},
+    target_file::TargetFile,
 };
 
 use attach::AttachedFiles;
@@ -241,14 +240,18 @@ impl Programs {
     /// Attaches `program` to `offset` in `file` for every process (the
     /// programs filter by the traced set). Whether it is an entry or a
     /// return probe is the program's own kind; `cookie` tells a program that
-    /// serves several functions which one this is.
+    /// serves several functions which one this is. The kernel is given the
+    /// file's descriptor (`/proc/self/fd/N`), never a path a process could
+    /// change between tracer's reading the file and the kernel's.
     pub fn attach(
         &mut self,
         program: &str,
-        file: &Path,
+        target: &TargetFile,
         offset: u64,
         cookie: Option<u64>,
     ) -> Result<()> {
+        let file = target.kernel_path();
+        let file = file.as_path();
         let probe: &mut UProbe = self
             .ebpf
             .program_mut(program)
@@ -261,10 +264,10 @@ impl Programs {
         let started = std::time::Instant::now();
         probe
             .attach(point, file, UProbeScope::AllProcesses)
-            .with_context(|| format!("attaching {program} to {}+{offset:#x}", file.display()))?;
+            .with_context(|| format!("attaching {program} to {}+{offset:#x}", target.shown()))?;
         log::debug!(
             "attached {program} to {}+{offset:#x} in {:.1} ms",
-            file.display(),
+            target.shown(),
             started.elapsed().as_secs_f64() * 1e3
         );
         Ok(())
