@@ -33,6 +33,10 @@ pub mod kind {
     /// A [`ForkRecord`](super::ForkRecord): a traced process forked a new
     /// process (not a thread), traced from its first instruction.
     pub const FORK: u32 = 7;
+    /// A header-only record: the last thread of a traced process exited,
+    /// after every other record of it; the kernel traces it no more (its
+    /// pid may be another process's from now on).
+    pub const EXIT: u32 = 8;
 }
 
 /// `TRACED` map values: how a process is traced.
@@ -120,6 +124,9 @@ pub mod exiting {
 pub mod exec {
     /// `--all`: the kernel added the process to the traced set by its name.
     pub const TRACED_BY_NAME: u32 = 1;
+    /// The process was traced before its exec (a target, or a process a
+    /// target forked); with neither flag, `--all` only reports the exec.
+    pub const TRACED: u32 = 2;
 }
 
 #[repr(C)]
@@ -296,6 +303,17 @@ pub struct CodeKey {
     pub code: u64,
 }
 
+/// What is left of a process's budget of code object copies (a token
+/// bucket: tokens come back at a fixed rate, up to a burst).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CodeBudget {
+    pub tokens: u32,
+    pub _pad: u32,
+    /// When tokens were last added (`bpf_ktime_get_ns`).
+    pub refilled_ns: u64,
+}
+
 /// A traced process made a new process: `header.pid` is the child, `parent`
 /// the process that forked it.
 #[repr(C)]
@@ -347,8 +365,10 @@ pub mod counter {
     pub const LOST_CODE: u32 = 7;
     /// Allocation calls and frees left out by `--sample-bytes`.
     pub const UNSAMPLED: u32 = 8;
+    /// Code object copies not made: the process had used its budget.
+    pub const CODE_OVER_BUDGET: u32 = 9;
     /// Number of counters.
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 10;
 
     /// Each counter's name in reports (`report.json` `counters`), by index.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -361,6 +381,7 @@ pub mod counter {
         "unmatched_returns",
         "lost_code",
         "unsampled",
+        "code_over_budget",
     ];
 }
 

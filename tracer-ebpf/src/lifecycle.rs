@@ -4,13 +4,17 @@
 
 use aya_ebpf::{
     bindings::BPF_RB_FORCE_WAKEUP,
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_probe_read_kernel,
+    },
 };
 use tracer_common::{ForkRecord, counter, exec, fork, kind, traced};
 
 use crate::{
     maps::{
-        ALL_EXECS, EVENTS, PY_PROCS, TASK_MM_OFFSET, TASK_PID_OFFSET, TASK_TGID_OFFSET, TRACED,
+        ALL_EXECS, CODE_BUDGET, EVENTS, PY_PROCS, SIGNAL_LIVE_OFFSET, TASK_MM_OFFSET,
+        TASK_PID_OFFSET, TASK_SIGNAL_OFFSET, TASK_TGID_OFFSET, TRACED,
     },
     ring::{count, header},
     submit::submit_marker,
@@ -89,7 +93,7 @@ pub fn execed() {
         if how == traced::UNTIL_EXEC {
             let _ = TRACED.insert(tgid, traced::RECORD, 0);
         }
-        submit_marker(kind::EXEC, id, 0);
+        submit_marker(kind::EXEC, id, exec::TRACED);
         return;
     }
     if ALL_EXECS.load() == 0 {
@@ -102,4 +106,42 @@ pub fn execed() {
         0
     };
     submit_marker(kind::EXEC, id, flags);
+}
+
+/// `sched_process_exit`, in the exiting thread: when it is the last of a
+/// traced process, the process is traced no more (its pid may be reused by
+/// any process from now on, which must not inherit its tracing) and
+/// userspace is told, after every other record of the process.
+#[inline(always)]
+pub fn exited() {
+    let id = bpf_get_current_pid_tgid();
+    let tgid = (id >> 32) as u32;
+    // SAFETY: presence test only.
+    if unsafe { TRACED.get(tgid) }.is_none() {
+        return;
+    }
+    if !last_thread(id) {
+        return;
+    }
+    let _ = TRACED.remove(tgid);
+    let _ = PY_PROCS.remove(tgid);
+    let _ = CODE_BUDGET.remove(tgid);
+    submit_marker(kind::EXIT, id, 0);
+}
+
+/// Whether the current (exiting) thread is its process's last: its
+/// `signal->live`, decremented before the tracepoint, is 0. Without the
+/// offsets, the thread group leader's exit stands for it.
+#[inline(always)]
+fn last_thread(id: u64) -> bool {
+    let (signal_offset, live_offset) = (TASK_SIGNAL_OFFSET.load(), SIGNAL_LIVE_OFFSET.load());
+    if signal_offset == 0 || live_offset == 0 {
+        return id >> 32 == id & 0xffff_ffff;
+    }
+    // SAFETY: the current task, read through checked reads.
+    let task = unsafe { bpf_get_current_task() };
+    let Some(signal) = task_field::<u64>(task, signal_offset) else {
+        return id >> 32 == id & 0xffff_ffff;
+    };
+    task_field::<i32>(signal, live_offset) == Some(0)
 }

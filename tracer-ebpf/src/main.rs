@@ -219,6 +219,14 @@ pub fn process_exec(_ctx: TracePointContext) -> u32 {
     0
 }
 
+/// A thread exited (see `lifecycle::exited`): the last of a traced process
+/// ends its tracing.
+#[tracepoint]
+pub fn process_exit(_ctx: TracePointContext) -> u32 {
+    lifecycle::exited();
+    0
+}
+
 /// A process or thread was created, before it first runs (see
 /// `lifecycle::forked`): the raw BTF tracepoint gives both tasks.
 #[btf_tracepoint(function = "sched_process_fork")]

@@ -7,7 +7,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use tracer_common::{AllocRecord, CodeKey, PyConfig, SampledKey, counter, sampling};
+use tracer_common::{AllocRecord, CodeBudget, CodeKey, PyConfig, SampledKey, counter, sampling};
 
 /// Processes traced at once (`TRACED`, `PY_PROCS`): enough for `--all` on a
 /// busy host. A lookup miss is the whole cost an untraced process pays
@@ -55,6 +55,15 @@ pub static PY_PROCS: HashMap<u32, PyConfig> = HashMap::with_max_entries(MAX_PROC
 pub static OUT: PerCpuArray<[u64; AllocRecord::MAX_WIRE_LEN / 8]> =
     PerCpuArray::with_max_entries(1, 0);
 
+/// Offset of `signal` in the kernel's `task_struct` and of `live` (the
+/// threads left) in its `signal_struct`, from its BTF, set by userspace at
+/// load: whether an exiting thread is its process's last. 0: the thread
+/// group leader's exit stands for the process's.
+#[unsafe(no_mangle)]
+pub static TASK_SIGNAL_OFFSET: Global<u64> = Global::new(0);
+#[unsafe(no_mangle)]
+pub static SIGNAL_LIVE_OFFSET: Global<u64> = Global::new(0);
+
 /// Offsets in the kernel's `task_struct` of `pid`, `tgid` and `mm`, from its
 /// BTF, set by userspace at load; 0 turns fork following off.
 #[unsafe(no_mangle)]
@@ -68,6 +77,21 @@ pub static TASK_MM_OFFSET: Global<u64> = Global::new(0);
 /// one is copied again when next seen.
 #[map]
 pub static CODE_SEEN: LruHashMap<CodeKey, u8> = LruHashMap::with_max_entries(MAX_CODE_OBJECTS, 0);
+
+/// Code object copies one process may make at once, and how often it gets
+/// one more: a copy is up to 4.7 KB of ring buffer, and a process that runs
+/// new code objects without end (a frame chain of its own making) would
+/// fill the ring and make every other process lose events. 1,024 copies
+/// (4.7 MB) cover an interpreter's start; then 128 a second (600 KB/s).
+/// A code object not copied is read from the process's memory instead.
+pub const CODE_BURST: u32 = 1024;
+pub const CODE_NS_PER_COPY: u64 = 1_000_000_000 / 128;
+
+/// Each process's budget of code object copies (`CODE_BURST`). LRU: a
+/// forgotten process starts with a full budget again.
+#[map]
+pub static CODE_BUDGET: LruHashMap<u32, CodeBudget> =
+    LruHashMap::with_max_entries(MAX_PROCESSES, 0);
 
 /// Exponential gaps between samples, in units of SAMPLE_BYTES / 2^16, set
 /// by userspace (tracer's sampling.rs): a random entry is a random gap.

@@ -5,19 +5,19 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel,
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel,
         generated::{bpf_loop, bpf_probe_read_user},
     },
     macros::map,
     maps::PerCpuArray,
 };
 use tracer_common::{
-    AllocRecord, CodeKey, CodeRecord, MAX_CODE_STR, MAX_CODE_TABLE, MAX_PY_DEPTH, MAX_STACK_DEPTH,
-    PyConfig, PyFrame, counter, flags, kind, py_config,
+    AllocRecord, CodeBudget, CodeKey, CodeRecord, MAX_CODE_STR, MAX_CODE_TABLE, MAX_PY_DEPTH,
+    MAX_STACK_DEPTH, PyConfig, PyFrame, counter, flags, kind, py_config,
 };
 
 use crate::{
-    maps::{CODE_SEEN, EVENTS, FSBASE_OFFSET, OUT},
+    maps::{CODE_BUDGET, CODE_BURST, CODE_NS_PER_COPY, CODE_SEEN, EVENTS, FSBASE_OFFSET, OUT},
     probe::user,
     ring::{count, header, wakeup},
 };
@@ -117,8 +117,43 @@ fn read_str(cfg: &PyConfig, obj: u64, dst: &mut [u8; MAX_CODE_STR]) -> (u32, u32
     if ok { (n as u32, kind) } else { (0, 0) }
 }
 
+/// Takes one copy from `pid`'s budget (maps.rs, `CODE_BURST`); false
+/// if none is left. Concurrent threads may both take the last one: the
+/// budget is a bound, not an exact count.
+#[inline(always)]
+fn take_copy(pid: u32) -> bool {
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let Some(budget) = CODE_BUDGET.get_ptr_mut(pid) else {
+        let full = CodeBudget {
+            tokens: CODE_BURST - 1,
+            _pad: 0,
+            refilled_ns: now,
+        };
+        let _ = CODE_BUDGET.insert(pid, full, 0);
+        return true;
+    };
+    // SAFETY: the map's value, valid while this program runs.
+    let budget = unsafe { &mut *budget };
+    let earned = now.saturating_sub(budget.refilled_ns) / CODE_NS_PER_COPY;
+    if earned > 0 {
+        let tokens = u64::from(budget.tokens) + earned;
+        budget.tokens = if tokens > u64::from(CODE_BURST) {
+            CODE_BURST
+        } else {
+            tokens as u32
+        };
+        budget.refilled_ns += earned * CODE_NS_PER_COPY;
+    }
+    if budget.tokens == 0 {
+        return false;
+    }
+    budget.tokens -= 1;
+    true
+}
+
 /// Copies the code object `code` (first line `firstlineno`) to userspace
-/// unless it was already.
+/// unless it was already, within the process's budget.
 #[inline(always)]
 fn copy_code(cfg: &PyConfig, pid: u32, code: u64, firstlineno: i32) {
     let key = CodeKey {
@@ -128,6 +163,10 @@ fn copy_code(cfg: &PyConfig, pid: u32, code: u64, firstlineno: i32) {
     };
     // SAFETY: presence test only.
     if unsafe { CODE_SEEN.get(key) }.is_some() {
+        return;
+    }
+    if !take_copy(pid) {
+        count(counter::CODE_OVER_BUDGET);
         return;
     }
     let Some(mut entry) = EVENTS.reserve::<CodeRecord>(0) else {

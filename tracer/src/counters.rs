@@ -23,13 +23,17 @@ pub const IMPLIED_FREES: u32 = counter::COUNT + 2;
 pub const UNMATCHED_UNMAPS: u32 = counter::COUNT + 3;
 /// Reported stacks that could not be unwound to their root.
 pub const TRUNCATED_STACKS: u32 = counter::COUNT + 4;
+/// Allocations whose stack was not kept: their process made more distinct
+/// stacks than tracer keeps of one process (`model::stacks`).
+pub const STACKS_OVER_LIMIT: u32 = counter::COUNT + 5;
 
-const OWN_NAMES: [&str; 5] = [
+const OWN_NAMES: [&str; 6] = [
     "malformed_records",
     "unmatched_frees",
     "implied_frees",
     "unmatched_unmaps",
     "truncated_stacks",
+    "stacks_over_limit",
 ];
 const LEN: usize = KERNEL + OWN_NAMES.len();
 

@@ -11,7 +11,6 @@ use std::{
     fs::File,
     io::{self, Write as _},
     os::fd::{AsRawFd as _, FromRawFd as _},
-    path::Path,
 };
 
 use memmap2::Mmap;
@@ -76,7 +75,7 @@ impl ElfFile {
     /// A file of the host's own that only root can change (what tests
     /// read; files of processes are opened through `TargetFile`).
     #[cfg(test)]
-    pub fn open(path: &Path) -> Result<Self, ElfError> {
+    pub fn open(path: &std::path::Path) -> Result<Self, ElfError> {
         let file = File::open(path).map_err(|source| ElfError::Open {
             path: path.display().to_string(),
             source,
@@ -333,6 +332,8 @@ fn link_section_names(data: &[u8]) -> Vec<usize> {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     fn libc() -> ElfFile {

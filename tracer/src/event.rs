@@ -4,8 +4,42 @@
 
 use serde::{Deserialize, Serialize};
 
-/// A process id (the kernel's tgid).
+/// A process id (the kernel's tgid). In a capture and its reports, the
+/// bits above `PID_BITS` tell apart the processes that had one pid during
+/// the recording (a pid reused): the first keeps its pid, the next is
+/// `pid + 2^22`, and so on (`pid_instance`).
 pub type Pid = u32;
+
+/// Pids are below 2^22, the kernel's PID_MAX_LIMIT.
+pub const PID_BITS: u32 = 22;
+/// Processes with one pid told apart in one recording; later ones count as
+/// the last.
+pub const MAX_PID_INSTANCE: u32 = (1 << (32 - PID_BITS)) - 1;
+
+/// The kernel's pid of a capture's process.
+pub fn os_pid(pid: Pid) -> Pid {
+    pid & ((1 << PID_BITS) - 1)
+}
+
+/// Which process with its pid a capture's process is: 0 for the first in
+/// the recording, 1 for the next, ...
+pub fn pid_instance(pid: Pid) -> u32 {
+    pid >> PID_BITS
+}
+
+/// The capture's name of the `instance`th process with kernel pid `pid`.
+pub fn with_instance(pid: Pid, instance: u32) -> Pid {
+    os_pid(pid) | instance.min(MAX_PID_INSTANCE) << PID_BITS
+}
+
+/// How reports name a capture's process: "1234", or "1234#2" for the
+/// second process with pid 1234 in the recording.
+pub fn pid_label(pid: Pid) -> String {
+    match pid_instance(pid) {
+        0 => os_pid(pid).to_string(),
+        n => format!("{}#{}", os_pid(pid), n + 1),
+    }
+}
 /// A thread id (the kernel's pid).
 pub type Tid = u32;
 
@@ -144,5 +178,16 @@ mod tests {
             })
         );
         assert_eq!(EventKind::Unmap { addr: 0, len: 1 }.block_change(), None);
+    }
+
+    #[test]
+    fn reused_pids_are_told_apart() {
+        assert_eq!(pid_label(1234), "1234");
+        let second = with_instance(1234, 1);
+        assert_ne!(second, 1234);
+        assert_eq!((os_pid(second), pid_instance(second)), (1234, 1));
+        assert_eq!(pid_label(second), "1234#2");
+        assert_eq!(pid_instance(with_instance(7, 5000)), MAX_PID_INSTANCE);
+        assert_eq!(os_pid(4_194_303), 4_194_303, "the largest pid");
     }
 }

@@ -37,8 +37,57 @@ pub fn check() -> Result<()> {
         );
     }
     ensure_tracefs()?;
-    raise_memlock();
+    raise_limits();
     Ok(())
+}
+
+/// Resource limits tracer raises for itself, as they were: what a command
+/// it starts gets back.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub nofile: libc::rlimit,
+    pub memlock: libc::rlimit,
+}
+
+static ORIGINAL_LIMITS: std::sync::OnceLock<Limits> = std::sync::OnceLock::new();
+
+/// The limits tracer started with (before `check` raised them).
+pub fn original_limits() -> Option<Limits> {
+    ORIGINAL_LIMITS.get().copied()
+}
+
+fn get_limit(resource: libc::__rlimit_resource_t) -> libc::rlimit {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct only.
+    unsafe { libc::getrlimit(resource, &mut limit) };
+    limit
+}
+
+/// Raises the descriptor limit to its hard limit: under `--all` tracer
+/// holds a pidfd per target and the files of many processes, and with the
+/// default soft limit (1,024) it would stop adopting processes within
+/// hours on a busy host. And see `raise_memlock`.
+fn raise_limits() {
+    let original = Limits {
+        nofile: get_limit(libc::RLIMIT_NOFILE),
+        memlock: get_limit(libc::RLIMIT_MEMLOCK),
+    };
+    let _ = ORIGINAL_LIMITS.set(original);
+    let raised = libc::rlimit {
+        rlim_cur: original.nofile.rlim_max,
+        rlim_max: original.nofile.rlim_max,
+    };
+    // SAFETY: setrlimit reads the struct only.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+        debug!(
+            "could not raise RLIMIT_NOFILE: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    raise_memlock();
 }
 
 /// Where fields of the kernel's `task_struct` are, read from its BTF: the
@@ -53,6 +102,10 @@ pub struct TaskLayout {
     pub tgid: u64,
     /// `mm`: whether a new process shares its parent's memory (vfork).
     pub mm: u64,
+    /// `signal`, and `live` in `signal_struct`: whether an exiting thread
+    /// is its process's last.
+    pub signal: u64,
+    pub signal_live: u64,
 }
 
 pub fn task_layout() -> Result<TaskLayout> {
@@ -77,11 +130,18 @@ pub fn task_layout() -> Result<TaskLayout> {
         .context("kernel BTF has no struct task_struct")?;
     let (thread, thread_struct) = member_offset(&task, "thread")?;
     let (fsbase, _) = member_offset(&thread_struct, "fsbase")?;
+    let signal_struct = btf
+        .resolve_types_by_name("signal_struct")?
+        .into_iter()
+        .find(|t| matches!(t, Type::Struct(_)))
+        .context("kernel BTF has no struct signal_struct")?;
     Ok(TaskLayout {
         fsbase: thread + fsbase,
         pid: member_offset(&task, "pid")?.0,
         tgid: member_offset(&task, "tgid")?.0,
         mm: member_offset(&task, "mm")?.0,
+        signal: member_offset(&task, "signal")?.0,
+        signal_live: member_offset(&signal_struct, "live")?.0,
     })
 }
 
@@ -143,6 +203,7 @@ mod tests {
         // pid_t pid; pid_t tgid; next to each other.
         assert_eq!(t.tgid, t.pid + 4, "{t:?}");
         assert!(t.mm > 0 && t.mm < t.fsbase, "{t:?}");
+        assert!(t.signal > 0 && t.signal_live > 0, "{t:?}");
     }
 
     #[test]

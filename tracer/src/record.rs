@@ -9,7 +9,8 @@ use anyhow::{Result, anyhow};
 use aya::maps::{MapData, RingBuf};
 use log::{debug, warn};
 use tokio::{
-    signal::unix::{SignalKind, signal},
+    signal::unix::{Signal, SignalKind, signal},
+    sync::mpsc::UnboundedReceiver,
     time::{Instant, sleep_until},
 };
 
@@ -17,20 +18,27 @@ use crate::{
     cli::RecordOptions,
     clock::monotonic_ns,
     counters::{self, Counters},
-    event::Pid,
+    event::{HeapEvent, Pid},
     host,
     model::Model,
     outputs::OutputDir,
-    process::MemorySample,
-    sinks::{Ending, Sink, Snapshot, capture::CaptureSink, reports::ReportsSink},
+    process::{MemorySample, ProcessInfo},
+    sinks::{
+        Ending, Sink, Snapshot,
+        capture::{CaptureFile, CaptureSink},
+        reports::ReportsSink,
+    },
     sources::{
         collector::{Collector, Notice},
+        identity::Identity,
+        launch::Launch,
         pending::Pending,
         probes::{Probes, Settings},
         procfs,
         targets::{Decided, Targets, readable},
     },
     stdio,
+    user::User,
 };
 
 /// How often the ring buffer is drained without a wakeup from the kernel
@@ -39,12 +47,23 @@ const DRAIN_EVERY: Duration = Duration::from_millis(10);
 
 pub async fn record(options: RecordOptions) -> Result<()> {
     host::check()?;
-    // Checked before anything is loaded: a bad -o fails at once.
+    // Taken first: one that comes while the programs load or processes
+    // are adopted stops the recording as soon as it starts, with reports.
+    let mut stops = Stops::new()?;
+    // Checked before anything is loaded: a bad -o or --user fails at once.
     let output = options
         .output
         .as_deref()
         .map(OutputDir::create)
         .transpose()?;
+    let launch = if options.command.is_empty() {
+        None
+    } else {
+        Some(Launch {
+            user: User::resolve(options.user.as_deref())?,
+            detach: options.detach_command,
+        })
+    };
     let task = host::task_layout().unwrap_or_else(|err| {
         warn!("no Python frames and no fork following: {err:#}");
         host::TaskLayout::default()
@@ -64,6 +83,7 @@ pub async fn record(options: RecordOptions) -> Result<()> {
         targets,
         pending: Pending::default(),
         sinks: Vec::new(),
+        capture: None,
     };
     for &pid in &options.pids {
         rec.targets.add_pid(pid, &mut rec.probes, &mut rec.model)?;
@@ -73,6 +93,7 @@ pub async fn record(options: RecordOptions) -> Result<()> {
     }
     let start_ns = monotonic_ns();
     let (capture, file) = CaptureSink::create(output.as_ref(), start_ns)?;
+    rec.capture = Some(file.clone());
     rec.sinks.push(Box::new(capture));
     rec.sinks.push(Box::new(ReportsSink::new(
         file,
@@ -80,9 +101,38 @@ pub async fn record(options: RecordOptions) -> Result<()> {
         options.analysis,
         options.top,
     )));
-    let stop = rec.run(&options, exits).await?;
+    let stop = rec
+        .run(&options, launch.as_ref(), exits, &mut stops)
+        .await?;
     debug!("recording stopped: {stop}");
     rec.finish()
+}
+
+/// What stops a recording from outside: Ctrl-C, SIGTERM, and SIGHUP (the
+/// terminal or ssh session went away), each with the reports made.
+struct Stops {
+    interrupt: Signal,
+    terminate: Signal,
+    hangup: Signal,
+}
+
+impl Stops {
+    fn new() -> Result<Self> {
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+            hangup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// Waits for one; says which.
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.interrupt.recv() => "interrupted",
+            _ = self.terminate.recv() => "terminated",
+            _ = self.hangup.recv() => "hung up",
+        }
+    }
 }
 
 /// The probes, the model and the sinks of one recording.
@@ -94,27 +144,34 @@ struct Recording {
     /// Events of processes traced but not adopted yet.
     pending: Pending,
     sinks: Vec<Box<dyn Sink>>,
+    /// The capture being written, to watch its size.
+    capture: Option<CaptureFile>,
 }
 
 impl Recording {
-    /// Records until a signal, the deadline, or the end of every target.
-    /// Returns why it stopped.
+    /// Records until a signal, the deadline, the capture's size limit, or
+    /// the end of every target. Returns why it stopped.
     async fn run(
         &mut self,
         options: &RecordOptions,
-        mut exits: tokio::sync::mpsc::UnboundedReceiver<Pid>,
+        launch: Option<&Launch>,
+        mut exits: UnboundedReceiver<Identity>,
+        stops: &mut Stops,
     ) -> Result<&'static str> {
         let mut ring = readable(self.probes.take_events()?)?;
         let mut logger = readable(self.probes.take_logger()?)?;
         let started = Instant::now();
-        if !options.command.is_empty() {
+        if let Some(how) = launch {
             self.targets
-                .launch(&options.command, &mut self.probes, &mut self.model)?;
+                .launch(&options.command, how, &mut self.probes, &mut self.model)?;
         }
-        self.targets.watch_exits()?;
-        stdio::line(&format!("tracer: {}; Ctrl-C to stop", self.targets.describe()));
-        let mut sigint = signal(SignalKind::interrupt())?;
-        let mut sigterm = signal(SignalKind::terminate())?;
+        for info in self.targets.watch_exits(&self.model) {
+            self.ended(&info)?;
+        }
+        stdio::line(&format!(
+            "tracer: {}; Ctrl-C to stop",
+            self.targets.describe()
+        ));
         let deadline = options.duration.map(|d| started + d);
         let mut drain_tick = tokio::time::interval(DRAIN_EVERY);
         drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -122,6 +179,9 @@ impl Recording {
         // A late tick is one sample late, not a burst of samples of one moment.
         sample_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let stop = loop {
+            if self.targets.all_exited() {
+                break "every target exited";
+            }
             tokio::select! {
                 guard = ring.readable_mut() => {
                     let mut guard = guard?;
@@ -133,15 +193,14 @@ impl Recording {
                     guard.get_inner_mut().flush();
                     guard.clear_ready();
                 }
-                _ = sigint.recv() => break "interrupted",
-                _ = sigterm.recv() => break "terminated",
+                why = stops.next() => break why,
                 _ = sleep_until(deadline.unwrap_or(started)), if deadline.is_some() => {
                     break "duration reached";
                 }
-                Some(pid) = exits.recv() => {
-                    if self.targets.exited(pid, &mut self.probes) {
-                        break "every target exited";
-                    }
+                Some(process) = exits.recv() => {
+                    // Its last records first, then its end.
+                    self.drain(ring.get_mut())?;
+                    self.exited(process.pid, Some(process))?;
                 }
                 _ = sleep_until(self.targets.next_rescan().unwrap_or(started)),
                     if self.targets.next_rescan().is_some() =>
@@ -154,6 +213,9 @@ impl Recording {
                     // Take the newest events first: a sample is of the heap now.
                     self.drain(ring.get_mut())?;
                     self.snapshot()?;
+                    if self.capture_full(options.max_capture_bytes)? {
+                        break "the capture reached --max-capture-mb";
+                    }
                 }
             }
         };
@@ -162,52 +224,83 @@ impl Recording {
         Ok(stop)
     }
 
-    /// Applies every record in the ring to the model, hands the targets'
-    /// events to the sinks (holding the others), and acts on what the
-    /// records say of the processes.
+    /// Whether the capture has reached `max` bytes: then the recording
+    /// stops (docs/captures.md), and says so.
+    fn capture_full(&self, max: u64) -> Result<bool> {
+        let Some(capture) = &self.capture else {
+            return Ok(false);
+        };
+        let size = capture.file.metadata()?.len();
+        if size < max {
+            return Ok(false);
+        }
+        stdio::line(&format!(
+            "tracer: {} reached {} MiB (--max-capture-mb): recording stopped; the reports cover what was recorded",
+            capture.shown,
+            max >> 20
+        ));
+        Ok(true)
+    }
+
+    /// Applies every record in the ring to the model and hands the
+    /// targets' events to the sinks (holding the others), in order with
+    /// what the records say of the processes: a process's exit comes after
+    /// its last events.
     fn drain(&mut self, ring: &mut RingBuf<MapData>) -> Result<()> {
-        let mut notices = Vec::new();
+        let mut execs = Vec::new();
+        let mut ended = Vec::new();
         while let Some(item) = ring.next() {
-            if let Some(n) = self.collector.apply(&item, &mut self.model) {
-                notices.push(n);
+            let notice = self.collector.apply(&item, &mut self.model);
+            drop(item);
+            match notice {
+                // A forked child is a target before its first event is
+                // admitted: its fork must reach the sinks in order with its
+                // parent's events.
+                Some(Notice::Fork {
+                    child,
+                    parent,
+                    shares_memory,
+                }) => {
+                    // A target still known under the child's pid ended
+                    // unseen (its exit record was lost with others).
+                    ended.extend(self.targets.forked(child, parent, shares_memory, &self.model));
+                }
+                Some(Notice::Exited(pid)) => {
+                    self.flush()?;
+                    self.exited(pid, None)?;
+                }
+                Some(Notice::Exec {
+                    pid,
+                    traced_by_name,
+                }) => execs.push((pid, traced_by_name)),
+                Some(Notice::Exiting(_)) | None => {}
             }
         }
-        // A forked child is a target before its first event is admitted:
-        // its fork must reach the sinks in order with its parent's events.
-        for notice in &notices {
-            if let Notice::Fork {
-                child,
-                parent,
-                shares_memory,
-            } = *notice
-            {
-                self.targets.forked(child, parent, shares_memory);
-            }
+        self.flush()?;
+        for info in ended {
+            self.ended(&info)?;
         }
-        let events = self.collector.take_events();
-        let targets = &self.targets;
-        let ready = self.pending.admit(events, |pid| targets.contains(pid));
-        self.feed(&ready)?;
-        let mut execs = false;
-        for notice in notices {
-            if let Notice::Exec {
-                pid,
-                traced_by_name,
-            } = notice
-            {
-                self.targets.exec_seen(pid, traced_by_name);
-                execs = true;
-            }
+        for &(pid, traced_by_name) in &execs {
+            self.targets.exec_seen(pid, traced_by_name);
         }
         // A process that just exec'd is looked at once now, not a tick later.
-        if execs {
+        if !execs.is_empty() {
             let decided = self.targets.rescan(&mut self.probes, &mut self.model);
             self.decided(decided)?;
         }
         Ok(())
     }
 
-    fn feed(&mut self, events: &[crate::event::HeapEvent]) -> Result<()> {
+    /// The events applied so far go on: the targets' to the sinks, the
+    /// others' to be held.
+    fn flush(&mut self) -> Result<()> {
+        let events = self.collector.take_events();
+        let targets = &self.targets;
+        let ready = self.pending.admit(events, |pid| targets.contains(pid));
+        self.feed(&ready)
+    }
+
+    fn feed(&mut self, events: &[HeapEvent]) -> Result<()> {
         if !events.is_empty() {
             for sink in &mut self.sinks {
                 sink.events(events)?;
@@ -216,9 +309,38 @@ impl Recording {
         Ok(())
     }
 
-    /// Adopted processes' held events go on to the sinks; those of
-    /// processes let go are dropped.
+    /// `pid` exited: `process` from its pidfd, or `None` from the kernel's
+    /// exit record (after its last records, and the pid traced no more).
+    /// A target is ended; nothing of a process that was not one is kept.
+    fn exited(&mut self, pid: Pid, process: Option<Identity>) -> Result<()> {
+        match self.targets.exited(pid, process, &self.model) {
+            Some(info) => self.ended(&info),
+            None if process.is_none() => {
+                self.pending.drop_pid(pid);
+                self.model.forget(pid);
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// A target ended: the sinks are told, then it is forgotten.
+    fn ended(&mut self, info: &ProcessInfo) -> Result<()> {
+        for sink in &mut self.sinks {
+            sink.exited(info)?;
+        }
+        self.pending.drop_pid(info.pid);
+        self.model.forget(info.pid);
+        Ok(())
+    }
+
+    /// Adopted processes' held events go on to the sinks, after any target
+    /// found to have ended under their pid; those of processes let go are
+    /// dropped.
     fn decided(&mut self, decided: Decided) -> Result<()> {
+        for info in &decided.ended {
+            self.ended(info)?;
+        }
         for pid in decided.adopted {
             let released = self.pending.release(pid);
             if released.lost > 0 {
@@ -241,6 +363,7 @@ impl Recording {
     fn counters(&self) -> Result<Counters> {
         let mut counters = self.probes.counters()?;
         counters.set(counters::MALFORMED_RECORDS, self.collector.malformed());
+        counters.set(counters::STACKS_OVER_LIMIT, self.model.stacks().over_limit());
         Ok(counters)
     }
 
@@ -274,8 +397,9 @@ impl Recording {
         Ok(())
     }
 
-    /// A last snapshot, then every sink finished in order; the probes are
-    /// removed in the background.
+    /// A launched command still running is stopped, a last snapshot taken,
+    /// then every sink finished in order; the probes are removed in the
+    /// background.
     fn finish(mut self) -> Result<()> {
         for pid in self.targets.finish(&mut self.model) {
             self.pending.drop_pid(pid);

@@ -70,9 +70,23 @@ impl Model {
         self.registry.interpreter(pid)
     }
 
-    /// Drops the heap of `pid` (it turned out not to be a target).
+    /// Drops everything known of `pid`: it exited, or turned out not to
+    /// be a target. Its stacks stay (sinks name them by id), and the files
+    /// they point into (`Modules`, bounded).
     pub fn forget(&mut self, pid: Pid) {
         self.heap.forget(pid);
+        self.registry.forget(pid);
+        self.stacks.forget(pid);
+    }
+
+    /// Processes something is kept of (heap, map, stack caches): after
+    /// their exit, none.
+    pub fn processes(&self) -> usize {
+        self.heap
+            .processes()
+            .count()
+            .max(self.registry.processes())
+            .max(self.stacks.processes())
     }
 
     pub fn heap(&self) -> &HeapModel {

@@ -5,7 +5,7 @@
 //! file: every run's reports are made from a capture, the same way.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     fs::{File, OpenOptions},
     io,
     os::unix::fs::OpenOptionsExt as _,
@@ -20,7 +20,7 @@ use crate::{
         ProcessRecord, Record, Writer,
         background::{Background, NewStack},
     },
-    event::{HeapEvent, Pid, StackId},
+    event::{HeapEvent, Pid, StackId, with_instance},
     model::Model,
     outputs::OutputDir,
     process::ProcessInfo,
@@ -46,7 +46,11 @@ pub struct CaptureSink {
     events: Vec<Record>,
     /// Stacks 0 to `stacks_written - 1` are in the file.
     stacks_written: usize,
+    /// By capture pid (`event::with_instance`).
     processes_written: HashSet<Pid>,
+    /// Processes that ended, by kernel pid: the next one with that pid is
+    /// written as the next instance (`event::with_instance`).
+    ended: HashMap<Pid, u32>,
 }
 
 impl CaptureSink {
@@ -76,6 +80,7 @@ impl CaptureSink {
             events: vec![Record::Start { start_ns }],
             stacks_written: 0,
             processes_written: HashSet::new(),
+            ended: HashMap::new(),
         };
         Ok((sink, capture))
     }
@@ -83,6 +88,33 @@ impl CaptureSink {
     fn write_err(&self, err: io::Error) -> anyhow::Error {
         anyhow!("writing {}: {err}", self.capture.shown)
     }
+
+    /// The capture's name of the process that has kernel pid `pid` now.
+    fn key(&self, pid: Pid) -> Pid {
+        with_instance(pid, self.ended.get(&pid).copied().unwrap_or(0))
+    }
+
+    fn process_record(&self, info: &ProcessInfo) -> Record {
+        Record::Process(ProcessRecord {
+            pid: self.key(info.pid),
+            command: clip_command(&info.command),
+            python: info.python.clone(),
+            notes: info.notes.clone(),
+            explicit: info.explicit,
+            parent: info.parent.map(|p| self.key(p)),
+        })
+    }
+}
+
+/// A command line as a capture keeps it: `ARG_MAX` allows 2 MB, a reader
+/// takes 64 KiB (`capture::limits`), and a report shows one line.
+fn clip_command(command: &str) -> String {
+    const MAX: usize = 16 << 10;
+    let mut end = command.len().min(MAX);
+    while !command.is_char_boundary(end) {
+        end -= 1;
+    }
+    command[..end].to_owned()
 }
 
 /// A file in the temporary directory with no name, gone with its last
@@ -96,17 +128,6 @@ fn unnamed_file() -> io::Result<File> {
         .open(std::env::temp_dir())
 }
 
-fn process_record(info: &ProcessInfo) -> Record {
-    Record::Process(ProcessRecord {
-        pid: info.pid,
-        command: info.command.clone(),
-        python: info.python.clone(),
-        notes: info.notes.clone(),
-        explicit: info.explicit,
-        parent: info.parent,
-    })
-}
-
 /// Stack `id` of the model, with what symbolizing it needs.
 fn unsymbolized(model: &Model, id: StackId) -> Unsymbolized {
     let stacks = model.stacks();
@@ -117,17 +138,43 @@ fn unsymbolized(model: &Model, id: StackId) -> Unsymbolized {
 
 impl Sink for CaptureSink {
     fn events(&mut self, events: &[HeapEvent]) -> Result<()> {
-        self.events
-            .extend(events.iter().copied().map(Record::Event));
+        for e in events {
+            let mut e = *e;
+            e.pid = self.key(e.pid);
+            if let crate::event::EventKind::Fork { parent } = &mut e.kind {
+                *parent = self.key(*parent);
+            }
+            self.events.push(Record::Event(e));
+        }
+        Ok(())
+    }
+
+    fn exited(&mut self, info: &ProcessInfo) -> Result<()> {
+        let key = self.key(info.pid);
+        let record = self.process_record(info);
+        self.processes_written.insert(key);
+        self.events.push(record);
+        if let Some(status) = &info.exit_status {
+            self.events.push(Record::ExitStatus {
+                pid: key,
+                status: status.clone(),
+            });
+        }
+        *self.ended.entry(info.pid).or_default() += 1;
         Ok(())
     }
 
     fn snapshot(&mut self, s: &Snapshot<'_>) -> Result<()> {
         let mut records = std::mem::take(&mut self.events);
-        records.extend(s.samples.iter().copied().map(Record::Sample));
+        records.extend(s.samples.iter().map(|sample| {
+            Record::Sample(crate::process::MemorySample {
+                pid: self.key(sample.pid),
+                ..*sample
+            })
+        }));
         for info in s.processes {
-            if self.processes_written.insert(info.pid) {
-                records.push(process_record(info));
+            if self.processes_written.insert(self.key(info.pid)) {
+                records.push(self.process_record(info));
             }
         }
         // A capture cut short still says what was lost until then.
@@ -157,10 +204,10 @@ impl Sink for CaptureSink {
     fn finish(self: Box<Self>, end: &Ending) -> Result<()> {
         let mut records = Vec::new();
         for info in &end.processes {
-            records.push(process_record(info));
+            records.push(self.process_record(info));
             if let Some(status) = &info.exit_status {
                 records.push(Record::ExitStatus {
-                    pid: info.pid,
+                    pid: self.key(info.pid),
                     status: status.clone(),
                 });
             }

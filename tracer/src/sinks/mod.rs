@@ -22,6 +22,13 @@ pub trait Sink {
     /// The model and the targets as they are now.
     fn snapshot(&mut self, snapshot: &Snapshot<'_>) -> Result<()>;
 
+    /// A target ended, after all its events: how it ended. Events of its
+    /// pid after this are another process's (the pid was reused). The
+    /// model forgets it right after.
+    fn exited(&mut self, _process: &ProcessInfo) -> Result<()> {
+        Ok(())
+    }
+
     /// The recording ended, right after a last snapshot. Sinks are
     /// finished in the order they were added: a later one may read what an
     /// earlier one wrote.

@@ -21,6 +21,9 @@ pub enum Notice {
     Exec { pid: Pid, traced_by_name: bool },
     /// The process began to exit.
     Exiting(Pid),
+    /// The process's last thread exited, after all its records: the
+    /// kernel traces it no more, and its pid may be reused.
+    Exited(Pid),
     /// A traced process forked `child`, traced from its first instruction;
     /// one that `shares_memory` with its parent is recorded once it execs.
     Fork {
@@ -110,13 +113,19 @@ impl Collector {
                 return None;
             }
             kind::EXEC => {
-                model.exec(pid);
-                self.record(model, &header, EventKind::Exec);
+                let traced_by_name = header.flags & exec::TRACED_BY_NAME != 0;
+                // `--all` reports every exec on the host: only a process the
+                // kernel traces has a heap and a map to start again.
+                if traced_by_name || header.flags & exec::TRACED != 0 {
+                    model.exec(pid);
+                    self.record(model, &header, EventKind::Exec);
+                }
                 return Some(Notice::Exec {
                     pid,
-                    traced_by_name: header.flags & exec::TRACED_BY_NAME != 0,
+                    traced_by_name,
                 });
             }
+            kind::EXIT => return Some(Notice::Exited(pid)),
             kind::FORK => {
                 let Some(rec) = read::<ForkRecord>(bytes) else {
                     self.malformed += 1;
@@ -329,6 +338,7 @@ mod tests {
         let exec = Header {
             kind: kind::EXEC,
             pid: 4_000_000,
+            flags: exec::TRACED,
             ..Header::default()
         };
         assert_eq!(
@@ -355,5 +365,35 @@ mod tests {
                 .exit_snapshot()
                 .is_some()
         );
+        let gone = Header {
+            kind: kind::EXIT,
+            pid: 4_000_000,
+            ..Header::default()
+        };
+        assert_eq!(
+            c.apply(&bytes_of(&gone, 24), &mut m),
+            Some(Notice::Exited(4_000_000))
+        );
+    }
+
+    #[test]
+    fn execs_of_untraced_processes_touch_nothing() {
+        let mut c = Collector::default();
+        let mut m = Model::default();
+        let exec = Header {
+            kind: kind::EXEC,
+            pid: std::process::id(),
+            ..Header::default()
+        };
+        assert!(matches!(
+            c.apply(&bytes_of(&exec, 24), &mut m),
+            Some(Notice::Exec {
+                traced_by_name: false,
+                ..
+            })
+        ));
+        assert!(c.take_events().is_empty());
+        assert_eq!(m.modules().open_files(), 0, "no file opened");
+        assert!(m.heap().process(std::process::id()).is_none());
     }
 }

@@ -7,12 +7,20 @@
 //! each of those points to attach probes and add the pid to the traced set.
 //! ptrace is detached before the program's own code runs; later execs of the
 //! process are picked up from the kernel's exec events instead.
+//!
+//! The command runs as the user tracer acts for (not as root), with the
+//! resource limits tracer started with, and ends with tracer: if tracer
+//! dies while holding it, the kernel kills it (`PTRACE_O_EXITKILL`); if
+//! tracer is killed later, it gets SIGTERM (`PR_SET_PDEATHSIG`); when the
+//! recording stops, SIGTERM and, `STOP_GRACE` later, SIGKILL. Unless
+//! `--detach-command`.
 
 use std::{
     ffi::OsString,
     fs,
     os::unix::process::CommandExt as _,
     process::{Child, Command},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
@@ -24,6 +32,20 @@ use nix::{
     },
     unistd::Pid,
 };
+
+use super::identity::describe_status;
+use crate::{host, user::User};
+
+/// How long a command has to exit after SIGTERM when tracer stops.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Who the command runs as, and whether it outlives tracer.
+#[derive(Clone, Debug)]
+pub struct Launch {
+    pub user: User,
+    /// `--detach-command`: left running when tracer stops.
+    pub detach: bool,
+}
 
 /// Why `prepare` is being called.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,18 +70,35 @@ const AT_ENTRY: u64 = 9;
 
 pub fn launch(
     command: &[OsString],
+    how: &Launch,
     mut prepare: impl FnMut(u32, Stage) -> Result<bool>,
 ) -> Result<Launched> {
     let (program, args) = command.split_first().context("no command given")?;
     let mut cmd = Command::new(program);
     cmd.args(args);
-    // SAFETY: ptrace(PTRACE_TRACEME) is a single async-signal-safe syscall.
-    unsafe {
-        cmd.pre_exec(|| ptrace::traceme().map_err(std::io::Error::from));
+    let user = how.user.clone();
+    if !user.is_root() {
+        if let Ok(Some(account)) = nix::unistd::User::from_uid(user.uid.into()) {
+            cmd.env("HOME", account.dir)
+                .env("USER", &account.name)
+                .env("LOGNAME", &account.name);
+        }
     }
-    let child = cmd
-        .spawn()
-        .map_err(|e| anyhow!("cannot run `{}`: {e}", program.to_string_lossy()))?;
+    let limits = host::original_limits();
+    let death_signal = if how.detach { 0 } else { libc::SIGTERM };
+    // SAFETY: the closure makes only async-signal-safe system calls
+    // (setrlimit, setgroups, setgid, setuid, prctl, ptrace) on data
+    // prepared before the fork.
+    unsafe {
+        cmd.pre_exec(move || become_user(&user, limits, death_signal));
+    }
+    let child = cmd.spawn().map_err(|e| {
+        anyhow!(
+            "cannot run `{}` as {}: {e}",
+            program.to_string_lossy(),
+            how.user.name
+        )
+    })?;
     let pid = Pid::from_raw(child.id() as i32);
     let gate = hold_until_traced(pid, &mut prepare);
     if let Err(err) = gate {
@@ -74,12 +113,72 @@ pub fn launch(
     })
 }
 
+/// In the child, before exec: tracer's limits as they were, the user's
+/// groups and ids, a signal when tracer dies, and traced by tracer.
+fn become_user(
+    user: &User,
+    limits: Option<host::Limits>,
+    death_signal: libc::c_int,
+) -> std::io::Result<()> {
+    let check = |ret: libc::c_int| {
+        if ret == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    // SAFETY: plain system calls on values owned by this closure.
+    unsafe {
+        if let Some(limits) = limits {
+            check(libc::setrlimit(libc::RLIMIT_NOFILE, &limits.nofile))?;
+            // Raising it back may not be allowed; lowering always is.
+            let _ = libc::setrlimit(libc::RLIMIT_MEMLOCK, &limits.memlock);
+        }
+        if libc::geteuid() == 0 && !user.is_root() {
+            check(libc::setgroups(user.groups.len(), user.groups.as_ptr()))?;
+            check(libc::setgid(user.gid))?;
+            check(libc::setuid(user.uid))?;
+        }
+        // After setuid, which clears it.
+        if death_signal != 0 {
+            check(libc::prctl(libc::PR_SET_PDEATHSIG, death_signal as libc::c_ulong))?;
+        }
+    }
+    ptrace::traceme().map_err(std::io::Error::from)
+}
+
+/// Stops a launched command still running when the recording ends:
+/// SIGTERM, then SIGKILL if it has not exited `STOP_GRACE` later. Returns
+/// how it ended.
+pub fn stop(child: &mut Child) -> String {
+    let pid = Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::kill(pid, Signal::SIGTERM);
+    let deadline = Instant::now() + STOP_GRACE;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return format!("{} (stopped by tracer)", describe_status(&status));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    match child.wait() {
+        Ok(status) => format!(
+            "{} (did not exit within {} s of SIGTERM)",
+            describe_status(&status),
+            STOP_GRACE.as_secs()
+        ),
+        Err(_) => "killed by tracer".to_owned(),
+    }
+}
+
 fn hold_until_traced(pid: Pid, prepare: &mut impl FnMut(u32, Stage) -> Result<bool>) -> Result<()> {
     let raw = pid.as_raw() as u32;
     expect_stop(waitpid(pid, None)?, "starting")?;
+    // EXITKILL: if tracer dies while holding the command, the kernel kills
+    // it rather than leave it stopped or half-traced.
     ptrace::setoptions(
         pid,
-        Options::PTRACE_O_TRACESYSGOOD | Options::PTRACE_O_TRACEEXEC,
+        Options::PTRACE_O_TRACESYSGOOD | Options::PTRACE_O_TRACEEXEC | Options::PTRACE_O_EXITKILL,
     )?;
 
     let mut probed = prepare(raw, Stage::Loading)?;

@@ -5,6 +5,7 @@
 
 mod adopt;
 pub mod collector;
+pub mod identity;
 pub mod launch;
 pub mod pending;
 pub mod probes;

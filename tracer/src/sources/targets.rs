@@ -3,12 +3,13 @@
 //! found running or started later, and the processes any of them forks
 //! (traced by the kernel from their first instruction). A process that
 //! execs something else than CPython, or that `--all` finds is not one, is
-//! let go. Exits are watched through pidfds.
+//! let go. A process that ends (the kernel's exit record, or its pidfd) is
+//! no target any more: its pid may be another process's next, which is a
+//! new target if it is one at all (`identity`).
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashMap},
     ffi::OsString,
-    os::fd::{FromRawFd as _, OwnedFd},
     path::Path,
     process::Child,
     time::Duration,
@@ -24,7 +25,8 @@ use tokio::{
 
 use super::{
     adopt::{Found, Setup, describe, find_interpreter, probe_files, setup},
-    launch::{self, Stage},
+    identity::{Identity, describe_status, watch_exit},
+    launch::{self, Launch, Stage},
     probes::Probes,
     procfs,
 };
@@ -57,12 +59,15 @@ enum Origin {
 
 struct Target {
     command: String,
-    child: Option<Child>,
+    /// The launched command: its handle, and whether it is left running
+    /// when tracer stops.
+    child: Option<(Child, bool)>,
     origin: Origin,
-    exited: bool,
     exit_status: Option<String>,
     /// What the report says of its allocators.
     notes: Vec<String>,
+    /// Which process it is (`None`: gone before its start time was read).
+    identity: Option<Identity>,
 }
 
 impl Target {
@@ -71,9 +76,26 @@ impl Target {
             command: procfs::command_line(pid),
             child: None,
             origin,
-            exited: false,
             exit_status: None,
             notes: Vec::new(),
+            identity: Identity::of(pid),
+        }
+    }
+
+    fn info(&self, pid: Pid, model: &Model) -> ProcessInfo {
+        ProcessInfo {
+            pid,
+            explicit: self.origin == Origin::Named,
+            parent: match self.origin {
+                Origin::Forked { parent } => Some(parent),
+                _ => None,
+            },
+            command: self.command.clone(),
+            python: model
+                .interpreter(pid)
+                .map(|i| describe(&i.version, &i.module)),
+            notes: self.notes.clone(),
+            exit_status: self.exit_status.clone(),
         }
     }
 }
@@ -93,6 +115,8 @@ struct Candidate {
     traced: bool,
     /// The target it was forked from, if it was.
     parent: Option<Pid>,
+    /// Which process it is, if it was still running when seen.
+    identity: Option<Identity>,
 }
 
 /// What a rescan decided.
@@ -102,6 +126,9 @@ pub struct Decided {
     pub adopted: Vec<Pid>,
     /// Traced by the kernel until now, let go (not CPython).
     pub dropped: Vec<Pid>,
+    /// Targets found to have ended (their pid is another process's now),
+    /// to be ended before the adopted ones' events go on.
+    pub ended: Vec<ProcessInfo>,
 }
 
 pub struct Targets {
@@ -110,9 +137,7 @@ pub struct Targets {
     /// Children sharing their parent's memory (vfork), recorded from their
     /// exec on: by child, the target that made it.
     until_exec: HashMap<Pid, Pid>,
-    /// Processes whose exit is watched.
-    watched: HashSet<Pid>,
-    exits: mpsc::UnboundedSender<Pid>,
+    exits: mpsc::UnboundedSender<Identity>,
     /// `--all`: new CPython processes are adopted as they appear.
     all: bool,
     last_rescan: Instant,
@@ -120,13 +145,12 @@ pub struct Targets {
 
 impl Targets {
     /// Also returns where exited processes are reported.
-    pub fn new(all: bool) -> (Self, mpsc::UnboundedReceiver<Pid>) {
+    pub fn new(all: bool) -> (Self, mpsc::UnboundedReceiver<Identity>) {
         let (exits, exited) = mpsc::unbounded_channel();
         let targets = Self {
             targets: BTreeMap::new(),
             candidates: HashMap::new(),
             until_exec: HashMap::new(),
-            watched: HashSet::new(),
             exits,
             all,
             last_rescan: Instant::now(),
@@ -190,15 +214,16 @@ impl Targets {
         }
     }
 
-    /// Starts `command`, traced from its first allocation.
+    /// Starts `command` as `how` says, traced from its first allocation.
     pub fn launch(
         &mut self,
         command: &[OsString],
+        how: &Launch,
         probes: &mut Probes,
         model: &mut Model,
     ) -> Result<()> {
         let mut traced = false;
-        let launched = launch::launch(command, |pid, stage| {
+        let launched = launch::launch(command, how, |pid, stage| {
             if !traced {
                 self.targets.insert(pid, Target::new(pid, Origin::Named));
                 probes.trace_pid(pid)?;
@@ -218,18 +243,20 @@ impl Targets {
         info!("started pid {}", launched.pid);
         if let Some(t) = self.targets.get_mut(&launched.pid) {
             t.command = procfs::command_line(launched.pid);
-            t.child = Some(launched.child);
+            t.identity = Identity::of(launched.pid);
+            t.child = Some((launched.child, how.detach));
         }
         Ok(())
     }
 
-    /// Watches every target adopted so far for its exit.
-    pub fn watch_exits(&mut self) -> Result<()> {
+    /// Watches every target adopted so far for its exit. One that exited
+    /// already is ended: its info is returned for the sinks.
+    pub fn watch_exits(&mut self, model: &Model) -> Vec<ProcessInfo> {
         let pids: Vec<Pid> = self.targets.keys().copied().collect();
-        for pid in pids {
-            self.watch(pid)?;
-        }
-        Ok(())
+        let gone: Vec<Pid> = pids.into_iter().filter(|&pid| !self.watch(pid)).collect();
+        gone.into_iter()
+            .filter_map(|pid| self.end(pid, model))
+            .collect()
     }
 
     /// The line that says what is being recorded.
@@ -237,7 +264,7 @@ impl Targets {
         let names: Vec<String> = self
             .targets
             .iter()
-            .map(|(pid, t)| format!("pid {pid} ({})", t.command))
+            .map(|(pid, t)| format!("pid {pid} ({})", crate::escape::text(&t.command)))
             .collect();
         if !self.all {
             return format!("recording {} and what they fork", names.join(", "));
@@ -253,28 +280,66 @@ impl Targets {
         )
     }
 
-    /// `pid` exited: its last events are queued already, and a new process
-    /// may reuse its pid. Returns whether every target has exited (never
-    /// with `--all`, which waits for new ones).
-    pub fn exited(&mut self, pid: Pid, probes: &mut Probes) -> bool {
-        probes.untrace_pid(pid);
+    /// `process` exited (its pidfd), or with `None` the process that has
+    /// `pid` now (the kernel's exit record, after its last events): it is
+    /// no target any more. Returns what the sinks are told of it, if it
+    /// was one.
+    pub fn exited(
+        &mut self,
+        pid: Pid,
+        process: Option<Identity>,
+        model: &Model,
+    ) -> Option<ProcessInfo> {
         self.candidates.remove(&pid);
         self.until_exec.remove(&pid);
-        self.watched.remove(&pid);
-        if let Some(t) = self.targets.get_mut(&pid) {
-            t.exited = true;
-            t.exit_status = match &mut t.child {
-                Some(child) => child.try_wait().ok().flatten().map(|s| describe_status(&s)),
-                None => Some("exited during the recording".to_owned()),
-            };
+        let target = self.targets.get(&pid)?;
+        // A pidfd of an earlier process with this pid says nothing of this one.
+        if process.is_some() && target.identity.is_some() && process != target.identity {
+            return None;
         }
-        !self.all && self.candidates.is_empty() && self.targets.values().all(|t| t.exited)
+        self.end(pid, model)
+    }
+
+    /// Whether every target has exited (never with `--all`, which waits
+    /// for new ones).
+    pub fn all_exited(&self) -> bool {
+        !self.all
+            && self.targets.is_empty()
+            && self.candidates.is_empty()
+            && self.until_exec.is_empty()
+    }
+
+    /// Removes target `pid`, with how it ended (read before the model
+    /// forgets it).
+    fn end(&mut self, pid: Pid, model: &Model) -> Option<ProcessInfo> {
+        let mut target = self.targets.remove(&pid)?;
+        target.exit_status = Some(match &mut target.child {
+            // It exited: reaping it takes no time.
+            Some((child, _)) => child
+                .wait()
+                .map_or_else(|_| "ended".to_owned(), |s| describe_status(&s)),
+            None => "exited during the recording".to_owned(),
+        });
+        Some(target.info(pid, model))
     }
 
     /// A traced process forked `child`, which the kernel traces from its
     /// first instruction: a new target, with its parent's facts; or, if it
-    /// shares its parent's memory, one once it execs a CPython.
-    pub fn forked(&mut self, child: Pid, parent: Pid, shares_memory: bool) {
+    /// shares its parent's memory, one once it execs a CPython. A target
+    /// still known under `child`'s pid has ended (its exit record was
+    /// lost): it is returned, to be ended first.
+    pub fn forked(
+        &mut self,
+        child: Pid,
+        parent: Pid,
+        shares_memory: bool,
+        model: &Model,
+    ) -> Option<ProcessInfo> {
+        if self.is_current(child) {
+            // Found already (`--pid`'s descendants, as it was forked).
+            return None;
+        }
+        let ended = self.end(child, model);
         let Some(p) = self.targets.get(&parent) else {
             // A child of a process not adopted yet: judged on its own.
             self.candidates.insert(
@@ -285,9 +350,10 @@ impl Targets {
                     until: Instant::now() + EXEC_RESCAN_FOR,
                     traced: true,
                     parent: None,
+                    identity: Identity::of(child),
                 },
             );
-            return;
+            return ended;
         };
         if shares_memory {
             self.until_exec.insert(child, parent);
@@ -296,15 +362,16 @@ impl Targets {
                 command: p.command.clone(),
                 child: None,
                 origin: Origin::Forked { parent },
-                exited: false,
                 exit_status: None,
                 notes: p.notes.clone(),
+                identity: Identity::of(child),
             };
             self.targets.insert(child, target);
+            if !self.watch(child) {
+                debug!("pid {child} exited as it was forked");
+            }
         }
-        if let Err(err) = self.watch(child) {
-            debug!("pid {child}: {err:#}");
-        }
+        ended
     }
 
     /// A process called execve: a named target is read again for its new
@@ -322,6 +389,7 @@ impl Targets {
                     until: now + EXEC_RESCAN_FOR,
                     traced: true,
                     parent: None,
+                    identity: Identity::of(pid),
                 },
             );
             if let Some(t) = self.targets.get_mut(&pid) {
@@ -352,6 +420,7 @@ impl Targets {
                 until: now + wait,
                 traced,
                 parent,
+                identity: Identity::of(pid),
             },
         );
     }
@@ -380,7 +449,7 @@ impl Targets {
             self.candidates.iter().map(|(p, c)| (*p, *c)).collect();
         let mut found = Vec::new();
         for &(pid, candidate) in &pending {
-            if self.targets.contains_key(&pid) {
+            if self.is_current(pid) {
                 // A named target that exec'd: probes for its new libraries.
                 if let Err(err) = self.setup(pid, probes, model) {
                     debug!("pid {pid}: {err:#}");
@@ -389,6 +458,7 @@ impl Targets {
                 let origin = candidate
                     .parent
                     .map_or(Origin::Found, |parent| Origin::Forked { parent });
+                decided.ended.extend(self.end_replaced(pid, model));
                 if let Some(f) = self.adopt_start(pid, origin, probes, model) {
                     found.push((pid, f));
                 }
@@ -398,8 +468,9 @@ impl Targets {
         for (pid, f) in found {
             let started_ns = self.candidates.get(&pid).map(|c| c.since_ns);
             if self.adopt_finish(pid, f, probes, started_ns) {
-                if let Err(err) = self.watch(pid) {
-                    debug!("pid {pid}: {err:#}");
+                if !self.watch(pid) {
+                    // Gone already: its kernel exit record ends it.
+                    debug!("pid {pid} exited as it was adopted");
                 }
                 if let Some(c) = self.candidates.remove(&pid) {
                     debug!(
@@ -416,7 +487,10 @@ impl Targets {
             }
             self.candidates.remove(&pid);
             if candidate.traced && !self.targets.contains_key(&pid) {
-                probes.untrace_pid(pid);
+                // Its pid may be another process's now, traced for itself.
+                if candidate.identity.is_some_and(|i| i.is_running()) {
+                    probes.untrace_pid(pid);
+                }
                 model.forget(pid);
                 decided.dropped.push(pid);
             }
@@ -424,15 +498,19 @@ impl Targets {
         decided
     }
 
-    /// The recording ended: how launched commands ended, if they did.
-    /// Returns the processes traced but never adopted, let go now.
+    /// The recording ended: a launched command still running is stopped
+    /// (unless `--detach-command`), and says how it ended. Returns the
+    /// processes traced but never adopted, let go now.
     pub fn finish(&mut self, model: &mut Model) -> Vec<Pid> {
-        // A launched command still running when the recording ends keeps running.
         for t in self.targets.values_mut() {
-            if let Some(child) = &mut t.child
+            if let Some((child, detach)) = &mut t.child
                 && t.exit_status.is_none()
             {
-                t.exit_status = child.try_wait().ok().flatten().map(|s| describe_status(&s));
+                t.exit_status = Some(match child.try_wait() {
+                    Ok(Some(status)) => describe_status(&status),
+                    _ if *detach => "still running (--detach-command)".to_owned(),
+                    _ => launch::stop(child),
+                });
             }
         }
         let dropped: Vec<Pid> = self
@@ -449,29 +527,13 @@ impl Targets {
 
     /// The targets still running.
     pub fn running(&self) -> impl Iterator<Item = Pid> + '_ {
-        self.targets
-            .iter()
-            .filter(|(_, t)| !t.exited)
-            .map(|(pid, _)| *pid)
+        self.targets.keys().copied()
     }
 
     pub fn infos(&self, model: &Model) -> Vec<ProcessInfo> {
         self.targets
             .iter()
-            .map(|(&pid, t)| ProcessInfo {
-                pid,
-                explicit: t.origin == Origin::Named,
-                parent: match t.origin {
-                    Origin::Forked { parent } => Some(parent),
-                    _ => None,
-                },
-                command: t.command.clone(),
-                python: model
-                    .interpreter(pid)
-                    .map(|i| describe(&i.version, &i.module)),
-                notes: t.notes.clone(),
-                exit_status: t.exit_status.clone(),
-            })
+            .map(|(&pid, t)| t.info(pid, model))
             .collect()
     }
 
@@ -482,9 +544,25 @@ impl Targets {
         }
     }
 
+    /// Whether `pid` is a target and still the same process.
+    fn is_current(&self, pid: Pid) -> bool {
+        self.targets
+            .get(&pid)
+            .is_some_and(|t| t.identity.is_none_or(|i| i.is_running()))
+    }
+
+    /// A target whose pid is another process's now (its exit was missed)
+    /// is ended.
+    fn end_replaced(&mut self, pid: Pid, model: &Model) -> Option<ProcessInfo> {
+        if self.targets.contains_key(&pid) && !self.is_current(pid) {
+            return self.end(pid, model);
+        }
+        None
+    }
+
     /// Traces `pid` if it runs a supported CPython. Returns whether it does.
     fn adopt(&mut self, pid: Pid, origin: Origin, probes: &mut Probes, model: &mut Model) -> bool {
-        if self.targets.contains_key(&pid) {
+        if self.is_current(pid) {
             return true;
         }
         match self.adopt_start(pid, origin, probes, model) {
@@ -509,7 +587,10 @@ impl Targets {
         }
         match find_interpreter(pid, probes, model) {
             Ok(found) if found.is_python() => {
-                self.targets.insert(pid, Target::new(pid, origin));
+                let target = Target::new(pid, origin);
+                // Gone before its start time could be read: not adopted.
+                target.identity?;
+                self.targets.insert(pid, target);
                 Some(found)
             }
             Ok(_) => None,
@@ -534,7 +615,7 @@ impl Targets {
                 allocator: true,
                 python: Ok(true),
                 notes,
-            }) => match probes.trace_pid(pid) {
+            }) => match self.trace_pid(pid, probes) {
                 Ok(()) => {
                     if let (Some(notes), Some(t)) = (notes, self.targets.get_mut(&pid)) {
                         t.notes = notes;
@@ -547,7 +628,7 @@ impl Targets {
                 python: Err(err), ..
             }) => warn!(
                 "pid {pid} ({}): not traced: {err}",
-                procfs::command_line(pid)
+                crate::escape::text(&procfs::command_line(pid))
             ),
             Ok(_) => {}
             Err(err) => debug!("pid {pid}: {err:#}"),
@@ -565,11 +646,31 @@ impl Targets {
         Ok(setup)
     }
 
-    fn watch(&mut self, pid: Pid) -> Result<()> {
-        if self.watched.insert(pid) {
-            watch_exit(pid, self.exits.clone())?;
+    /// Adds `pid` to the kernel's traced set if it is still the process
+    /// adopted: a process that exited meanwhile, whose pid another process
+    /// may have now, is not traced.
+    fn trace_pid(&self, pid: Pid, probes: &mut Probes) -> Result<()> {
+        probes.trace_pid(pid)?;
+        if !self.is_current(pid) {
+            probes.untrace_pid(pid);
+            bail!("pid {pid} exited as it was adopted");
         }
         Ok(())
+    }
+
+    /// Watches target `pid`'s exit; false if it has exited already (or
+    /// cannot be watched): then it is not traced any more either.
+    fn watch(&mut self, pid: Pid) -> bool {
+        let Some(identity) = self.targets.get(&pid).and_then(|t| t.identity) else {
+            return false;
+        };
+        match watch_exit(identity, self.exits.clone()) {
+            Ok(()) => true,
+            Err(err) => {
+                debug!("{err:#}");
+                false
+            }
+        }
     }
 }
 
@@ -581,33 +682,3 @@ pub fn readable<T: std::os::fd::AsRawFd>(inner: T) -> Result<AsyncFd<T>> {
         .map_err(|err| anyhow::anyhow!("cannot poll a descriptor: {}", err.into_parts().1))
 }
 
-/// Reports `pid` on `exited` when the process has exited.
-fn watch_exit(pid: Pid, exited: mpsc::UnboundedSender<Pid>) -> Result<()> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) };
-    if fd < 0 {
-        let err = std::io::Error::last_os_error();
-        if err.raw_os_error() == Some(libc::ESRCH) {
-            bail!("pid {pid} exited before tracing began");
-        }
-        bail!("cannot watch pid {pid}: {err}");
-    }
-    // SAFETY: fd is a new descriptor owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    let fd = readable(fd)?;
-    tokio::spawn(async move {
-        if fd.readable().await.is_ok() {
-            let _ = exited.send(pid);
-        }
-    });
-    Ok(())
-}
-
-fn describe_status(status: &std::process::ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt as _;
-    match (status.code(), status.signal()) {
-        (Some(code), _) => format!("exited with status {code}"),
-        (None, Some(sig)) => format!("killed by signal {sig}"),
-        _ => "ended".to_owned(),
-    }
-}

@@ -5,13 +5,17 @@ use std::{fmt::Write as _, io};
 
 use super::Options;
 use crate::{
+    escape,
+    event::pid_label,
     frame::Frame,
     report::{Entry, Report},
 };
 
 /// A frame's name in a folded line: `function (file:line)` or
 /// `function [module]`. `;` separates frames, so it may not appear in a
-/// name; spaces may, since readers split the weight off at the last one.
+/// name; spaces may, since readers split the weight off at the last one;
+/// a line end or a terminal escape may not (names come from traced
+/// processes): those are escaped.
 fn frame_name(f: &Frame) -> String {
     let name = match (&f.file, f.line) {
         (Some(file), Some(line)) => {
@@ -23,7 +27,7 @@ fn frame_name(f: &Frame) -> String {
         }
         _ => format!("{} [{}]", f.function, f.module_name()),
     };
-    name.replace(';', ":")
+    escape::text(&name).replace(';', ":")
 }
 
 pub fn render(report: &Report, options: &Options) -> io::Result<Vec<u8>> {
@@ -36,7 +40,11 @@ pub fn lines(report: &Report, entries: &[Entry]) -> String {
     let command_of = |pid| report.command_name(pid);
     let mut out = String::new();
     for e in entries.iter().filter(|e| e.bytes > 0) {
-        let mut line = format!("{} (pid {})", command_of(e.pid).replace(';', ":"), e.pid);
+        let mut line = format!(
+            "{} (pid {})",
+            escape::text(&command_of(e.pid)).replace(';', ":"),
+            pid_label(e.pid)
+        );
         for f in e.stack.iter().rev() {
             line.push(';');
             line.push_str(&frame_name(f));

@@ -13,14 +13,16 @@ use super::{
 };
 use crate::{
     counters,
+    event::pid_label,
     frame::{Frame, FrameKind},
     report::{Entry, Report, TimelinePoint},
 };
 use tracer_common::counter;
 
+/// HTML-escaped, control characters written out (`escape::text`).
 fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
+    for c in crate::escape::text(s).chars() {
         match c {
             '&' => out.push_str("&amp;"),
             '<' => out.push_str("&lt;"),
@@ -82,7 +84,7 @@ fn table(out: &mut String, title: &str, entries: &[Entry], top: usize) {
             i + 1,
             human_bytes(e.bytes),
             grouped(e.count),
-            e.pid,
+            pid_label(e.pid),
             esc(&origin(e)),
             stack.join("\n"),
             if e.truncated { "\n... (truncated)" } else { "" }
@@ -135,11 +137,12 @@ fn plot(points: &[TimelinePoint]) -> String {
             svg,
             "<polyline fill='none' stroke='{color}' stroke-width='2' points='{}'/>\
 <polyline fill='none' stroke='{color}' stroke-dasharray='5,4' points='{}'/>\
-<text x='{}' y='{}' font-size='11' fill='{color}'>pid {pid}: live heap (solid), resident set (dashed)</text>",
+<text x='{}' y='{}' font-size='11' fill='{color}'>pid {}: live heap (solid), resident set (dashed)</text>",
             line(&|p| Some(p.live_bytes)),
             line(&|p| p.rss_bytes),
             PAD + 10.0,
             34.0 + 14.0 * i as f64,
+            pid_label(*pid),
         );
     }
     svg.push_str("</svg>");
@@ -209,7 +212,7 @@ fn page(report: &Report, top: usize) -> String {
         let _ = writeln!(
             out,
             "<tr><td>{}</td><td class=l><code>{}</code><br><span class=note>{}</span></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} at {peak_at_s:.2} s</td></tr>",
-            p.pid,
+            pid_label(p.pid),
             esc(&p.command),
             esc(&p
                 .python

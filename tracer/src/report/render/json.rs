@@ -7,7 +7,7 @@ use serde::Serialize;
 use super::Options;
 use crate::{
     counters::{self, Counters},
-    event::ExitReason,
+    event::{ExitReason, os_pid, pid_instance},
     frame::{Frame, FrameKind},
     report::{Entry, ProcessSummary, Report, TimelinePoint},
 };
@@ -42,9 +42,18 @@ struct JsonHistory<'a> {
     timeline: &'a [TimelinePoint],
 }
 
+/// Whether a process is the first with its pid in the recording.
+fn is_first(instance: &u32) -> bool {
+    *instance == 0
+}
+
 #[derive(Serialize)]
 struct Process<'a> {
     pid: u32,
+    /// Which process with this pid it is when the pid was reused during the
+    /// recording: 1 for the second, ... (absent for the first).
+    #[serde(skip_serializing_if = "is_first")]
+    pid_instance: u32,
     command: &'a str,
     /// "CPython 3.11 (/usr/bin/python3.11)", or null.
     python: Option<&'a str>,
@@ -91,6 +100,8 @@ struct JsonEntry<'a> {
     bytes: u64,
     count: u64,
     pid: u32,
+    #[serde(skip_serializing_if = "is_first")]
+    pid_instance: u32,
     command: &'a str,
     truncated: bool,
     stack: Vec<JsonFrame<'a>>,
@@ -140,7 +151,8 @@ fn entries<'a>(
         .map(|e| JsonEntry {
             bytes: e.bytes,
             count: e.count,
-            pid: e.pid,
+            pid: os_pid(e.pid),
+            pid_instance: pid_instance(e.pid),
             command: report.command(e.pid),
             truncated: e.truncated,
             stack: e.stack.iter().map(JsonFrame::from).collect(),
@@ -155,20 +167,21 @@ pub fn render(report: &Report, options: &Options) -> io::Result<Vec<u8>> {
     let json = Json {
         version: VERSION,
         duration_s: report.duration_s,
-        pids: report.processes.iter().map(|p| p.info.pid).collect(),
+        pids: report.processes.iter().map(|p| os_pid(p.info.pid)).collect(),
         processes: report
             .processes
             .iter()
             .map(|p| {
                 let pid = p.info.pid;
                 Process {
-                    pid,
+                    pid: os_pid(pid),
+                    pid_instance: pid_instance(pid),
                     command: &p.info.command,
                     python: p.info.python.as_deref(),
                     notes: &p.info.notes,
                     leaks_taken_at: p.leaks_taken.map(|t| t.reason),
                     leaks_taken_at_s: p.leaks_taken.map(|t| t.at_s),
-                    parent: p.info.parent,
+                    parent: p.info.parent.map(os_pid),
                     inherited_bytes: p.inherited_bytes,
                     exit_status: p.info.exit_status.as_deref(),
                     summary: report.summary_of(pid),

@@ -223,7 +223,7 @@ pub fn render(report: &Report, _options: &Options) -> io::Result<Vec<u8>> {
                         label: vec![Label {
                             key: pid_key,
                             str: 0,
-                            num: i64::from(e.pid),
+                            num: i64::from(crate::event::os_pid(e.pid)),
                         }],
                     });
                     samples.insert(key, b.profile.sample.len() - 1);

@@ -92,7 +92,11 @@ pub fn render(report: &Report, options: &Options) -> io::Result<Vec<u8>> {
         }
         profiles.push(Profile {
             kind: "sampled",
-            name: format!("{name}: pid {pid} ({})", report.command_name(pid)),
+            name: format!(
+                "{name}: pid {} ({})",
+                crate::event::pid_label(pid),
+                report.command_name(pid)
+            ),
             unit: "bytes",
             start_value: 0,
             end_value: weights.iter().sum(),

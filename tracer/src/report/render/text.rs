@@ -4,7 +4,8 @@ use std::{fmt::Write as _, io};
 
 use super::{Options, Section};
 use crate::{
-    event::ExitReason,
+    escape,
+    event::{ExitReason, pid_label},
     frame::Frame,
     report::{Activity, Entry, ProcessSummary, Report},
 };
@@ -38,12 +39,15 @@ pub fn grouped(n: u64) -> String {
     out
 }
 
+/// Where a frame is. Names and paths come from traced processes and their
+/// files: every one is escaped (`escape::text`).
 fn location(frame: &Frame) -> String {
+    let module = escape::text(frame.module_name());
     match (&frame.file, frame.line, frame.offset) {
-        (Some(file), Some(line), _) => format!("{file}:{line}"),
-        (Some(file), None, _) => file.clone(),
-        (None, _, Some(offset)) => format!("{}+{offset:#x}", frame.module_name()),
-        (None, _, None) => frame.module_name().to_owned(),
+        (Some(file), Some(line), _) => format!("{}:{line}", escape::text(file)),
+        (Some(file), None, _) => escape::text(file).into_owned(),
+        (None, _, Some(offset)) => format!("{module}+{offset:#x}"),
+        (None, _, None) => module.into_owned(),
     }
 }
 
@@ -54,23 +58,23 @@ fn write_entry(out: &mut String, rank: usize, e: &Entry, what: &str) {
         human_bytes(e.bytes),
         grouped(e.count),
     );
-    let width = e
-        .stack
+    let functions: Vec<_> = e.stack.iter().map(|f| escape::text(&f.function)).collect();
+    let width = functions
         .iter()
-        .map(|f| f.function.len())
+        .map(|f| f.chars().count())
         .max()
         .unwrap_or(0)
         .min(48);
-    for f in &e.stack {
-        let mut line = format!("        {:<width$}  {}", f.function, location(f));
+    for (f, function) in e.stack.iter().zip(&functions) {
+        let mut line = format!("        {function:<width$}  {}", location(f));
         if f.file.is_some() {
-            let _ = write!(line, "  [{}]", f.module_name());
+            let _ = write!(line, "  [{}]", escape::text(f.module_name()));
         }
         if f.inlined {
             line.push_str("  (inlined)");
         }
         if let Some(why) = &f.unknown {
-            let _ = write!(line, "  ({why})");
+            let _ = write!(line, "  ({})", escape::text(why));
         }
         let _ = writeln!(out, "{}", line.trim_end());
     }
@@ -124,9 +128,14 @@ fn text(report: &Report, sections: &[Section], top: usize) -> String {
     for p in &report.processes {
         let info = &p.info;
         let _ = writeln!(out);
-        let _ = write!(out, "== pid {}  {}", info.pid, info.command);
+        let _ = write!(
+            out,
+            "== pid {}  {}",
+            pid_label(info.pid),
+            escape::text(&info.command)
+        );
         if let Some(parent) = info.parent {
-            let _ = write!(out, "  (forked from pid {parent})");
+            let _ = write!(out, "  (forked from pid {})", pid_label(parent));
         }
         let _ = writeln!(out);
         let mut about: Vec<String> = info.python.iter().cloned().collect();
@@ -147,9 +156,9 @@ fn text(report: &Report, sections: &[Section], top: usize) -> String {
                 human_bytes(p.inherited_bytes)
             ));
         }
-        let _ = writeln!(out, "   {}", about.join("; "));
+        let _ = writeln!(out, "   {}", escape::text(&about.join("; ")));
         for note in &info.notes {
-            let _ = writeln!(out, "   note: {note}");
+            let _ = writeln!(out, "   note: {}", escape::text(note));
         }
         let stacks = p.thread_stacks;
         let _ = writeln!(
@@ -172,6 +181,7 @@ fn text(report: &Report, sections: &[Section], top: usize) -> String {
 
 fn write_section(out: &mut String, report: &Report, pid: u32, section: Section, top: usize) {
     let history = &report.history;
+    let label = pid_label(pid);
     let (title, list, what): (String, &[Entry], &str) = match section {
         Section::Leaks => {
             let age = if report.min_age_s > 0.0 {
@@ -180,30 +190,30 @@ fn write_section(out: &mut String, report: &Report, pid: u32, section: Section, 
                 String::new()
             };
             (
-                format!("leaks of pid {pid} (live when it began to exit, or at the end{age})"),
+                format!("leaks of pid {label} (live when it began to exit, or at the end{age})"),
                 &report.leaks,
                 "live allocations",
             )
         }
         Section::Hotspots => (
-            format!("hotspots of pid {pid} (allocated during the recording)"),
+            format!("hotspots of pid {label} (allocated during the recording)"),
             &report.hotspots,
             "allocations",
         ),
         Section::Peak => {
             let title = match report.summary_of(pid) {
                 Some(s) if s.activity.peak_bytes > 0 => format!(
-                    "allocations of pid {pid} live at its peak ({} at {:.2} s)",
+                    "allocations of pid {label} live at its peak ({} at {:.2} s)",
                     human_bytes(s.activity.peak_bytes),
                     s.peak_at_s
                 ),
-                _ => format!("allocations of pid {pid} live at its peak (no heap)"),
+                _ => format!("allocations of pid {label} live at its peak (no heap)"),
             };
             (title, &history.peak, "live allocations")
         }
         Section::Temporary => (
             format!(
-                "temporary allocations of pid {pid} ({})",
+                "temporary allocations of pid {label} ({})",
                 history.temporary_rule
             ),
             &history.temporary,

@@ -34,13 +34,14 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 
 /// Syscall and scheduler tracepoints, attached once at load: they fire for
 /// every process and return at once for untraced ones.
-const TRACEPOINTS: [(&str, &str, &str); 6] = [
+const TRACEPOINTS: [(&str, &str, &str); 7] = [
     ("mmap_enter", "syscalls", "sys_enter_mmap"),
     ("mmap_exit", "syscalls", "sys_exit_mmap"),
     ("mremap_enter", "syscalls", "sys_enter_mremap"),
     ("mremap_exit", "syscalls", "sys_exit_mremap"),
     ("munmap_enter", "syscalls", "sys_enter_munmap"),
     ("process_exec", "sched", "sched_process_exec"),
+    ("process_exit", "sched", "sched_process_exit"),
 ];
 
 pub struct Probes {
@@ -108,6 +109,8 @@ impl Probes {
             .override_global("TASK_PID_OFFSET", &task.pid, true)
             .override_global("TASK_TGID_OFFSET", &task.tgid, true)
             .override_global("TASK_MM_OFFSET", &task.mm, true)
+            .override_global("TASK_SIGNAL_OFFSET", &task.signal, true)
+            .override_global("SIGNAL_LIVE_OFFSET", &task.signal_live, true)
             .override_global("ALL_EXECS", &all_execs, true)
             .override_global("SAMPLE_BYTES", &sample_bytes, true)
             .load(EBPF_OBJECT)
