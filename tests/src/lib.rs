@@ -38,7 +38,11 @@ pub fn tracer() -> Command {
         "{} does not exist: run the tests through `cargo xtask test`",
         bin.display()
     );
-    Command::new(bin)
+    let mut cmd = Command::new(bin);
+    // Commands tracer starts run as the user who ran sudo: the tests'
+    // interpreters and workloads may be root's only.
+    cmd.env_remove("SUDO_UID").env_remove("SUDO_GID");
+    cmd
 }
 
 pub fn workload(name: &str) -> PathBuf {

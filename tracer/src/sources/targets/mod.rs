@@ -23,9 +23,11 @@ use tokio::{
     time::Instant,
 };
 
+mod adoption;
+
 use super::{
-    adopt::{Found, Setup, describe, find_interpreter, probe_files, setup},
-    identity::{Identity, describe_status, watch_exit},
+    adopt::describe,
+    identity::{Identity, describe_status},
     launch::{self, Launch, Stage},
     probes::Probes,
     procfs,
@@ -543,135 +545,6 @@ impl Targets {
             t.notes.push(note);
         }
     }
-
-    /// Whether `pid` is a target and still the same process.
-    fn is_current(&self, pid: Pid) -> bool {
-        self.targets
-            .get(&pid)
-            .is_some_and(|t| t.identity.is_none_or(|i| i.is_running()))
-    }
-
-    /// A target whose pid is another process's now (its exit was missed)
-    /// is ended.
-    fn end_replaced(&mut self, pid: Pid, model: &Model) -> Option<ProcessInfo> {
-        if self.targets.contains_key(&pid) && !self.is_current(pid) {
-            return self.end(pid, model);
-        }
-        None
-    }
-
-    /// Traces `pid` if it runs a supported CPython. Returns whether it does.
-    fn adopt(&mut self, pid: Pid, origin: Origin, probes: &mut Probes, model: &mut Model) -> bool {
-        if self.is_current(pid) {
-            return true;
-        }
-        match self.adopt_start(pid, origin, probes, model) {
-            Some(found) => self.adopt_finish(pid, found, probes, None),
-            None => false,
-        }
-    }
-
-    /// The quick half of adopting `pid` (`adopt::find_interpreter`): `Some`
-    /// if it runs a CPython tracer can read, a target from now on. Nothing
-    /// is done in a process that maps no python file: a busy host execs
-    /// hundreds of other programs a second.
-    fn adopt_start(
-        &mut self,
-        pid: Pid,
-        origin: Origin,
-        probes: &mut Probes,
-        model: &mut Model,
-    ) -> Option<Found> {
-        if !procfs::maps_python(pid) {
-            return None;
-        }
-        match find_interpreter(pid, probes, model) {
-            Ok(found) if found.is_python() => {
-                let target = Target::new(pid, origin);
-                // Gone before its start time could be read: not adopted.
-                target.identity?;
-                self.targets.insert(pid, target);
-                Some(found)
-            }
-            Ok(_) => None,
-            Err(err) => {
-                debug!("pid {pid}: {err:#}");
-                None
-            }
-        }
-    }
-
-    /// The slow half (`adopt::probe_files`); a process without an allocator
-    /// tracer can probe is let go.
-    fn adopt_finish(
-        &mut self,
-        pid: Pid,
-        found: Found,
-        probes: &mut Probes,
-        started_ns: Option<u64>,
-    ) -> bool {
-        match probe_files(pid, found, probes, started_ns) {
-            Ok(Setup {
-                allocator: true,
-                python: Ok(true),
-                notes,
-            }) => match self.trace_pid(pid, probes) {
-                Ok(()) => {
-                    if let (Some(notes), Some(t)) = (notes, self.targets.get_mut(&pid)) {
-                        t.notes = notes;
-                    }
-                    return true;
-                }
-                Err(err) => warn!("pid {pid}: {err:#}"),
-            },
-            Ok(Setup {
-                python: Err(err), ..
-            }) => warn!(
-                "pid {pid} ({}): not traced: {err}",
-                crate::escape::text(&procfs::command_line(pid))
-            ),
-            Ok(_) => {}
-            Err(err) => debug!("pid {pid}: {err:#}"),
-        }
-        self.targets.remove(&pid);
-        false
-    }
-
-    /// `adopt::setup`, keeping the notes it makes for the target.
-    fn setup(&mut self, pid: Pid, probes: &mut Probes, model: &mut Model) -> Result<Setup> {
-        let setup = setup(pid, probes, model)?;
-        if let (Some(notes), Some(t)) = (&setup.notes, self.targets.get_mut(&pid)) {
-            t.notes.clone_from(notes);
-        }
-        Ok(setup)
-    }
-
-    /// Adds `pid` to the kernel's traced set if it is still the process
-    /// adopted: a process that exited meanwhile, whose pid another process
-    /// may have now, is not traced.
-    fn trace_pid(&self, pid: Pid, probes: &mut Probes) -> Result<()> {
-        probes.trace_pid(pid)?;
-        if !self.is_current(pid) {
-            probes.untrace_pid(pid);
-            bail!("pid {pid} exited as it was adopted");
-        }
-        Ok(())
-    }
-
-    /// Watches target `pid`'s exit; false if it has exited already (or
-    /// cannot be watched): then it is not traced any more either.
-    fn watch(&mut self, pid: Pid) -> bool {
-        let Some(identity) = self.targets.get(&pid).and_then(|t| t.identity) else {
-            return false;
-        };
-        match watch_exit(identity, self.exits.clone()) {
-            Ok(()) => true,
-            Err(err) => {
-                debug!("{err:#}");
-                false
-            }
-        }
-    }
 }
 
 /// Registers an owned descriptor with the runtime for readability.
@@ -681,4 +554,3 @@ pub fn readable<T: std::os::fd::AsRawFd>(inner: T) -> Result<AsyncFd<T>> {
     unsafe { AsyncFd::register_with_interest(inner, Interest::READABLE) }
         .map_err(|err| anyhow::anyhow!("cannot poll a descriptor: {}", err.into_parts().1))
 }
-
