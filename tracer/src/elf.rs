@@ -323,8 +323,11 @@ fn link_section_names(data: &[u8]) -> Vec<usize> {
         .iter()
         .filter_map(|section| {
             let name = table.section_name(endian, section).ok()?;
-            matches!(name, b".gnu_debuglink" | b".gnu_debugaltlink" | b".debug_sup")
-                .then(|| usize::try_from(names.0 + u64::from(section.sh_name(endian))).ok())?
+            matches!(
+                name,
+                b".gnu_debuglink" | b".gnu_debugaltlink" | b".debug_sup"
+            )
+            .then(|| usize::try_from(names.0 + u64::from(section.sh_name(endian))).ok())?
         })
         .filter(|&at| at < data.len())
         .collect()
@@ -393,11 +396,13 @@ mod tests {
         let obj = object::File::parse(&data[..]).expect("still ELF");
         assert!(obj.section_by_name(".gnu_debuglink").is_none());
         assert!(obj.section_by_name(".text").is_some());
-        assert!(std::fs::OpenOptions::new()
-            .write(true)
-            .open(format!("/proc/self/fd/{}", copy.as_raw_fd()))
-            .and_then(|mut f| f.write_all(b"x"))
-            .is_err());
+        assert!(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(format!("/proc/self/fd/{}", copy.as_raw_fd()))
+                .and_then(|mut f| f.write_all(b"x"))
+                .is_err()
+        );
     }
 
     #[test]

@@ -121,7 +121,11 @@ impl OutputDir {
             err => anyhow::anyhow!("cannot create {shown}: {err}"),
         })?;
         if let Some((uid, gid)) = sudo_ids() {
-            let _ = fchown(fd.as_fd(), Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)));
+            let _ = fchown(
+                fd.as_fd(),
+                Some(Uid::from_raw(uid)),
+                Some(Gid::from_raw(gid)),
+            );
         }
         Ok(File::from(fd))
     }
@@ -165,7 +169,10 @@ mod tests {
         assert_eq!(mode, 0o700);
         std::io::Write::write_all(&mut dir.create_file("x").expect("x"), b"1").expect("write");
         let path = dir.path().join("x");
-        assert_eq!(std::fs::metadata(&path).expect("stat").mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&path).expect("stat").mode() & 0o777,
+            0o600
+        );
         // A hard link to the old file keeps its contents.
         let keep = tmp.path().join("keep");
         std::fs::hard_link(&path, &keep).expect("link");

@@ -263,7 +263,10 @@ impl Recording {
                 }) => {
                     // A target still known under the child's pid ended
                     // unseen (its exit record was lost with others).
-                    ended.extend(self.targets.forked(child, parent, shares_memory, &self.model));
+                    ended.extend(
+                        self.targets
+                            .forked(child, parent, shares_memory, &self.model),
+                    );
                 }
                 Some(Notice::Exited(pid)) => {
                     self.flush()?;
@@ -363,7 +366,10 @@ impl Recording {
     fn counters(&self) -> Result<Counters> {
         let mut counters = self.probes.counters()?;
         counters.set(counters::MALFORMED_RECORDS, self.collector.malformed());
-        counters.set(counters::STACKS_OVER_LIMIT, self.model.stacks().over_limit());
+        counters.set(
+            counters::STACKS_OVER_LIMIT,
+            self.model.stacks().over_limit(),
+        );
         Ok(counters)
     }
 

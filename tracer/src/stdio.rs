@@ -19,7 +19,9 @@ pub fn out(bytes: &[u8]) -> anyhow::Result<()> {
     match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
         Ok(()) => Ok(()),
         Err(err) if is_closed(&err) => Err(OutputClosed.into()),
-        Err(err) => Err(anyhow::anyhow!("cannot write the report to standard output: {err}")),
+        Err(err) => Err(anyhow::anyhow!(
+            "cannot write the report to standard output: {err}"
+        )),
     }
 }
 

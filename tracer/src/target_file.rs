@@ -91,12 +91,11 @@ impl TargetFile {
     pub fn root_owned(root: &Path, path: &str) -> Result<Self, FileError> {
         let shown = Path::new(&root).join(path.trim_start_matches('/'));
         let shown = shown.display().to_string();
-        let fd = open_in_root(&root.display().to_string(), path).map_err(|errno| {
-            FileError::Open {
+        let fd =
+            open_in_root(&root.display().to_string(), path).map_err(|errno| FileError::Open {
                 path: shown.clone(),
                 source: errno.into(),
-            }
-        })?;
+            })?;
         let file = Self::checked(File::from(fd), shown.clone())?;
         let md = file.file.metadata().map_err(|source| FileError::Open {
             path: shown.clone(),
@@ -124,8 +123,8 @@ impl TargetFile {
         };
         let root_only = md.uid() == 0 && md.mode() & 0o022 == 0;
         // The host's own file: the process's path names it in our root too.
-        let on_host = std::fs::metadata(&shown)
-            .is_ok_and(|h| h.dev() == md.dev() && h.ino() == md.ino());
+        let on_host =
+            std::fs::metadata(&shown).is_ok_and(|h| h.dev() == md.dev() && h.ino() == md.ino());
         Ok(Self {
             file,
             id,

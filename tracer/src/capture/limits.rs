@@ -51,7 +51,10 @@ fn stack(def: &StackDef) -> Result<(), String> {
         for f in frames {
             string(&f.function)?;
             string(&f.module)?;
-            f.file.iter().chain(&f.unknown).try_for_each(|s| string(s))?;
+            f.file
+                .iter()
+                .chain(&f.unknown)
+                .try_for_each(|s| string(s))?;
         }
     }
     Ok(())

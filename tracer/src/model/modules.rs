@@ -186,9 +186,8 @@ fn only_root_writes(dir: &Path) -> bool {
         return false;
     }
     dir.ancestors().all(|d| {
-        std::fs::symlink_metadata(d).is_ok_and(|md| {
-            md.uid() == 0 && (md.mode() & 0o022 == 0 || md.mode() & 0o1000 != 0)
-        })
+        std::fs::symlink_metadata(d)
+            .is_ok_and(|md| md.uid() == 0 && (md.mode() & 0o022 == 0 || md.mode() & 0o1000 != 0))
     })
 }
 

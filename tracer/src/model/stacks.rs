@@ -230,7 +230,11 @@ impl StackTable {
                 .copied()
                 .chain(python_words(raw.python))
                 .collect();
-            process.raw.entry(hash).or_default().push(RawKey { key, id });
+            process
+                .raw
+                .entry(hash)
+                .or_default()
+                .push(RawKey { key, id });
             process.raw_count += 1;
         }
         id

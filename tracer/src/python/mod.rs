@@ -256,14 +256,17 @@ impl Resolver {
         let layout = p.interpreter.layout;
         let key = (frame.code, frame.firstlineno);
         if p.codes.get(&key).is_none() {
-            let read =
-                match CodeObject::read(&p.memory, &layout.code, frame.code, p.interpreter.code_type)
-                {
-                    Err(CodeError::Unreadable(why)) => {
-                        p.partial.remove(&key).ok_or(CodeError::Unreadable(why))
-                    }
-                    read => read,
-                };
+            let read = match CodeObject::read(
+                &p.memory,
+                &layout.code,
+                frame.code,
+                p.interpreter.code_type,
+            ) {
+                Err(CodeError::Unreadable(why)) => {
+                    p.partial.remove(&key).ok_or(CodeError::Unreadable(why))
+                }
+                read => read,
+            };
             p.codes.insert(key, read);
         }
         let code = p.codes.get(&key)?;

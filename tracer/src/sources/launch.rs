@@ -141,7 +141,10 @@ fn become_user(
         }
         // After setuid, which clears it.
         if death_signal != 0 {
-            check(libc::prctl(libc::PR_SET_PDEATHSIG, death_signal as libc::c_ulong))?;
+            check(libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                death_signal as libc::c_ulong,
+            ))?;
         }
     }
     ptrace::traceme().map_err(std::io::Error::from)

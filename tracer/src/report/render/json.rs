@@ -167,7 +167,11 @@ pub fn render(report: &Report, options: &Options) -> io::Result<Vec<u8>> {
     let json = Json {
         version: VERSION,
         duration_s: report.duration_s,
-        pids: report.processes.iter().map(|p| os_pid(p.info.pid)).collect(),
+        pids: report
+            .processes
+            .iter()
+            .map(|p| os_pid(p.info.pid))
+            .collect(),
         processes: report
             .processes
             .iter()
