@@ -100,8 +100,13 @@ pub fn launch(
         )
     })?;
     let pid = Pid::from_raw(child.id() as i32);
-    let gate = hold_until_traced(pid, &mut prepare);
-    if let Err(err) = gate {
+    if let Err(err) = hold_until_traced(pid, &mut prepare) {
+        if let Some(status) = ended_while_held(pid, &err) {
+            // Say how it ended, not which ptrace call found it gone.
+            return Err(expect_stop(status, "tracer was attaching its probes")
+                .err()
+                .unwrap_or(err));
+        }
         // Never leave a half-started command behind.
         let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
         let _ = waitpid(pid, None);
@@ -252,6 +257,25 @@ fn entry_point(pid: u32) -> Result<u64> {
             (key == AT_ENTRY).then_some(value)
         })
         .context("the command's auxv has no entry point")
+}
+
+/// How the held command ended, if `err` came of its ending (killed from
+/// outside: a held command runs only between ptrace calls, so ESRCH means
+/// it is gone); it is reaped.
+fn ended_while_held(pid: Pid, err: &anyhow::Error) -> Option<WaitStatus> {
+    let gone = err
+        .chain()
+        .any(|e| e.downcast_ref::<nix::errno::Errno>() == Some(&nix::errno::Errno::ESRCH));
+    let flags = (!gone).then_some(nix::sys::wait::WaitPidFlag::WNOHANG);
+    loop {
+        match waitpid(pid, flags).ok()? {
+            status @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..)) => return Some(status),
+            // Still stopped (and not gone): not how this failed.
+            _ if !gone => return None,
+            // Stops reported on its way out.
+            _ => {}
+        }
+    }
 }
 
 fn expect_stop(status: WaitStatus, stage: &str) -> Result<()> {
