@@ -1,0 +1,114 @@
+//! `--all` on a host that starts processes without end: short Python runs
+//! and distinct non-Python programs, hundreds of each. tracer's open
+//! descriptors and resident set stay flat once warm (every per-process
+//! table is dropped at exit, execs of untraced programs touch nothing).
+
+use std::{
+    fs,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use tests::{DEBIAN_PYTHON, finish, spawn_record};
+
+/// Rounds of one short Python run and one distinct program each.
+const WARM_ROUNDS: usize = 100;
+const ROUNDS: usize = 400;
+/// The resident set may move by this much after warming up (allocator
+/// fragmentation, caches filling to their caps).
+const RSS_TOLERANCE_PERCENT: u64 = 10;
+/// Descriptors may differ by a few in flight (a process being adopted).
+const FD_SLACK: usize = 8;
+
+fn open_descriptors(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("read tracer's fds")
+        .count()
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+/// Copies of /bin/true, each its own file (inode) to exec.
+fn programs(dir: &Path, n: usize) -> Vec<PathBuf> {
+    (0..n)
+        .map(|i| {
+            let path = dir.join(format!("prog{i}"));
+            fs::copy("/bin/true", &path).expect("copy /bin/true");
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).expect("chmod");
+            path
+        })
+        .collect()
+}
+
+fn churn(programs: &[PathBuf]) {
+    for program in programs {
+        let python = Command::new(DEBIAN_PYTHON)
+            .args(["-c", "x = [bytearray(1000) for _ in range(1000)]"])
+            .stdout(Stdio::null())
+            .status()
+            .expect("run python");
+        assert!(python.success());
+        assert!(Command::new(program).status().expect("run").success());
+    }
+}
+
+#[test]
+fn descriptors_and_memory_stay_flat_under_exec_churn() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let all = programs(dir.path(), WARM_ROUNDS + ROUNDS);
+    let tracer = spawn_record(&["--all"]);
+    tracer.wait_for("tracer: recording", Duration::from_secs(60));
+    let pid = tracer.child.id();
+
+    churn(&all[..WARM_ROUNDS]);
+    // Let the last exits be seen.
+    std::thread::sleep(Duration::from_secs(1));
+    let (fds_warm, rss_warm) = (open_descriptors(pid), rss_kib(pid));
+    churn(&all[WARM_ROUNDS..]);
+    std::thread::sleep(Duration::from_secs(1));
+    let (fds, rss) = (open_descriptors(pid), rss_kib(pid));
+    eprintln!(
+        "after {WARM_ROUNDS} rounds: {fds_warm} fds, {rss_warm} KiB; after {} more: {fds} fds, {rss} KiB",
+        ROUNDS
+    );
+    assert!(
+        fds <= fds_warm + FD_SLACK,
+        "descriptors grew from {fds_warm} to {fds} over {ROUNDS} rounds"
+    );
+    assert!(
+        rss * 100 <= rss_warm * (100 + RSS_TOLERANCE_PERCENT),
+        "resident set grew from {rss_warm} KiB to {rss} KiB over {ROUNDS} rounds"
+    );
+
+    // SAFETY: kill has no memory effects.
+    unsafe { libc::kill(pid as i32, libc::SIGINT) };
+    let r = finish(tracer);
+    assert!(!r.stderr().contains("error"), "{}", r.stderr());
+    // The runs were traced (those adopted before they exited: most), each
+    // its own process.
+    let traced = r.report["processes"]
+        .as_array()
+        .expect("processes")
+        .iter()
+        .filter(|p| {
+            p["command"]
+                .as_str()
+                .is_some_and(|c| c.contains("bytearray(1000)"))
+        })
+        .count();
+    eprintln!("{traced} of {} Python runs traced", WARM_ROUNDS + ROUNDS);
+    assert!(
+        traced >= (WARM_ROUNDS + ROUNDS) / 2,
+        "only {traced} of {} Python runs traced",
+        WARM_ROUNDS + ROUNDS
+    );
+}
