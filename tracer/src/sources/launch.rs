@@ -77,12 +77,12 @@ pub fn launch(
     let mut cmd = Command::new(program);
     cmd.args(args);
     let user = how.user.clone();
-    if !user.is_root() {
-        if let Ok(Some(account)) = nix::unistd::User::from_uid(user.uid.into()) {
-            cmd.env("HOME", account.dir)
-                .env("USER", &account.name)
-                .env("LOGNAME", &account.name);
-        }
+    if !user.is_root()
+        && let Ok(Some(account)) = nix::unistd::User::from_uid(user.uid.into())
+    {
+        cmd.env("HOME", account.dir)
+            .env("USER", &account.name)
+            .env("LOGNAME", &account.name);
     }
     let limits = host::original_limits();
     let death_signal = if how.detach { 0 } else { libc::SIGTERM };
