@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup|build|run|test`.
+//! Project tasks: `cargo xtask setup|build|run|test|bench|soak`.
 //!
 //! Every task installs what it needs first (idempotently): the pinned
 //! nightly with rust-src, bpf-linker, and the Debian packages the tests use.
@@ -17,6 +17,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod fuzz;
 mod interpreters;
+mod soak;
 mod validators;
 mod web;
 
@@ -102,6 +103,14 @@ enum Task {
         /// Only these workloads (churn, buffers, leak, threads, maxrate).
         workloads: Vec<String>,
     },
+    /// `tracer record --all` on a steady workload with churn (as root),
+    /// tracer's RSS and descriptors sampled every minute: after 5 minutes
+    /// they must stay within 10%. Not part of `test`.
+    Soak {
+        /// How long to record.
+        #[arg(long, default_value_t = 30)]
+        minutes: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -173,6 +182,16 @@ fn run(task: Task) -> Result<()> {
                     workloads,
                 },
             )
+        }
+        Task::Soak { minutes } => {
+            if !is_root() {
+                bail!(
+                    "the soak loads eBPF programs and needs root: run `sudo -E env PATH=\"$PATH\" cargo xtask soak`"
+                );
+            }
+            setup()?;
+            build()?;
+            soak::run(&root, minutes)
         }
     }
 }
