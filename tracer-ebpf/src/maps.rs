@@ -55,6 +55,12 @@ pub static PY_PROCS: HashMap<u32, PyConfig> = HashMap::with_max_entries(MAX_PROC
 pub static OUT: PerCpuArray<[u64; AllocRecord::MAX_WIRE_LEN / 8]> =
     PerCpuArray::with_max_entries(1, 0);
 
+/// The allocation entry programs are attached as uprobe sessions (Linux
+/// 6.13+): each is also run at its function's return, when it asked for it,
+/// instead of a separate return probe. Set by userspace at load.
+#[unsafe(no_mangle)]
+pub static SESSION: Global<u8> = Global::new(0);
+
 /// Offsets in the kernel's `task_struct` of `pid`, `tgid` and `mm`, from its
 /// BTF, set by userspace at load; 0 turns fork following off.
 #[unsafe(no_mangle)]

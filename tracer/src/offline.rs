@@ -7,7 +7,7 @@ use std::{fs, io::Write as _, os::unix::fs::FileTypeExt as _, sync::Arc};
 use anyhow::{Context as _, Result, anyhow, bail};
 
 use crate::{
-    capture::{CaptureError, Contents},
+    capture::{CaptureError, Contents, FileRead},
     cli::{self, ReportArgs, ReportKind},
     report::{
         analysis::{self, Temporary, analyze},
@@ -29,7 +29,11 @@ pub fn run(args: ReportArgs) -> Result<()> {
             "{shown} is not a regular file: give the capture.tracer that `tracer record -o DIR` writes"
         );
     }
-    let (contents, records, error) = Contents::read_file(Arc::new(file));
+    let FileRead {
+        contents,
+        records,
+        error,
+    } = Contents::read_file(Arc::new(file));
     if records == 0
         && let Some(error) = &error
     {

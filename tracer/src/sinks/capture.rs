@@ -52,7 +52,7 @@ pub struct CaptureSink {
 impl CaptureSink {
     /// A capture in `dir/capture.tracer`, or without `dir` in an unnamed
     /// temporary file. `start_ns` is when recording began.
-    pub fn create(dir: Option<&Path>, start_ns: u64) -> Result<(Self, CaptureFile)> {
+    pub fn create(dir: Option<&Path>, start_ns: u64, probes: &str) -> Result<(Self, CaptureFile)> {
         let (file, shown) = match dir {
             Some(dir) => {
                 fs::create_dir_all(dir)
@@ -82,7 +82,10 @@ impl CaptureSink {
         let sink = Self {
             capture: capture.clone(),
             writer,
-            events: vec![Record::Start { start_ns }],
+            events: vec![Record::Start {
+                start_ns,
+                probes: probes.to_owned(),
+            }],
             stacks_written: 0,
             processes_written: HashSet::new(),
         };

@@ -15,11 +15,11 @@ use log::{debug, info, warn};
 use tracer_common::func;
 
 use super::{
-    How, Placement, Programs,
+    At, How, Placement, ProbePoint, Programs,
     placement::{self, Arguments},
 };
 use crate::{
-    elf::ElfFile,
+    elf::{ElfFile, NamedFunction},
     proc_maps::{FileId, Mapping, ProcessMaps, mapped_file_path},
 };
 
@@ -48,6 +48,14 @@ const fn entry(
         returns: true,
         hot,
     }
+}
+
+/// Whether `program` is an allocation function's entry, whose return is
+/// probed too (with uprobe sessions, by the same program).
+pub fn is_call_program(program: &str) -> bool {
+    ALLOC_FUNCTIONS
+        .iter()
+        .any(|f| f.returns && f.program == program)
 }
 
 /// The libc allocation family. `free` has no return probe.
@@ -290,21 +298,31 @@ fn attach_file(
             return Ok(done);
         }
     };
+    let entry = |program, offset| ProbePoint {
+        program,
+        offset,
+        cookie: 0,
+        at: At::Entry,
+    };
+    let mut points = Vec::new();
     // A file that defines malloc and free is an allocator: libc, a static
     // executable, or a preloaded jemalloc/tcmalloc/mimalloc.
     if elf.function("malloc").is_some() && elf.function("free").is_some() {
-        attach_allocators(programs, &elf, &path, &mut done)?;
+        points.extend(allocators(&elf, &mut done));
         if let Some(exit) = elf.function("exit") {
-            programs.attach("exit_entry", &path, exit.file_offset, None)?;
+            points.push(entry("exit_entry", exit.file_offset));
             done.libc_exit = true;
         }
     }
     if let Some(finalize) = elf.function("Py_FinalizeEx") {
-        programs.attach("py_finalize_entry", &path, finalize.file_offset, None)?;
+        points.push(entry("py_finalize_entry", finalize.file_offset));
         done.py_finalize = true;
         if pymalloc {
-            attach_pymalloc(programs, pid, &elf, &path, mapping, &mut done)?;
+            points.extend(pymalloc_functions(pid, &elf, mapping, &mut done));
         }
+    }
+    if !points.is_empty() {
+        programs.attach_all(&path, &points)?;
     }
     Ok(done)
 }
@@ -326,14 +344,14 @@ fn debug_file(pid: u32, elf: &ElfFile, mapping: &Mapping) -> Option<ElfFile> {
     .find_map(|p| ElfFile::open(p).ok())
 }
 
-fn attach_pymalloc(
-    programs: &mut Programs,
+/// The probes of CPython's object allocator in `elf`.
+fn pymalloc_functions(
     pid: u32,
     elf: &ElfFile,
-    path: &std::path::Path,
     mapping: &Mapping,
     done: &mut FileProbes,
-) -> Result<()> {
+) -> Vec<ProbePoint> {
+    let mut points = Vec::new();
     let debug = debug_file(pid, elf, mapping);
     let mut probed_addresses = Vec::new();
     let mut single_stepped = Vec::new();
@@ -346,7 +364,10 @@ fn attach_pymalloc(
             is_symbol_or_lto_copy(name, f.symbol)
                 && (!f.context_first || name.contains(".lto_priv."))
         };
-        let Some((name, found)) = elf
+        let Some(NamedFunction {
+            name,
+            function: found,
+        }) = elf
             .find_function(matches)
             .or_else(|| debug.as_ref()?.find_function(matches))
         else {
@@ -364,11 +385,12 @@ fn attach_pymalloc(
         let returns = f.program != "free_entry";
         let place = placement::choose(elf.bytes_at(file_offset, 32), f.args);
         let cookie = u64::from(f.func) | u64::from(f.context_first) << 32;
-        // The return probe first, as for libc's functions.
-        if returns {
-            programs.attach("alloc_return", path, file_offset + place.offset, None)?;
-        }
-        programs.attach(f.program, path, file_offset + place.offset, Some(cookie))?;
+        points.extend(call_points(
+            f.program,
+            file_offset + place.offset,
+            cookie,
+            returns,
+        ));
         if place.how == How::SingleStepped {
             single_stepped.push(format!("{name} ({})", place.instruction));
         }
@@ -384,15 +406,30 @@ fn attach_pymalloc(
             single_stepped.join(", ")
         );
     }
-    Ok(())
+    points
 }
 
-fn attach_allocators(
-    programs: &mut Programs,
-    elf: &ElfFile,
-    path: &std::path::Path,
-    done: &mut FileProbes,
-) -> Result<()> {
+/// A function's probes: its return first (in a running process, an entry
+/// seen without its return would leave the thread's call in flight), then
+/// its entry, at the same place, where the return address is still at the
+/// stack pointer (placement.rs).
+fn call_points(program: &'static str, offset: u64, cookie: u64, returns: bool) -> Vec<ProbePoint> {
+    let at = |at| ProbePoint {
+        program,
+        offset,
+        cookie,
+        at,
+    };
+    if returns {
+        vec![at(At::Return), at(At::Entry)]
+    } else {
+        vec![at(At::Entry)]
+    }
+}
+
+/// The probes of the libc allocation family in `elf`.
+fn allocators(elf: &ElfFile, done: &mut FileProbes) -> Vec<ProbePoint> {
+    let mut points = Vec::new();
     // glibc gives aligned_alloc and memalign one address: probe it once.
     let mut by_address: HashMap<u64, &'static str> = HashMap::new();
     let mut single_stepped_hot = Vec::new();
@@ -407,14 +444,12 @@ fn attach_allocators(
         }
         let code = elf.bytes_at(func.file_offset, 32);
         let place = placement::choose(code, f.args);
-        if f.returns {
-            // At the entry probe's place, where the return address is still
-            // at the stack pointer (placement.rs). Attached first: in a
-            // running process, an entry seen without its return would leave
-            // the thread's call in flight.
-            programs.attach("alloc_return", path, func.file_offset + place.offset, None)?;
-        }
-        programs.attach(f.program, path, func.file_offset + place.offset, None)?;
+        points.extend(call_points(
+            f.program,
+            func.file_offset + place.offset,
+            0,
+            f.returns,
+        ));
         if f.hot && place.how == How::SingleStepped {
             single_stepped_hot.push(format!("{} ({})", f.symbol, place.instruction));
         }
@@ -430,7 +465,7 @@ fn attach_allocators(
             single_stepped_hot.join(", ")
         );
     }
-    Ok(())
+    points
 }
 
 #[cfg(test)]
