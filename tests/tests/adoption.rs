@@ -47,7 +47,7 @@ fn all_keeps_what_processes_do_before_they_are_adopted() {
     // Attaching the probes of a C library tracer has not seen (sid's) waits
     // while an earlier recording's probes are being removed: start clean.
     tests::wait_until_no_tracer_is_loaded();
-    let tracer = spawn_record(&["-v", "--all", "--top", "20"]);
+    let tracer = spawn_record(&["-v", "--all", "--exact", "--top", "20"]);
     tracer.wait_for("tracer: recording", Duration::from_secs(60));
     let line = line_of(&workload("leak_buffers.py"), "# LEAK");
     let counts = [2_000u64, 2_000, 2_000];

@@ -1,7 +1,9 @@
 //! A C program calling each allocation function with exact sizes: every
 //! count and byte total per call site is exact, with each glibc the tests
 //! have (their malloc, free, calloc and realloc begin differently, and so
-//! are probed at different places: docs/probes.md).
+//! are probed at different places: docs/probes.md), and with each way of
+//! attaching the probes (uprobe sessions, multi-uprobe links, perf-event
+//! uprobes: each matches entries to returns its own way).
 
 use std::path::Path;
 
@@ -20,6 +22,13 @@ const SITES: [(&str, u64, u64, bool); 8] = [
     ("@realloc_null", 1, 777, false),
 ];
 
+/// `--probe-links` values, and how the report names each.
+const LINKS: [(&str, &str); 3] = [
+    ("session", "uprobe sessions"),
+    ("multi", "multi-uprobe links"),
+    ("perf", "perf-event uprobes"),
+];
+
 /// allocs.c built once, and its copies for the other glibcs.
 fn builds(dir: &Path) -> Vec<GlibcBuild> {
     let program = compile_c("allocs.c", dir, &["-g", "-O0", "-fno-omit-frame-pointer"]);
@@ -27,17 +36,29 @@ fn builds(dir: &Path) -> Vec<GlibcBuild> {
 }
 
 #[test]
-fn every_count_and_byte_is_exact_with_each_glibc() {
+fn every_count_and_byte_is_exact_with_each_glibc_and_link_kind() {
     let dir = tempfile::tempdir().expect("tempdir");
     let source = workload("allocs.c");
-    for build in builds(dir.path()) {
-        let glibc = build.glibc;
+    for (build, (links, named)) in builds(dir.path())
+        .into_iter()
+        .flat_map(|b| LINKS.map(|l| (b.clone(), l)))
+    {
+        let glibc = format!("{} with --probe-links {links}", build.glibc);
         let r = record(&[
+            "--probe-links",
+            links,
             "--top",
             "1000",
             "--",
             build.program.to_str().expect("utf-8"),
         ]);
+        assert!(
+            r.report["probes"]
+                .as_str()
+                .is_some_and(|p| p.starts_with(named)),
+            "{glibc}: {}",
+            r.report["probes"]
+        );
         for (marker, count, bytes, leaked) in SITES {
             let line = line_of(&source, marker);
             let at_site = |report: &str| -> (u64, u64) {

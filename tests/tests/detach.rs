@@ -1,15 +1,18 @@
 //! Killing the tracer with SIGKILL mid-run leaves the target running,
 //! its output unchanged, and no tracer program loaded in the kernel; a
 //! recording that ends normally leaves none either, once its background
-//! detach is done.
+//! detach is done; with multi-uprobe links and uprobe sessions, no probe is
+//! left in a target's code by the time tracer has exited.
 
 use std::{
+    fs,
+    io::{Read as _, Seek as _, SeekFrom},
     process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
-use tests::{DEBIAN_PYTHON, PROGRAMS, loaded_tracer_programs, spawn_record, workload};
+use tests::{DEBIAN_PYTHON, PROGRAMS, finish, loaded_tracer_programs, spawn_record, workload};
 
 const ROUNDS: &str = "150";
 
@@ -78,4 +81,73 @@ fn finished_recordings_remove_their_probes() {
         // One RCU grace period per probe, one after the other.
         assert_programs_unload_within(Duration::from_secs(20), "20 s after a recording ended");
     }
+}
+
+/// Bytes of `pid`'s executable libc mapping that differ from the file: a
+/// uprobe is an int3 (or, optimized, a call) written into that text.
+fn probed_libc_bytes(pid: u32) -> usize {
+    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps");
+    let line = maps
+        .lines()
+        .find(|l| l.contains("r-xp") && l.contains("/libc.so"))
+        .expect("libc text mapped");
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let (start, end) = fields[0].split_once('-').expect("range");
+    let start = u64::from_str_radix(start, 16).expect("hex");
+    let len = u64::from_str_radix(end, 16).expect("hex") - start;
+    let offset = u64::from_str_radix(fields[2], 16).expect("hex");
+    let mut file = Vec::new();
+    let mut f = fs::File::open(fields[5]).expect("libc");
+    f.seek(SeekFrom::Start(offset)).expect("seek");
+    f.take(len).read_to_end(&mut file).expect("read libc");
+    let mut text = vec![0; file.len()];
+    let mut mem = fs::File::open(format!("/proc/{pid}/mem")).expect("mem");
+    mem.seek(SeekFrom::Start(start)).expect("seek");
+    mem.read_exact(&mut text).expect("read text");
+    text.iter().zip(&file).filter(|(a, b)| a != b).count()
+}
+
+#[test]
+fn no_probe_is_left_in_the_target_when_tracer_exits() {
+    let mut target = Command::new(DEBIAN_PYTHON)
+        .args([
+            "-c",
+            "import time\nwhile True:\n    bytearray(1000)\n    time.sleep(0.001)",
+        ])
+        .spawn()
+        .expect("start python");
+    let pid = target.id();
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(probed_libc_bytes(pid), 0, "probed before tracing");
+    for links in ["session", "multi"] {
+        let recording = spawn_record(&[
+            "--probe-links",
+            links,
+            "--pid",
+            &pid.to_string(),
+            "--duration",
+            "2",
+        ]);
+        recording.wait_for("tracer: recording", Duration::from_secs(30));
+        thread::sleep(Duration::from_millis(300));
+        assert!(
+            probed_libc_bytes(pid) > 0,
+            "{links}: no probe in the target's libc while recording"
+        );
+        let recorded = finish(recording);
+        assert!(
+            recorded.report["probes"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("uprobe sessions") || p.starts_with("multi-uprobe")),
+            "{links}"
+        );
+        // Removed before tracer made its reports, not in the background.
+        assert_eq!(
+            probed_libc_bytes(pid),
+            0,
+            "{links}: probes left in the target's libc after tracer exited"
+        );
+    }
+    target.kill().expect("kill");
+    target.wait().expect("wait");
 }

@@ -197,7 +197,7 @@ fn pid_of_the_parent_attached_after_the_fork() {
 
 #[test]
 fn all_follows_the_workers() {
-    let tracer = spawn_record(&["-v", "--all", "--top", "20"]);
+    let tracer = spawn_record(&["-v", "--all", "--exact", "--top", "20"]);
     tracer.wait_for("tracer: recording", Duration::from_secs(60));
     let mut w = start_waiting("--wait-before-fork");
     let parent = w.child.id();

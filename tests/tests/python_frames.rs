@@ -243,7 +243,7 @@ fn all_finds_processes_started_later() {
         .iter()
         .map(|name| all.iter().find(|i| i.name == *name).expect("in the matrix"))
         .collect();
-    let tracer = spawn_record(&["-v", "--all", "--top", "20"]);
+    let tracer = spawn_record(&["-v", "--all", "--exact", "--top", "20"]);
     tracer.wait_for("tracer: recording", Duration::from_secs(60));
     let line = line_of(&workload("leak_buffers.py"), "# LEAK");
     let mut started = Vec::new();

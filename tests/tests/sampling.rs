@@ -1,5 +1,7 @@
 //! `--sample-bytes`: a sample of the allocations, weighted so that the leak
-//! report still estimates the true bytes and counts.
+//! report still estimates the true bytes and counts, whether an unsampled
+//! call's return is skipped (uprobe sessions) or trapped and ignored
+//! (multi-uprobe links).
 
 use tests::{DEBIAN_PYTHON, line_of, off_by_percent, python_frames, record, workload};
 
@@ -13,8 +15,16 @@ const TOLERANCE_PERCENT: f64 = 12.0;
 
 #[test]
 fn sampled_leak_estimates_the_true_bytes() {
+    for links in ["session", "multi"] {
+        sampled_leak_with(links);
+    }
+}
+
+fn sampled_leak_with(links: &str) {
     let script = workload("leak_buffers.py");
     let r = record(&[
+        "--probe-links",
+        links,
         "--sample-bytes",
         &MEAN.to_string(),
         "--",
@@ -39,12 +49,12 @@ fn sampled_leak_estimates_the_true_bytes() {
     let expected = COUNT * (SIZE + 1);
     assert!(
         off_by_percent(bytes, expected) <= TOLERANCE_PERCENT,
-        "estimated {bytes} leaked bytes at line {line}, expected {expected} within {TOLERANCE_PERCENT}%:\n{}",
+        "{links}: estimated {bytes} leaked bytes at line {line}, expected {expected} within {TOLERANCE_PERCENT}%:\n{}",
         r.stdout()
     );
     assert!(
         off_by_percent(count, COUNT) <= TOLERANCE_PERCENT,
-        "estimated {count} leaked buffers, expected {COUNT}:\n{}",
+        "{links}: estimated {count} leaked buffers, expected {COUNT}:\n{}",
         r.stdout()
     );
     // The interpreter's many small allocations (and their frees) were left
@@ -54,7 +64,7 @@ fn sampled_leak_estimates_the_true_bytes() {
         "{}",
         r.stdout()
     );
-    assert_eq!(r.counter("lost_events"), 0);
+    assert_eq!(r.counter("lost_events"), 0, "{links}");
     let notes = r.report["processes"][0]["notes"].to_string();
     assert!(notes.contains("--sample-bytes 16384"), "{notes}");
 }

@@ -158,7 +158,12 @@ fn a_capture_that_expands_to_gigabytes_is_an_error_under_a_1g_address_space() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("bomb.tracer");
     let mut writer = Writer::new(fs::File::create(&path).expect("create")).expect("writer");
-    writer.write(&Record::Start { start_ns: 0 }).expect("write");
+    writer
+        .write(&Record::Start {
+            start_ns: 0,
+            probes: String::new(),
+        })
+        .expect("write");
     // Millions of samples...
     let sample = Record::Sample(MemorySample {
         pid: 1,

@@ -101,6 +101,10 @@ pub mod flags {
     /// An anonymous mapping made with `MAP_STACK`: a thread's stack (glibc
     /// maps every thread stack so), not heap.
     pub const THREAD_STACK: u32 = 1 << 6;
+    /// In flight only, with uprobe sessions: an unsampled call whose return
+    /// was not asked for. It only marks the thread as inside an allocation
+    /// call while the stack pointer is below its entry's.
+    pub const NO_RETURN: u32 = 1 << 7;
 }
 
 /// The kernel's gap table for `--sample-bytes` (see tracer's sampling.rs).
@@ -162,6 +166,10 @@ pub struct AllocRecord {
     pub old_len: u64,
     /// `posix_memalign`: where the result pointer is stored. Kernel-side only.
     pub out_ptr: u64,
+    /// The stack pointer at the entry: a session program's return comes
+    /// with it 8 bytes higher, and code deeper than it is still inside the
+    /// call. Kernel-side only.
+    pub entry_sp: u64,
     /// The return address at the stack pointer on entry: the true caller,
     /// which a frame-pointer walk from the function's entry skips.
     pub caller: u64,

@@ -20,6 +20,8 @@ mod sampling;
 mod stack;
 mod submit;
 
+use core::ffi::c_void;
+
 use aya_ebpf::{
     macros::{btf_tracepoint, tracepoint, uprobe, uretprobe},
     programs::{BtfTracePointContext, ProbeContext, RetProbeContext, TracePointContext},
@@ -27,13 +29,18 @@ use aya_ebpf::{
 use tracer_common::{counter, exiting, flags, func, kind};
 
 use crate::{
-    in_flight::{Call, complete, enter, nested, sampled_key},
-    maps::{SAMPLE_BYTES, SAMPLED},
+    in_flight::{Call, complete, enter, nested, returning, sampled_key},
+    maps::{SAMPLE_BYTES, SAMPLED, SESSION},
     probe::traced,
     ring::count,
     stack::UserRegs,
     submit::{submit_free, submit_marker},
 };
+
+/// What an entry program returns, as a uprobe session, to skip its call's
+/// return: an untraced process's call, a nested or an unsampled one. Plain
+/// uprobes ignore it.
+const SKIP_RETURN: u32 = 1;
 
 /// Defines one uprobe program per allocation function from a table of
 /// `program => func { field: argument, ... }`: the fields of [`Call`] and
@@ -46,17 +53,25 @@ macro_rules! alloc_entries {
         $name:ident => $func:ident { $($field:ident: $a:ident $(* $b:ident)?),+ $(,)? }
     ),+ $(,)?) => {$(
         $(#[$doc])*
-        #[uprobe]
-        pub fn $name(ctx: ProbeContext) -> u32 {
-            if let Some(id) = traced() {
-                let args = probe::args(&ctx, func::$func);
-                let call = Call {
-                    $($field: args.$a $(.wrapping_mul(args.$b))?,)+
-                    ..Call::of(args.func)
-                };
-                enter(&ctx, id, UserRegs::of_probe(&ctx), call);
+        ///
+        /// Written out rather than with `#[uprobe]`, whose wrapper returns 0
+        /// whatever the function returns: a session needs `SKIP_RETURN`.
+        #[unsafe(no_mangle)]
+        #[unsafe(link_section = "uprobe")]
+        pub fn $name(ctx: *mut c_void) -> u32 {
+            let ctx = ProbeContext::new(ctx);
+            let Some(id) = traced() else { return SKIP_RETURN };
+            let regs = UserRegs::of_probe(&ctx);
+            if SESSION.load() != 0 && returning(id, &regs) {
+                complete(id, probe::ret(&ctx), None);
+                return 0;
             }
-            0
+            let args = probe::args(&ctx, func::$func);
+            let call = Call {
+                $($field: args.$a $(.wrapping_mul(args.$b))?,)+
+                ..Call::of(args.func)
+            };
+            if enter(&ctx, id, regs, call) { 0 } else { SKIP_RETURN }
         }
     )+};
 }
@@ -73,7 +88,8 @@ alloc_entries! {
     pvalloc_entry => PVALLOC { size: a0 },
 }
 
-/// The return of every function above.
+/// The return of every function above, when they are not uprobe sessions
+/// (which are run at their return themselves).
 #[uretprobe]
 pub fn alloc_return(ctx: RetProbeContext) -> u32 {
     if let Some(id) = traced() {
@@ -88,7 +104,7 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
 #[uprobe]
 pub fn free_entry(ctx: ProbeContext) -> u32 {
     let Some(id) = traced() else { return 0 };
-    if nested(id) {
+    if nested(id, UserRegs::of_probe(&ctx).sp) {
         return 0;
     }
     let addr = probe::args(&ctx, 0).a0;
@@ -125,7 +141,11 @@ pub fn mmap_enter(ctx: TracePointContext) -> u32 {
     // mprotect, 2.43 maps it readable and guards its first page with
     // madvise, and both keep a finished thread's stack for the next thread.
     let thread_stack = map_flags & MAP_STACK != 0;
-    if map_flags & MAP_ANONYMOUS == 0 || (prot == PROT_NONE && !thread_stack) || nested(id) {
+    if map_flags & MAP_ANONYMOUS == 0 || (prot == PROT_NONE && !thread_stack) {
+        return 0;
+    }
+    let regs = UserRegs::of_syscall();
+    if nested(id, regs.sp) {
         return 0;
     }
     let call = Call {
@@ -133,7 +153,7 @@ pub fn mmap_enter(ctx: TracePointContext) -> u32 {
         flags: if thread_stack { flags::THREAD_STACK } else { 0 },
         ..Call::of(func::MMAP)
     };
-    enter(&ctx, id, UserRegs::of_syscall(), call);
+    enter(&ctx, id, regs, call);
     0
 }
 
@@ -150,7 +170,8 @@ pub fn mmap_exit(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn mremap_enter(ctx: TracePointContext) -> u32 {
     let Some(id) = traced() else { return 0 };
-    if nested(id) {
+    let regs = UserRegs::of_syscall();
+    if nested(id, regs.sp) {
         return 0;
     }
     // SAFETY: offsets from events/syscalls/sys_enter_mremap/format.
@@ -162,7 +183,7 @@ pub fn mremap_enter(ctx: TracePointContext) -> u32 {
             ..Call::of(func::MREMAP)
         }
     };
-    enter(&ctx, id, UserRegs::of_syscall(), call);
+    enter(&ctx, id, regs, call);
     0
 }
 
@@ -179,7 +200,7 @@ pub fn mremap_exit(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn munmap_enter(ctx: TracePointContext) -> u32 {
     let Some(id) = traced() else { return 0 };
-    if nested(id) {
+    if nested(id, UserRegs::of_syscall().sp) {
         return 0;
     }
     // SAFETY: offsets from events/syscalls/sys_enter_munmap/format.

@@ -63,6 +63,11 @@ pub static OUT: PerCpuArray<[u64; AllocRecord::MAX_WIRE_LEN / 8]> =
 pub static TASK_SIGNAL_OFFSET: Global<u64> = Global::new(0);
 #[unsafe(no_mangle)]
 pub static SIGNAL_LIVE_OFFSET: Global<u64> = Global::new(0);
+/// The allocation entry programs are attached as uprobe sessions (Linux
+/// 6.13+): each is also run at its function's return, when it asked for it,
+/// instead of a separate return probe. Set by userspace at load.
+#[unsafe(no_mangle)]
+pub static SESSION: Global<u8> = Global::new(0);
 
 /// Offsets in the kernel's `task_struct` of `pid`, `tgid` and `mm`, from its
 /// BTF, set by userspace at load; 0 turns fork following off.

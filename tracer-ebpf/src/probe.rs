@@ -65,6 +65,13 @@ pub fn args(ctx: &ProbeContext, default: u32) -> Args {
     Args { func, a0, a1, a2 }
 }
 
+/// A uprobe session's return value (`rax`), at its function's return.
+#[inline(always)]
+pub fn ret(ctx: &ProbeContext) -> u64 {
+    // SAFETY: `regs` is the probe's register context.
+    unsafe { (*ctx.regs).rax }
+}
+
 /// Reads a `T` from the traced process, or `None` if the address faults.
 #[inline(always)]
 pub fn user<T>(addr: u64) -> Option<T> {

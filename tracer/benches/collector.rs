@@ -71,6 +71,7 @@ fn records(pid: u32) -> (Vec<u8>, Vec<usize>) {
             old_len: 0,
             out_ptr: 0,
             caller: 0,
+            entry_sp: 0,
             stack_len: NATIVE_FRAMES as u32,
             py_len: PY_FRAMES as u32,
             stack: [0; MAX_STACK_DEPTH],

@@ -71,6 +71,13 @@ pub struct Function {
     pub file_offset: u64,
 }
 
+/// A function symbol found by a test of its name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NamedFunction {
+    pub name: String,
+    pub function: Function,
+}
+
 impl ElfFile {
     /// A file of the host's own that only root can change (what tests
     /// read; files of processes are opened through `TargetFile`).
@@ -151,22 +158,22 @@ impl ElfFile {
         })
     }
 
-    /// The first defined function whose name satisfies `matches`, with its name.
-    pub fn find_function(&self, matches: impl Fn(&str) -> bool) -> Option<(String, Function)> {
+    /// The first defined function whose name satisfies `matches`.
+    pub fn find_function(&self, matches: impl Fn(&str) -> bool) -> Option<NamedFunction> {
         let obj = self.object().ok()?;
         let found = obj.dynamic_symbols().chain(obj.symbols()).find(|s| {
             s.is_definition()
                 && s.kind() == object::SymbolKind::Text
                 && s.name().is_ok_and(&matches)
         })?;
-        Some((
-            found.name().ok()?.to_owned(),
-            Function {
+        Some(NamedFunction {
+            name: found.name().ok()?.to_owned(),
+            function: Function {
                 address: found.address(),
                 size: found.size(),
                 file_offset: self.file_offset(found.address()).unwrap_or(0),
             },
-        ))
+        })
     }
 
     /// The GNU build id, as lowercase hex.

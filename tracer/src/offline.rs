@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 
 use crate::{
-    capture::{CaptureError, Contents},
+    capture::{CaptureError, Contents, FileRead},
     cli::{self, ReportArgs, ReportKind},
     report::{
         analysis::{self, Temporary, analyze},
@@ -39,7 +39,11 @@ pub fn run(args: ReportArgs) -> Result<()> {
             "{shown} is not a regular file: give the capture.tracer that `tracer record -o DIR` writes"
         );
     }
-    let (contents, records, error) = Contents::read_file(Arc::new(file));
+    let FileRead {
+        contents,
+        records,
+        error,
+    } = Contents::read_file(Arc::new(file));
     if records == 0
         && let Some(error) = &error
     {

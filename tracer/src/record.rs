@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Result, anyhow};
 use aya::maps::{MapData, RingBuf};
-use log::{debug, warn};
+use log::{debug, info, warn};
 use tokio::{
     signal::unix::{Signal, SignalKind, signal},
     sync::mpsc::UnboundedReceiver,
@@ -74,7 +74,9 @@ pub async fn record(options: RecordOptions) -> Result<()> {
         all_execs: options.all,
         sampling: options.sampling,
         pymalloc: options.pymalloc,
+        links: options.links,
     })?;
+    info!("probes: {}", options.links);
     let (targets, exits) = Targets::new(options.all);
     let mut rec = Recording {
         probes,
@@ -92,7 +94,8 @@ pub async fn record(options: RecordOptions) -> Result<()> {
         rec.targets.adopt_running(&mut rec.probes, &mut rec.model);
     }
     let start_ns = monotonic_ns();
-    let (capture, file) = CaptureSink::create(output.as_ref(), start_ns)?;
+    let probes = options.links.to_string();
+    let (capture, file) = CaptureSink::create(output.as_ref(), start_ns, &probes)?;
     rec.capture = Some(file.clone());
     rec.sinks.push(Box::new(capture));
     rec.sinks.push(Box::new(ReportsSink::new(
@@ -403,10 +406,12 @@ impl Recording {
         Ok(())
     }
 
-    /// A launched command still running is stopped, a last snapshot taken,
-    /// then every sink finished in order; the probes are removed in the
-    /// background.
+    /// A launched command still running is stopped, the uprobes removed, a
+    /// last snapshot taken, then every sink finished in order; what remains
+    /// of the probes is removed last (in the background for perf-event
+    /// uprobes).
     fn finish(mut self) -> Result<()> {
+        self.probes.remove_uprobes();
         for pid in self.targets.finish(&mut self.model) {
             self.pending.drop_pid(pid);
         }
@@ -423,7 +428,7 @@ impl Recording {
                 first_error = Some(err);
             }
         }
-        self.probes.detach_in_background();
+        self.probes.detach();
         first_error.map_or(Ok(()), |err| Err(anyhow!(err)))
     }
 }

@@ -93,14 +93,15 @@ enum Task {
     /// memleak and memray. Prints a Markdown table and writes
     /// bench/results/latest.json. Not part of `test`.
     Bench {
-        /// One round of smaller workloads: a check in under 3 minutes, no
-        /// spread.
+        /// A smoke test in under 3 minutes: one round of smaller workloads,
+        /// whose ratios do not predict the full run's.
         #[arg(long)]
         quick: bool,
         /// Rounds of every mode (default 5; 1 with --quick).
         #[arg(long)]
         rounds: Option<usize>,
-        /// Only these workloads (churn, buffers, leak, threads, maxrate).
+        /// Only these workloads (churn, buffers, leak, threads, maxrate,
+        /// flask).
         workloads: Vec<String>,
     },
     /// `tracer record --all` on a steady workload with churn (as root),

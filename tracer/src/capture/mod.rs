@@ -15,7 +15,7 @@ mod writer;
 
 use serde::{Deserialize, Serialize};
 
-pub use reader::{Contents, Events, read};
+pub use reader::{Contents, Events, FileRead, read};
 pub use writer::Writer;
 
 use crate::{
@@ -29,13 +29,16 @@ pub const MAGIC: &[u8; 8] = b"TRACECAP";
 /// 3: events as {pid, tid, ts_ns, kind}; counters by name. 4: mappings say
 /// whether they are thread stacks; forks and execs, inherited allocations,
 /// processes' parents.
-pub const VERSION: u16 = 4;
+/// 5: how probes were attached.
+pub const VERSION: u16 = 5;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Record {
-    /// When recording began (CLOCK_MONOTONIC ns).
+    /// When recording began (CLOCK_MONOTONIC ns), and how its probes were
+    /// attached (`LinkKind`, as the report says it).
     Start {
         start_ns: u64,
+        probes: String,
     },
     /// A traced process; written again when it changes (exec).
     Process(ProcessRecord),

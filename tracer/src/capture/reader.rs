@@ -25,6 +25,8 @@ use crate::{
 #[derive(Default)]
 pub struct Contents {
     pub start_ns: u64,
+    /// How the recording's probes were attached.
+    pub probes: String,
     /// The end of the recording; for a capture cut short, its last event.
     pub end_ns: u64,
     pub processes: BTreeMap<Pid, ProcessInfo>,
@@ -32,6 +34,15 @@ pub struct Contents {
     pub stacks: HashMap<StackId, StackDef>,
     pub samples: Vec<MemorySample>,
     pub counters: Counters,
+}
+
+/// What reading a capture file gave.
+pub struct FileRead {
+    pub contents: Contents,
+    /// Records read.
+    pub records: u64,
+    /// Why reading stopped early, if it did: what was read before is kept.
+    pub error: Option<CaptureError>,
 }
 
 /// A capture's events: in memory, or read again from its file for each
@@ -114,7 +125,7 @@ impl Contents {
     /// its events in the file (see `Events`), with the number of records
     /// read and why reading stopped early, if it did. What it keeps is
     /// bounded (`limits::kept_budget`).
-    pub fn read_file(file: Arc<File>) -> (Self, u64, Option<CaptureError>) {
+    pub fn read_file(file: Arc<File>) -> FileRead {
         let mut c = Contents::default();
         let mut last_ts = 0;
         let mut records = 0;
@@ -134,7 +145,11 @@ impl Contents {
         })
         .err();
         c.events = Events::File(file);
-        (c.finish(last_ts), records, error)
+        FileRead {
+            contents: c.finish(last_ts),
+            records,
+            error,
+        }
     }
 
     fn finish(mut self, last_ts: u64) -> Self {
@@ -147,7 +162,10 @@ impl Contents {
     /// Takes in every record but the events themselves.
     fn add(&mut self, record: Record, last_ts: &mut u64) {
         match record {
-            Record::Start { start_ns } => self.start_ns = start_ns,
+            Record::Start { start_ns, probes } => {
+                self.start_ns = start_ns;
+                self.probes = probes;
+            }
             Record::Process(ProcessRecord {
                 pid,
                 command,
@@ -330,7 +348,10 @@ mod tests {
 
     fn sample_records() -> Vec<Record> {
         vec![
-            Record::Start { start_ns: 5 },
+            Record::Start {
+                start_ns: 5,
+                probes: String::new(),
+            },
             Record::Event(HeapEvent {
                 pid: 1,
                 tid: 1,
@@ -419,14 +440,14 @@ mod tests {
             matches!(err, Some(CaptureError::Truncated { records: 3, .. })),
             "{err:?}"
         );
-        let (contents, n, err) = Contents::read_file(file);
+        let read = Contents::read_file(file);
         let mut events = 0;
-        contents.events.each(&mut |_| {
+        read.contents.events.each(&mut |_| {
             events += 1;
             true
         });
-        assert_eq!((n, events), (3, 1));
-        assert!(matches!(err, Some(CaptureError::Truncated { .. })));
+        assert_eq!((read.records, events), (3, 1));
+        assert!(matches!(read.error, Some(CaptureError::Truncated { .. })));
     }
 
     #[test]

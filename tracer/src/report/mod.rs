@@ -21,6 +21,8 @@ use crate::{
 #[derive(Clone, Debug, PartialEq)]
 pub struct Report {
     pub duration_s: f64,
+    /// How the probes were attached.
+    pub probes: String,
     pub processes: Vec<ProcessReport>,
     pub totals: Totals,
     pub counters: Counters,

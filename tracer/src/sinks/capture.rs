@@ -56,7 +56,11 @@ pub struct CaptureSink {
 impl CaptureSink {
     /// A capture in `dir/capture.tracer`, or without `dir` in an unnamed
     /// temporary file. `start_ns` is when recording began.
-    pub fn create(dir: Option<&OutputDir>, start_ns: u64) -> Result<(Self, CaptureFile)> {
+    pub fn create(
+        dir: Option<&OutputDir>,
+        start_ns: u64,
+        probes: &str,
+    ) -> Result<(Self, CaptureFile)> {
         let (file, shown) = match dir {
             Some(dir) => (
                 dir.create_file(CAPTURE_FILE)?,
@@ -77,7 +81,10 @@ impl CaptureSink {
         let sink = Self {
             capture: capture.clone(),
             writer,
-            events: vec![Record::Start { start_ns }],
+            events: vec![Record::Start {
+                start_ns,
+                probes: probes.to_owned(),
+            }],
             stacks_written: 0,
             processes_written: HashSet::new(),
             ended: HashMap::new(),

@@ -76,11 +76,11 @@ impl Sink for ReportsSink {
     }
 
     fn finish(self: Box<Self>, _end: &Ending) -> Result<()> {
-        let (contents, _, error) = Contents::read_file(self.capture.file.clone());
-        if let Some(error) = error {
+        let read = Contents::read_file(self.capture.file.clone());
+        if let Some(error) = read.error {
             bail!("reading back {}: {error}", self.capture.shown);
         }
-        let report = analyze(&contents, &self.analysis);
+        let report = analyze(&read.contents, &self.analysis);
         if let Some(dir) = &self.output {
             write_outputs(dir, &report, self.top)?;
         }

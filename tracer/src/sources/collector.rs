@@ -275,6 +275,7 @@ mod tests {
             old_len: 0,
             out_ptr: 0,
             caller: 0,
+            entry_sp: 0,
             stack_len: 0,
             py_len: 0,
             stack: [0; MAX_STACK_DEPTH],

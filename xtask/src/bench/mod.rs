@@ -11,6 +11,7 @@
 mod children;
 mod results;
 mod run;
+mod web;
 
 use std::{
     collections::BTreeMap,
@@ -45,7 +46,11 @@ const BENCH_PACKAGES: [(&str, &str); 3] = [
     ("linux-headers-amd64", "/usr/share/doc/linux-headers-amd64"),
 ];
 
-const WORKLOADS: [&str; 5] = ["churn", "buffers", "leak", "threads", "maxrate"];
+const WORKLOADS: [&str; 6] = ["churn", "buffers", "leak", "threads", "maxrate", "flask"];
+
+/// Seconds of load per web service run.
+const WEB_SECS: u64 = 10;
+const WEB_SECS_QUICK: u64 = 3;
 
 #[derive(Clone, Copy, PartialEq)]
 enum Tool {
@@ -145,6 +150,8 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
     }
     let collector = collector_throughput(&paths.root)?;
     let started = Instant::now();
+    let web = workloads.contains(&"flask");
+    let workloads: Vec<&str> = workloads.into_iter().filter(|w| *w != "flask").collect();
     let mut runs: BTreeMap<(usize, usize), Vec<Run>> = BTreeMap::new();
     for round in 0..rounds {
         for (w, workload) in workloads.iter().enumerate() {
@@ -161,7 +168,25 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
             }
         }
     }
-    let results = summarize(&workloads, &runs, rounds, scale, options.quick, &collector);
+    let web_rows = if web {
+        let secs = if options.quick {
+            WEB_SECS_QUICK
+        } else {
+            WEB_SECS
+        };
+        web::run(&paths, rounds, secs)?
+    } else {
+        Vec::new()
+    };
+    let results = summarize(
+        &workloads,
+        &runs,
+        rounds,
+        scale,
+        options.quick,
+        &collector,
+        &web_rows,
+    );
     print!("{}", markdown(&results));
     let out = paths.root.join("bench/results/latest.json");
     fs::create_dir_all(out.parent().expect("has a parent"))?;
@@ -196,6 +221,8 @@ fn ensure(paths: &Paths) -> Result<()> {
                 .arg(format!("memray=={MEMRAY_VERSION}")),
         )?;
     }
+    crate::web::ensure(&paths.root.join("tests/cache"))?;
+    crate::interpreters::ensure(&paths.root.join("tests/cache"))?;
     crate::build()
 }
 

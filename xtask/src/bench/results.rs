@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use super::{MODES, PYTHON, Run, SAMPLED};
 
-fn median(mut xs: Vec<f64>) -> f64 {
+pub(super) fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
     let n = xs.len();
     if n % 2 == 1 {
@@ -24,6 +24,7 @@ pub(super) fn summarize(
     scale: f64,
     quick: bool,
     collector: &Value,
+    web: &[Value],
 ) -> Value {
     let mut rows = Vec::new();
     let mut sampling = Value::Null;
@@ -66,6 +67,7 @@ pub(super) fn summarize(
         "rounds": rounds,
         "scale": scale,
         "results": rows,
+        "web": web,
         "sampling_accuracy": sampling,
         "collector": collector,
     })
@@ -107,6 +109,13 @@ fn machine() -> Value {
 
 pub(super) fn markdown(results: &Value) -> String {
     let mut s = String::new();
+    if results["quick"] == true {
+        s.push_str(
+            "\nSMOKE TEST (--quick): one round at a tenth of the size. Short runs are\n\
+             dominated by start-up and attach; these ratios do not predict the full\n\
+             run's: quote only `cargo xtask bench`.\n",
+        );
+    }
     s.push_str(&format!(
         "\nOverhead on {} ({} CPUs), {}, {} rounds, scale {}\n\n",
         results["machine"]["kernel"].as_str().unwrap_or("?"),
@@ -171,11 +180,60 @@ pub(super) fn markdown(results: &Value) -> String {
             if sampling["within_10_percent"] == true { "within 10%" } else { "NOT within 10%" },
         ));
     }
+    s.push_str(&web_markdown(
+        results["web"].as_array().map_or(&[], Vec::as_slice),
+    ));
     let c = &results["collector"];
     s.push_str(&format!(
         "\nCollector on one core (synthetic records): {} events/s decoded and applied to the heap model; {} bytes of state per live allocation\n",
         num(&c["events_per_s"], 0),
         num(&c["bytes_per_live_allocation"], 0),
     ));
+    s
+}
+
+/// The web service rows: throughput share, latency, tracer's CPU, probes'
+/// removal.
+fn web_markdown(rows: &[Value]) -> String {
+    if rows.is_empty() {
+        return String::new();
+    }
+    let num = |v: &Value, digits: usize| {
+        v.as_f64()
+            .map_or_else(|| "–".to_owned(), |x| format!("{x:.digits$}"))
+    };
+    let mut s = format!(
+        "\nFlask JSON API on gunicorn (2 workers), wrk -t2 -c16 over loopback, {} s per run\n\n",
+        rows[0]["load_s"]
+    );
+    s.push_str("| python | mode | requests/s (median) | share of untraced | p50 ms | p99 ms | tracer CPU (one core) | probes gone after SIGINT | events | lost |\n");
+    s.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for row in rows {
+        let sum = |key: &str| -> Option<u64> {
+            let xs: Vec<u64> = row[key]
+                .as_array()?
+                .iter()
+                .filter_map(Value::as_u64)
+                .collect();
+            (!xs.is_empty()).then(|| xs.iter().sum())
+        };
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            row["python"].as_str().unwrap_or("?"),
+            row["mode"].as_str().unwrap_or("?"),
+            num(&row["requests_per_s_median"], 0),
+            num(&row["share_of_untraced_median"], 2),
+            num(&row["p50_ms_median"], 2),
+            num(&row["p99_ms_median"], 2),
+            row["tracer_cpu_share_median"]
+                .as_f64()
+                .map_or_else(|| "–".to_owned(), |x| format!("{:.1}%", x * 100.0)),
+            row["detach_ms_median"]
+                .as_f64()
+                .map_or_else(|| "–".to_owned(), |x| format!("{x:.0} ms")),
+            sum("events").map_or_else(|| "–".to_owned(), |n| n.to_string()),
+            sum("lost").map_or_else(|| "–".to_owned(), |n| n.to_string()),
+        ));
+    }
     s
 }

@@ -44,9 +44,15 @@ pub fn analyze(contents: &Contents, options: &Options) -> Report {
     let mut heap =
         HeapModel::with_peak_stacks().including_thread_stacks(options.include_thread_stacks);
     let mut temporaries = temporary::Temporaries::new(options.temporary);
+    // A capture names every process it traced; events of others (`--all`
+    // looked at them and let them go) are not reported. A capture cut
+    // before it named any keeps them all.
+    let named = |pid| contents.processes.is_empty() || contents.processes.contains_key(&pid);
     contents.events.each(&mut |e| {
-        heap.apply(e);
-        temporaries.apply(e);
+        if named(e.pid) {
+            heap.apply(e);
+            temporaries.apply(e);
+        }
         true
     });
     let stack_of = |id: StackId| match contents.stacks.get(&id) {
@@ -95,6 +101,7 @@ pub fn analyze(contents: &Contents, options: &Options) -> Report {
         .collect();
     Report {
         duration_s: since_start(contents.end_ns),
+        probes: contents.probes.clone(),
         processes,
         totals,
         counters,

@@ -18,6 +18,8 @@ pub const VERSION: u32 = 1;
 struct Json<'a> {
     version: u32,
     duration_s: f64,
+    /// How the probes were attached.
+    probes: &'a str,
     pids: Vec<u32>,
     processes: Vec<Process<'a>>,
     totals: Totals,
@@ -167,6 +169,7 @@ pub fn render(report: &Report, options: &Options) -> io::Result<Vec<u8>> {
     let json = Json {
         version: VERSION,
         duration_s: report.duration_s,
+        probes: &report.probes,
         pids: report
             .processes
             .iter()
@@ -252,6 +255,7 @@ mod tests {
         };
         let report = Report {
             duration_s: 2.0,
+            probes: String::new(),
             processes: vec![ProcessReport {
                 info: ProcessInfo {
                     pid: 5,

@@ -106,6 +106,7 @@ pub(crate) mod tests {
         let pid = leaks.first().map_or(1, |e| e.pid);
         Report {
             duration_s: 1.0,
+            probes: String::new(),
             processes: vec![ProcessReport {
                 info: ProcessInfo {
                     pid,

@@ -99,6 +99,9 @@ fn text(report: &Report, sections: &[Section], top: usize) -> String {
         report.duration_s,
         if n == 1 { "" } else { "es" }
     );
+    if !report.probes.is_empty() {
+        let _ = writeln!(out, "  probes: {}", report.probes);
+    }
     let t = &report.totals;
     let c = &report.counters;
     let _ = writeln!(
@@ -303,6 +306,7 @@ mod tests {
         };
         let report = Report {
             duration_s: 1.5,
+            probes: String::new(),
             processes: vec![ProcessReport {
                 info: ProcessInfo {
                     pid: 42,

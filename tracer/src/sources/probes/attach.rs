@@ -16,11 +16,11 @@ use log::{debug, info, warn};
 use tracer_common::func;
 
 use super::{
-    How, Placement, Programs,
+    At, How, Placement, ProbePoint, Programs,
     placement::{self, Arguments},
 };
 use crate::{
-    elf::ElfFile,
+    elf::{ElfFile, NamedFunction},
     proc_maps::{FileId, Mapping, ProcessMaps},
     target_file::TargetFile,
 };
@@ -50,6 +50,14 @@ const fn entry(
         returns: true,
         hot,
     }
+}
+
+/// Whether `program` is an allocation function's entry, whose return is
+/// probed too (with uprobe sessions, by the same program).
+pub fn is_call_program(program: &str) -> bool {
+    ALLOC_FUNCTIONS
+        .iter()
+        .any(|f| f.returns && f.program == program)
 }
 
 /// The libc allocation family. `free` has no return probe.
@@ -302,21 +310,31 @@ fn attach_file(
             return Ok((done, None));
         }
     };
+    let entry = |program, offset| ProbePoint {
+        program,
+        offset,
+        cookie: 0,
+        at: At::Entry,
+    };
+    let mut points = Vec::new();
     // A file that defines malloc and free is an allocator: libc, a static
     // executable, or a preloaded jemalloc/tcmalloc/mimalloc.
     if elf.function("malloc").is_some() && elf.function("free").is_some() {
-        attach_allocators(programs, &elf, &file, &mut done)?;
+        points.extend(allocators(&elf, &mut done));
         if let Some(exit) = elf.function("exit") {
-            programs.attach("exit_entry", &file, exit.file_offset, None)?;
+            points.push(entry("exit_entry", exit.file_offset));
             done.libc_exit = true;
         }
     }
     if let Some(finalize) = elf.function("Py_FinalizeEx") {
-        programs.attach("py_finalize_entry", &file, finalize.file_offset, None)?;
+        points.push(entry("py_finalize_entry", finalize.file_offset));
         done.py_finalize = true;
         if pymalloc {
-            attach_pymalloc(programs, pid, &elf, &file, mapping, &mut done)?;
+            points.extend(pymalloc_functions(pid, &elf, mapping, &mut done));
         }
+    }
+    if !points.is_empty() {
+        programs.attach_all(&file, &points)?;
     }
     Ok((done, Some(file)))
 }
@@ -350,14 +368,14 @@ fn debug_file(pid: u32, elf: &ElfFile, mapping: &Mapping) -> Option<ElfFile> {
     })
 }
 
-fn attach_pymalloc(
-    programs: &mut Programs,
+/// The probes of CPython's object allocator in `elf`.
+fn pymalloc_functions(
     pid: u32,
     elf: &ElfFile,
-    file: &TargetFile,
     mapping: &Mapping,
     done: &mut FileProbes,
-) -> Result<()> {
+) -> Vec<ProbePoint> {
+    let mut points = Vec::new();
     let debug = debug_file(pid, elf, mapping);
     let mut probed_addresses = Vec::new();
     let mut single_stepped = Vec::new();
@@ -372,7 +390,11 @@ fn attach_pymalloc(
         };
         let own = elf.find_function(matches);
         let from_debug = own.is_none();
-        let Some((name, found)) = own.or_else(|| debug.as_ref()?.find_function(matches)) else {
+        let Some(NamedFunction {
+            name,
+            function: found,
+        }) = own.or_else(|| debug.as_ref()?.find_function(matches))
+        else {
             debug!("{}: no {}", elf.path(), f.symbol);
             continue;
         };
@@ -397,11 +419,12 @@ fn attach_pymalloc(
         let returns = f.program != "free_entry";
         let place = placement::choose(elf.bytes_at(file_offset, 32), f.args);
         let cookie = u64::from(f.func) | u64::from(f.context_first) << 32;
-        // The return probe first, as for libc's functions.
-        if returns {
-            programs.attach("alloc_return", file, file_offset + place.offset, None)?;
-        }
-        programs.attach(f.program, file, file_offset + place.offset, Some(cookie))?;
+        points.extend(call_points(
+            f.program,
+            file_offset + place.offset,
+            cookie,
+            returns,
+        ));
         if place.how == How::SingleStepped {
             single_stepped.push(format!("{name} ({})", place.instruction));
         }
@@ -417,15 +440,30 @@ fn attach_pymalloc(
             single_stepped.join(", ")
         );
     }
-    Ok(())
+    points
 }
 
-fn attach_allocators(
-    programs: &mut Programs,
-    elf: &ElfFile,
-    file: &TargetFile,
-    done: &mut FileProbes,
-) -> Result<()> {
+/// A function's probes: its return first (in a running process, an entry
+/// seen without its return would leave the thread's call in flight), then
+/// its entry, at the same place, where the return address is still at the
+/// stack pointer (placement.rs).
+fn call_points(program: &'static str, offset: u64, cookie: u64, returns: bool) -> Vec<ProbePoint> {
+    let at = |at| ProbePoint {
+        program,
+        offset,
+        cookie,
+        at,
+    };
+    if returns {
+        vec![at(At::Return), at(At::Entry)]
+    } else {
+        vec![at(At::Entry)]
+    }
+}
+
+/// The probes of the libc allocation family in `elf`.
+fn allocators(elf: &ElfFile, done: &mut FileProbes) -> Vec<ProbePoint> {
+    let mut points = Vec::new();
     // glibc gives aligned_alloc and memalign one address: probe it once.
     let mut by_address: HashMap<u64, &'static str> = HashMap::new();
     let mut single_stepped_hot = Vec::new();
@@ -440,14 +478,12 @@ fn attach_allocators(
         }
         let code = elf.bytes_at(func.file_offset, 32);
         let place = placement::choose(code, f.args);
-        if f.returns {
-            // At the entry probe's place, where the return address is still
-            // at the stack pointer (placement.rs). Attached first: in a
-            // running process, an entry seen without its return would leave
-            // the thread's call in flight.
-            programs.attach("alloc_return", file, func.file_offset + place.offset, None)?;
-        }
-        programs.attach(f.program, file, func.file_offset + place.offset, None)?;
+        points.extend(call_points(
+            f.program,
+            func.file_offset + place.offset,
+            0,
+            f.returns,
+        ));
         if f.hot && place.how == How::SingleStepped {
             single_stepped_hot.push(format!("{} ({})", f.symbol, place.instruction));
         }
@@ -463,7 +499,7 @@ fn attach_allocators(
             single_stepped_hot.join(", ")
         );
     }
-    Ok(())
+    points
 }
 
 #[cfg(test)]

@@ -3,7 +3,13 @@
 //! could not be recorded.
 
 mod attach;
+mod links;
 mod placement;
+
+use std::{
+    os::fd::{AsFd as _, OwnedFd},
+    path::Path,
+};
 
 use anyhow::{Context as _, Result};
 use aya::{
@@ -25,8 +31,10 @@ use crate::{
     target_file::TargetFile,
 };
 
-use attach::AttachedFiles;
 pub use attach::FileProbes;
+use attach::{AttachedFiles, is_call_program};
+pub use links::LinkKind;
+use links::{BPF_TRACE_UPROBE_MULTI, BPF_TRACE_UPROBE_SESSION, Role};
 pub use placement::{How, Placement};
 
 /// The eBPF object built by build.rs from tracer-ebpf.
@@ -56,6 +64,29 @@ pub struct Probes {
 /// The loaded programs, which uprobes are attached through.
 pub struct Programs {
     ebpf: Ebpf,
+    links: LinkKind,
+    /// The multi-uprobe or session links made: closing them removes every
+    /// probe of the run.
+    held: Vec<OwnedFd>,
+}
+
+/// A uprobe to attach: `program` at `offset`, with the `cookie` that tells
+/// a program serving several functions which one this is (0: none).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProbePoint {
+    pub program: &'static str,
+    pub offset: u64,
+    pub cookie: u64,
+    pub at: At,
+}
+
+/// Where a probe fires.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum At {
+    Entry,
+    /// At the function's return (`alloc_return`): with uprobe sessions the
+    /// entry program sees its own return instead.
+    Return,
 }
 
 /// Where new processes are seen: the raw tracepoint with both tasks.
@@ -80,6 +111,8 @@ pub struct Settings {
     pub sampling: Option<Sampling>,
     /// Probe CPython's object allocator too.
     pub pymalloc: bool,
+    /// How uprobes are attached.
+    pub links: LinkKind,
 }
 
 impl Probes {
@@ -91,7 +124,9 @@ impl Probes {
             all_execs,
             sampling,
             pymalloc,
+            links,
         } = settings;
+        let session = u8::from(links == LinkKind::Session);
         let all_execs = u8::from(all_execs);
         let sample_bytes = sampling.map_or(0, |s| s.mean_bytes);
         let gaps = sampling::gap_table();
@@ -113,12 +148,19 @@ impl Probes {
             .override_global("SIGNAL_LIVE_OFFSET", &task.signal_live, true)
             .override_global("ALL_EXECS", &all_execs, true)
             .override_global("SAMPLE_BYTES", &sample_bytes, true)
+            .override_global("SESSION", &session, true)
             .load(EBPF_OBJECT)
             .context("loading the eBPF programs")?;
         let btf = Btf::from_sys_fs().context("reading the kernel's BTF")?;
         for (name, program) in ebpf.programs_mut() {
             match program {
-                aya::programs::Program::UProbe(p) => p.load(),
+                aya::programs::Program::UProbe(p) => match links {
+                    LinkKind::Perf => p.load(),
+                    LinkKind::Session if is_call_program(name) => {
+                        p.load_for_link(BPF_TRACE_UPROBE_SESSION)
+                    }
+                    _ => p.load_for_link(BPF_TRACE_UPROBE_MULTI),
+                },
                 aya::programs::Program::TracePoint(p) => p.load(),
                 aya::programs::Program::BtfTracePoint(p) => p.load(FORK_EVENT, &btf),
                 _ => continue,
@@ -149,7 +191,11 @@ impl Probes {
             PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("map COUNTERS missing")?)?;
         let python = HashMap::try_from(ebpf.take_map("PY_PROCS").context("map PY_PROCS missing")?)?;
         Ok(Self {
-            programs: Programs { ebpf },
+            programs: Programs {
+                ebpf,
+                links,
+                held: Vec::new(),
+            },
             files: AttachedFiles::new(pymalloc),
             sampling,
             traced,
@@ -240,56 +286,149 @@ impl Probes {
 }
 
 impl Programs {
-    /// Attaches `program` to `offset` in `file` for every process (the
-    /// programs filter by the traced set). Whether it is an entry or a
-    /// return probe is the program's own kind; `cookie` tells a program that
-    /// serves several functions which one this is. The kernel is given the
-    /// file's descriptor (`/proc/self/fd/N`), never a path a process could
-    /// change between tracer's reading the file and the kernel's.
-    pub fn attach(
-        &mut self,
-        program: &str,
-        target: &TargetFile,
-        offset: u64,
-        cookie: Option<u64>,
-    ) -> Result<()> {
-        let file = target.kernel_path();
-        let file = file.as_path();
+    /// Attaches `points` to `target` for every process (the programs
+    /// filter by the traced set): with links, one per program and role
+    /// holding all its offsets; else one perf-event uprobe each. The kernel
+    /// is given the file's descriptor (`/proc/self/fd/N`), never a path a
+    /// process could change between tracer's reading the file and the
+    /// kernel's.
+    pub fn attach_all(&mut self, target: &TargetFile, points: &[ProbePoint]) -> Result<()> {
+        let started = std::time::Instant::now();
+        let path = target.kernel_path();
+        let file = path.as_path();
+        match self.links {
+            LinkKind::Perf => {
+                for p in points {
+                    self.attach_perf(file, target.shown(), p)?;
+                }
+            }
+            LinkKind::Session | LinkKind::Multi => {
+                let mut groups: Vec<(&'static str, Role, Vec<u64>, Vec<u64>)> = Vec::new();
+                for p in points {
+                    let role = match (p.at, self.links) {
+                        // The entry program, a session, sees the return.
+                        (At::Return, LinkKind::Session) => continue,
+                        (At::Return, _) => Role::Return,
+                        (At::Entry, LinkKind::Session) if is_call_program(p.program) => {
+                            Role::Session
+                        }
+                        (At::Entry, _) => Role::Entry,
+                    };
+                    let program = if p.at == At::Return {
+                        RETURN_PROGRAM
+                    } else {
+                        p.program
+                    };
+                    match groups.iter_mut().find(|g| g.0 == program && g.1 == role) {
+                        Some(g) => {
+                            g.2.push(p.offset);
+                            g.3.push(p.cookie);
+                        }
+                        None => groups.push((program, role, vec![p.offset], vec![p.cookie])),
+                    }
+                }
+                for (program, role, offsets, cookies) in groups {
+                    let probe: &mut UProbe = self
+                        .ebpf
+                        .program_mut(program)
+                        .with_context(|| format!("eBPF program {program} missing"))?
+                        .try_into()?;
+                    let fd = probe.fd()?.as_fd();
+                    let link = links::uprobe_multi(fd, file, &offsets, &cookies, role)
+                        .with_context(|| {
+                            format!(
+                                "attaching {program} to {} ({} offsets, {role:?}): try --probe-links perf",
+                                target.shown(),
+                                offsets.len()
+                            )
+                        })?;
+                    self.held.push(link);
+                }
+            }
+        }
+        log::debug!(
+            "attached {} probes to {} in {:.1} ms ({:?})",
+            points.len(),
+            target.shown(),
+            started.elapsed().as_secs_f64() * 1e3,
+            self.links
+        );
+        Ok(())
+    }
+
+    /// One perf-event uprobe: `file` is the kernel's path to the file,
+    /// `shown` its name for people.
+    fn attach_perf(&mut self, file: &Path, shown: &str, p: &ProbePoint) -> Result<()> {
+        let program = if p.at == At::Return {
+            RETURN_PROGRAM
+        } else {
+            p.program
+        };
         let probe: &mut UProbe = self
             .ebpf
             .program_mut(program)
             .with_context(|| format!("eBPF program {program} missing"))?
             .try_into()?;
         let point = UProbeAttachPoint {
-            location: UProbeAttachLocation::AbsoluteOffset(offset),
-            cookie,
+            location: UProbeAttachLocation::AbsoluteOffset(p.offset),
+            cookie: (p.cookie != 0).then_some(p.cookie),
         };
-        let started = std::time::Instant::now();
         probe
             .attach(point, file, UProbeScope::AllProcesses)
-            .with_context(|| format!("attaching {program} to {}+{offset:#x}", target.shown()))?;
-        log::debug!(
-            "attached {program} to {}+{offset:#x} in {:.1} ms",
-            target.shown(),
-            started.elapsed().as_secs_f64() * 1e3
-        );
+            .with_context(|| format!("attaching {program} to {shown}+{:#x}", p.offset))?;
         Ok(())
     }
 }
 
+/// The program of every allocation function's return (without sessions).
+const RETURN_PROGRAM: &str = "alloc_return";
+
 impl Probes {
-    /// Removes the probes without making this process wait for it.
-    ///
-    /// Each uprobe removal waits for an RCU grace period, one after the
-    /// other (~80 ms each here, seconds for all of them), in whichever
-    /// process drops the last reference to its perf event. So the probes are
-    /// silenced now, and a child that shares the descriptors outlives this
-    /// process: its exit drops the last references, in the background. If
-    /// the child is killed instead, its exit does the same.
-    pub fn detach_in_background(mut self) {
+    /// How the run's uprobes are attached.
+    pub fn links(&self) -> LinkKind {
+        self.programs.links
+    }
+
+    /// Removes every uprobe of the run now, where its links allow it (not
+    /// perf-event uprobes, removed one by one at `detach`): called as soon
+    /// as recording stops, so that the targets stop trapping while the
+    /// reports are made.
+    pub fn remove_uprobes(&mut self) {
+        if self.programs.links == LinkKind::Perf {
+            return;
+        }
+        let started = std::time::Instant::now();
+        // Each link's release waits for an RCU grace period of its own:
+        // released together, they wait for the same ones.
+        let links = std::mem::take(&mut self.programs.held);
+        let count = links.len();
+        std::thread::scope(|scope| {
+            for link in links {
+                scope.spawn(move || drop(link));
+            }
+        });
+        log::debug!(
+            "{count} uprobe links removed in {:.1} ms",
+            started.elapsed().as_secs_f64() * 1e3
+        );
+    }
+
+    /// Removes every probe. With links, closing them removes each link's
+    /// probes at once (one RCU grace period each): done now. Perf-event
+    /// uprobes wait for a grace period each, one after the other (~80 ms
+    /// each here, seconds for all of them), in whichever process drops the
+    /// last reference: so they are silenced now, and a child that shares
+    /// the descriptors and outlives this process drops them in the
+    /// background (its exit does the same if it is killed).
+    pub fn detach(mut self) {
         let pids: Vec<u32> = self.traced.keys().filter_map(Result::ok).collect();
         for pid in pids {
             self.untrace_pid(pid);
+        }
+        if self.programs.links != LinkKind::Perf {
+            self.remove_uprobes();
+            drop(self);
+            return;
         }
         // Taken before the fork: the parent may be gone (and the child
         // reparented) before the child first runs.

@@ -1,0 +1,424 @@
+//! The web service rows of the benchmark: a Flask JSON API on gunicorn (2
+//! workers) loaded by wrk over loopback for a fixed time per mode, modes
+//! interleaved round by round. A fresh server per run (memray must start
+//! it); tracer attaches by `--pid` of the master, which covers its
+//! workers. What is measured: requests/s and latency p50/p99 as wrk reports
+//! them, tracer's own CPU over the load window, events lost, and how long
+//! after SIGINT the workers' libc is free of probes.
+
+use std::{
+    fs,
+    io::{Read as _, Seek as _, SeekFrom},
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::{Value, json};
+
+use super::{
+    Paths,
+    children::{Guard, Lines, wait_for_no_probes},
+    results::median,
+};
+
+/// An interpreter the service runs on, with Flask and gunicorn importable.
+pub(super) struct Python {
+    pub(super) name: &'static str,
+    pub(super) path: PathBuf,
+    /// The web venv's site-packages for an interpreter outside it (Flask
+    /// and gunicorn are pure Python; MarkupSafe falls back to Python).
+    pub(super) pythonpath: Option<PathBuf>,
+    /// memray publishes no build for every version.
+    pub(super) memray: bool,
+}
+
+pub(super) fn pythons(root: &Path) -> Vec<Python> {
+    let cache = root.join("tests/cache");
+    vec![
+        Python {
+            name: "Debian python3.11 (glibc 2.36)",
+            path: cache.join("web-venv/bin/python"),
+            pythonpath: None,
+            memray: true,
+        },
+        Python {
+            name: "sid python3.15 (glibc 2.43)",
+            path: cache.join("sid-3.15-root/usr/bin/python3.15-private"),
+            pythonpath: Some(cache.join("web-venv/lib/python3.11/site-packages")),
+            memray: false,
+        },
+    ]
+}
+
+#[derive(Clone, Copy)]
+enum WebTool {
+    Untraced,
+    Tracer(&'static [&'static str]),
+    Memray,
+}
+
+struct WebMode {
+    name: &'static str,
+    tool: WebTool,
+}
+
+const WEB_MODES: [WebMode; 5] = [
+    WebMode {
+        name: "untraced",
+        tool: WebTool::Untraced,
+    },
+    WebMode {
+        name: "tracer (exact)",
+        tool: WebTool::Tracer(&["--exact"]),
+    },
+    WebMode {
+        name: "tracer --sample-bytes 64KiB",
+        tool: WebTool::Tracer(&["--sample-bytes", "65536"]),
+    },
+    WebMode {
+        name: "tracer --sample-bytes 256KiB (default of --all)",
+        tool: WebTool::Tracer(&["--sample-bytes", "262144"]),
+    },
+    WebMode {
+        name: "memray run --follow-fork",
+        tool: WebTool::Memray,
+    },
+];
+
+/// What one run under load measured.
+struct WebRun {
+    requests_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    /// tracer: its CPU over the load window, as a share of one core.
+    tracer_cpu_share: Option<f64>,
+    lost: Option<u64>,
+    events: Option<u64>,
+    /// tracer: from SIGINT to no probe left in the workers' libc.
+    detach_ms: Option<f64>,
+}
+
+const PORT: u16 = 18_731;
+/// wrk's load: 2 threads, 16 connections (the workers are the bottleneck).
+const CONNECTIONS: &str = "16";
+
+/// Every interpreter's rows: `rounds` interleaved rounds of every mode,
+/// `secs` seconds of load each.
+pub(super) fn run(paths: &Paths, rounds: usize, secs: u64) -> Result<Vec<Value>> {
+    let mut rows = Vec::new();
+    for python in pythons(&paths.root) {
+        let modes: Vec<&WebMode> = WEB_MODES
+            .iter()
+            .filter(|m| python.memray || !matches!(m.tool, WebTool::Memray))
+            .collect();
+        let mut runs: Vec<Vec<WebRun>> = modes.iter().map(|_| Vec::new()).collect();
+        for round in 0..rounds {
+            for (m, mode) in modes.iter().enumerate() {
+                eprint!(
+                    "xtask: bench round {}/{rounds}: flask on {} / {} ... ",
+                    round + 1,
+                    python.name,
+                    mode.name
+                );
+                let run = run_once(paths, &python, mode.tool, secs)
+                    .with_context(|| format!("flask on {} under {}", python.name, mode.name))?;
+                eprintln!("{:.0} requests/s", run.requests_per_s);
+                runs[m].push(run);
+            }
+        }
+        let base: Vec<f64> = runs[0].iter().map(|r| r.requests_per_s).collect();
+        for (mode, these) in modes.iter().zip(&runs) {
+            let shares: Vec<f64> = these
+                .iter()
+                .zip(&base)
+                .map(|(r, b)| r.requests_per_s / b)
+                .collect();
+            let opt = |f: &dyn Fn(&WebRun) -> Option<f64>| {
+                let xs: Vec<f64> = these.iter().filter_map(f).collect();
+                (!xs.is_empty()).then(|| median(xs))
+            };
+            rows.push(json!({
+                "workload": "flask",
+                "python": python.name,
+                "mode": mode.name,
+                "load_s": secs,
+                "requests_per_s": these.iter().map(|r| r.requests_per_s).collect::<Vec<_>>(),
+                "requests_per_s_median": median(these.iter().map(|r| r.requests_per_s).collect()),
+                "share_of_untraced_median": median(shares),
+                "p50_ms_median": median(these.iter().map(|r| r.p50_ms).collect()),
+                "p99_ms_median": median(these.iter().map(|r| r.p99_ms).collect()),
+                "tracer_cpu_share_median": opt(&|r| r.tracer_cpu_share),
+                "detach_ms_median": opt(&|r| r.detach_ms),
+                "events": these.iter().map(|r| r.events).collect::<Vec<_>>(),
+                "lost": these.iter().map(|r| r.lost).collect::<Vec<_>>(),
+            }));
+        }
+    }
+    Ok(rows)
+}
+
+fn run_once(paths: &Paths, python: &Python, tool: WebTool, secs: u64) -> Result<WebRun> {
+    wait_for_no_probes()?;
+    let out = paths.work.join("web");
+    let _ = fs::remove_dir_all(&out);
+    fs::create_dir_all(&out)?;
+    let mut cmd = match tool {
+        WebTool::Memray => {
+            let mut cmd = Command::new(paths.cache.join("memray/bin/memray"));
+            cmd.args(["run", "--quiet", "--force", "--follow-fork", "-o"])
+                .arg(out.join("memray.bin"));
+            // memray's own venv runs the server: Flask and gunicorn come
+            // from the web venv.
+            cmd.env(
+                "PYTHONPATH",
+                paths
+                    .root
+                    .join("tests/cache/web-venv/lib/python3.11/site-packages"),
+            );
+            cmd
+        }
+        _ => {
+            let mut cmd = Command::new(&python.path);
+            if let Some(path) = &python.pythonpath {
+                cmd.env("PYTHONPATH", path);
+            }
+            cmd
+        }
+    };
+    cmd.args(["-m", "gunicorn", "-w", "2", "-b"])
+        .arg(format!("127.0.0.1:{PORT}"))
+        .arg("--chdir")
+        .arg(paths.root.join("bench/workloads"))
+        .arg("flask_api:app")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let server = Guard(cmd.spawn().with_context(|| format!("starting {cmd:?}"))?);
+    wait_until_serving(Duration::from_secs(60))?;
+    // Both workers booted and warm before anything is measured.
+    wrk(2)?;
+    let master = server_master(server.0.id(), &tool)?;
+    let workers = children_of(master);
+    let tracer = match tool {
+        WebTool::Tracer(args) => {
+            let mut child = Command::new(paths.root.join("target/release/tracer"))
+                .args(["record", "--pid", &master.to_string(), "-o"])
+                .arg(out.join("tracer"))
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .context("starting tracer")?;
+            let mut output = Lines::spawn(child.stderr.take().context("no stderr")?);
+            output.wait_for(Duration::from_secs(60), |l| {
+                l.starts_with("tracer: recording")
+            })?;
+            Some((Guard(child), output))
+        }
+        _ => None,
+    };
+    let cpu_before = tracer.as_ref().map(|(t, _)| cpu_ticks(t.0.id()));
+    let wrk_out = wrk(secs)?;
+    let tracer_cpu_share = match (&tracer, cpu_before) {
+        (Some((t, _)), Some(before)) => {
+            let ticks = cpu_ticks(t.0.id()).saturating_sub(before);
+            Some(ticks as f64 / clock_ticks() / secs as f64)
+        }
+        _ => None,
+    };
+    let mut run = parse_wrk(&wrk_out)?;
+    run.tracer_cpu_share = tracer_cpu_share;
+    if let Some((mut child, output)) = tracer {
+        let interrupted = Instant::now();
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.0.id() as libc::pid_t, libc::SIGINT) };
+        run.detach_ms = Some(wait_for_clean_text(&workers, interrupted)?);
+        let status = child.0.wait()?;
+        if !status.success() {
+            bail!("tracer {status}:\n{}", output.rest().join("\n"));
+        }
+        let report: Value =
+            serde_json::from_str(&fs::read_to_string(out.join("tracer/report.json"))?)?;
+        let counters = &report["counters"];
+        run.events = counters["events"].as_u64();
+        run.lost = Some(
+            ["lost_events", "lost_stacks", "in_flight_full"]
+                .iter()
+                .filter_map(|k| counters[k].as_u64())
+                .sum(),
+        );
+    }
+    // SAFETY: signalling our own child (gunicorn's graceful stop).
+    unsafe { libc::kill(server.0.id() as libc::pid_t, libc::SIGTERM) };
+    let mut server = server;
+    server.0.wait()?;
+    Ok(run)
+}
+
+fn wait_until_serving(timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while TcpStream::connect(("127.0.0.1", PORT)).is_err() {
+        if Instant::now() > deadline {
+            bail!(
+                "nothing listens on port {PORT} after {} s",
+                timeout.as_secs()
+            );
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// wrk's output for `secs` seconds of load.
+fn wrk(secs: u64) -> Result<String> {
+    let out = Command::new("wrk")
+        .args(["-t", "2", "-c", CONNECTIONS, "-d"])
+        .arg(format!("{secs}s"))
+        .arg("--latency")
+        .arg(format!("http://127.0.0.1:{PORT}/items?page=3"))
+        .output()
+        .context("running wrk")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        bail!("wrk failed:\n{text}");
+    }
+    Ok(text)
+}
+
+/// Requests/s and the 50th and 99th latency percentiles from wrk's
+/// `--latency` output. Errors (non-2xx, sockets) fail the run.
+fn parse_wrk(text: &str) -> Result<WebRun> {
+    let field = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix).map(str::trim))
+            .with_context(|| format!("no {prefix:?} in wrk's output:\n{text}"))
+    };
+    if text.contains("Non-2xx") || text.contains("Socket errors") {
+        bail!("the service failed requests:\n{text}");
+    }
+    Ok(WebRun {
+        requests_per_s: field("Requests/sec:")?.parse()?,
+        p50_ms: millis(field("50%")?)?,
+        p99_ms: millis(field("99%")?)?,
+        tracer_cpu_share: None,
+        lost: None,
+        events: None,
+        detach_ms: None,
+    })
+}
+
+/// wrk's "1.23ms", "456.78us" or "1.02s".
+fn millis(value: &str) -> Result<f64> {
+    let (number, scale) = if let Some(n) = value.strip_suffix("us") {
+        (n, 1e-3)
+    } else if let Some(n) = value.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = value.strip_suffix('s') {
+        (n, 1e3)
+    } else {
+        bail!("a latency of {value:?}")
+    };
+    Ok(number.parse::<f64>()? * scale)
+}
+
+/// The gunicorn master: the server process itself, or memray's child.
+fn server_master(pid: u32, tool: &WebTool) -> Result<u32> {
+    match tool {
+        WebTool::Memray => children_of(pid)
+            .first()
+            .copied()
+            .context("memray started no server"),
+        _ => Ok(pid),
+    }
+}
+
+fn children_of(pid: u32) -> Vec<u32> {
+    fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// utime + stime of `pid`, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // After the command name's closing parenthesis: fields 3 on; utime and
+    // stime are the 14th and 15th.
+    stat.rsplit_once(')')
+        .map(|(_, rest)| {
+            rest.split_whitespace()
+                .skip(11)
+                .take(2)
+                .filter_map(|f| f.parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
+}
+
+/// Milliseconds from `since` until the executable text of every worker's
+/// libc is byte for byte the file's again: a uprobe is an int3 (or a call,
+/// where the kernel optimizes it) written into that text.
+fn wait_for_clean_text(workers: &[u32], since: Instant) -> Result<f64> {
+    let deadline = since + Duration::from_secs(30);
+    loop {
+        let mut dirty = 0;
+        for &pid in workers {
+            dirty += probed_bytes(pid)?;
+        }
+        if dirty == 0 {
+            return Ok(since.elapsed().as_secs_f64() * 1e3);
+        }
+        if Instant::now() > deadline {
+            bail!("{dirty} bytes of the workers' libc still probed 30 s after SIGINT");
+        }
+        thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Bytes of `pid`'s executable libc mapping that differ from its file.
+fn probed_bytes(pid: u32) -> Result<usize> {
+    let maps = fs::read_to_string(format!("/proc/{pid}/maps"))?;
+    let line = maps
+        .lines()
+        .find(|l| l.contains("r-xp") && l.contains("/libc.so"))
+        .with_context(|| format!("process {pid} maps no libc text"))?;
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let (start, end) = fields[0].split_once('-').context("maps range")?;
+    let start = u64::from_str_radix(start, 16)?;
+    let len = (u64::from_str_radix(end, 16)? - start) as usize;
+    let offset = u64::from_str_radix(fields[2], 16)?;
+    let path = fields[5..].join(" ");
+    let mut file = Vec::with_capacity(len);
+    let mut f = fs::File::open(format!("/proc/{pid}/root{path}"))?;
+    f.seek(SeekFrom::Start(offset))?;
+    let got = f.take(len as u64).read_to_end(&mut file)?;
+    let mut text = vec![0; got];
+    let mut mem = fs::File::open(format!("/proc/{pid}/mem"))?;
+    mem.seek(SeekFrom::Start(start))?;
+    mem.read_exact(&mut text)?;
+    Ok(text.iter().zip(&file).filter(|(a, b)| a != b).count())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_wrk_latency_output() {
+        let text = "Running 5s test @ http://127.0.0.1:1/items\n  Latency Distribution\n     50%    3.21ms\n     75%    4.00ms\n     90%    5.00ms\n     99%  812.00us\n  1234 requests in 5.00s, 1.2MB read\nRequests/sec:    246.80\nTransfer/sec:    100KB\n";
+        let run = parse_wrk(text).expect("parses");
+        assert_eq!(run.requests_per_s, 246.8);
+        assert_eq!(run.p50_ms, 3.21);
+        assert!((run.p99_ms - 0.812).abs() < 1e-9);
+        assert!(parse_wrk("Requests/sec: 1\nNon-2xx or 3xx responses: 4").is_err());
+    }
+}
