@@ -48,6 +48,11 @@ pub enum ReportKind {
     Temporary,
     /// Per process and thread: allocated, freed, live, peak.
     Summary,
+    /// Live objects by type (walks of the heap), and their growth.
+    Types,
+    /// A Python function (--function, --file) or file (--file) line by
+    /// line: allocated there and in callees, by the line itself, live.
+    Lines,
     /// An interactive SVG flamegraph (of --of).
     Flamegraph,
     /// A gzipped pprof profile (alloc_* and inuse_* sample types).
@@ -104,6 +109,16 @@ pub struct ReportArgs {
     /// thread (memray's threshold), instead of --temporary-ms.
     #[arg(long, value_name = "N")]
     pub temporary_allocations: Option<u64>,
+
+    /// Lines: the Python function, by name ("handle") or qualified name
+    /// ("Server.handle").
+    #[arg(long, value_name = "NAME")]
+    pub function: Option<String>,
+
+    /// Lines: the Python file (its path, or the end of it); alone, every
+    /// line of the file.
+    #[arg(long, value_name = "PATH")]
+    pub file: Option<String>,
 }
 
 /// How entries are chosen and shown, in every report.
@@ -182,6 +197,12 @@ pub struct RecordArgs {
     #[arg(long, value_name = "MIB", default_value_t = 32)]
     pub ring_mb: u32,
 
+    /// Do not read the types of live Python objects (walks of the heap
+    /// when tracing begins and when the leak set is taken), nor hold a
+    /// launched command at its finalization while they are read.
+    #[arg(long)]
+    pub no_types: bool,
+
     /// The command to start and trace from its first allocation.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,
@@ -220,6 +241,8 @@ pub struct RecordOptions {
     pub ring_bytes: u32,
     pub analysis: analysis::Options,
     pub top: usize,
+    /// Walk the heaps for the types of live objects.
+    pub types: bool,
 }
 
 impl RecordArgs {
@@ -264,6 +287,7 @@ impl RecordArgs {
                 include_thread_stacks: self.view.include_thread_stacks,
             },
             top: self.view.top,
+            types: !self.no_types,
         })
     }
 }

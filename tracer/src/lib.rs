@@ -7,6 +7,7 @@
 //! the map.
 
 pub mod capture;
+pub mod census;
 mod cli;
 mod clock;
 pub mod counters;

@@ -14,28 +14,48 @@ use tokio::{
 };
 
 use crate::{
+    census::Moment,
     cli::RecordOptions,
     clock::monotonic_ns,
     counters::{self, Counters},
-    event::Pid,
+    event::{EventKind, ExitReason, HeapEvent, Pid},
     host,
     model::Model,
     process::MemorySample,
     sinks::{Ending, Sink, Snapshot, capture::CaptureSink, reports::ReportsSink},
     sources::{
         collector::{Collector, Notice},
+        hold::{self, Guard, Held},
         pending::Pending,
         probes::{Probes, Settings},
         procfs,
         targets::{Decided, Targets, readable},
+        walks::Walks,
     },
 };
+
+/// The next census of a walk that ended, if walks are made.
+async fn recv_census(walks: &mut Option<Walks>) -> Option<crate::census::Census> {
+    match walks {
+        Some(w) => w.done.recv().await,
+        None => std::future::pending().await,
+    }
+}
 
 /// How often the ring buffer is drained without a wakeup from the kernel
 /// (it wakes tracer only when a quarter full: see `wakeup` in tracer-ebpf).
 const DRAIN_EVERY: Duration = Duration::from_millis(10);
 
 pub async fn record(options: RecordOptions) -> Result<()> {
+    let start_ns = monotonic_ns();
+    let (capture, file) = CaptureSink::create(options.output.as_deref(), start_ns)?;
+    let reports = ReportsSink::new(file, options.output.clone(), options.analysis, options.top);
+    trace(&options, vec![Box::new(capture), Box::new(reports)]).await
+}
+
+/// One recording into `sinks`, until a signal, the duration, the end of
+/// every target, or a sink asks to stop.
+pub async fn trace(options: &RecordOptions, sinks: Vec<Box<dyn Sink>>) -> Result<()> {
     host::check()?;
     let task = host::task_layout().unwrap_or_else(|err| {
         warn!("no Python frames and no fork following: {err:#}");
@@ -55,7 +75,10 @@ pub async fn record(options: RecordOptions) -> Result<()> {
         model: Model::default(),
         targets,
         pending: Pending::default(),
-        sinks: Vec::new(),
+        sinks,
+        walks: options.types.then(Walks::new),
+        guard: None,
+        armed: Vec::new(),
     };
     for &pid in &options.pids {
         rec.targets.add_pid(pid, &mut rec.probes, &mut rec.model)?;
@@ -63,18 +86,19 @@ pub async fn record(options: RecordOptions) -> Result<()> {
     if options.all {
         rec.targets.adopt_running(&mut rec.probes, &mut rec.model);
     }
-    let start_ns = monotonic_ns();
-    let (capture, file) = CaptureSink::create(options.output.as_deref(), start_ns)?;
-    rec.sinks.push(Box::new(capture));
-    rec.sinks.push(Box::new(ReportsSink::new(
-        file,
-        options.output.clone(),
-        options.analysis,
-        options.top,
-    )));
-    let stop = rec.run(&options, exits).await?;
-    debug!("recording stopped: {stop}");
-    rec.finish()
+    // The baseline of the types' growth.
+    if let Some(walks) = &rec.walks {
+        for pid in rec.targets.running() {
+            walks.walk(&rec.model, pid, Moment::Start, None);
+        }
+    }
+    let stop = rec.run(options, exits).await;
+    if let Ok(stop) = &stop {
+        debug!("recording stopped: {stop}");
+    }
+    // Whatever ended it, no process stays held.
+    let finished = rec.finish();
+    stop.and(finished)
 }
 
 /// The probes, the model and the sinks of one recording.
@@ -86,6 +110,12 @@ struct Recording {
     /// Events of processes traced but not adopted yet.
     pending: Pending,
     sinks: Vec<Box<dyn Sink>>,
+    /// Heap walks (types of live objects), unless `--no-types`.
+    walks: Option<Walks>,
+    /// Continues held processes if tracer dies.
+    guard: Option<Guard>,
+    /// Launched commands to be held at their finalization, not yet held.
+    armed: Vec<Pid>,
 }
 
 impl Recording {
@@ -100,8 +130,24 @@ impl Recording {
         let mut logger = readable(self.probes.take_logger()?)?;
         let started = Instant::now();
         if !options.command.is_empty() {
-            self.targets
-                .launch(&options.command, &mut self.probes, &mut self.model)?;
+            let hold = self.walks.is_some();
+            if hold {
+                self.guard = Some(Guard::start()?);
+            }
+            let (guard, armed) = (&mut self.guard, &mut self.armed);
+            self.targets.launch(
+                &options.command,
+                &mut self.probes,
+                &mut self.model,
+                |pid, probes| {
+                    if let Some(guard) = guard {
+                        guard.watch(pid)?;
+                        probes.hold_at_finalize(pid)?;
+                        armed.push(pid);
+                    }
+                    Ok(())
+                },
+            )?;
         }
         self.targets.watch_exits()?;
         eprintln!("tracer: {}; Ctrl-C to stop", self.targets.describe());
@@ -125,6 +171,11 @@ impl Recording {
                     guard.get_inner_mut().flush();
                     guard.clear_ready();
                 }
+                Some(census) = recv_census(&mut self.walks) => {
+                    for sink in &mut self.sinks {
+                        sink.census(&census)?;
+                    }
+                }
                 _ = sigint.recv() => break "interrupted",
                 _ = sigterm.recv() => break "terminated",
                 _ = sleep_until(deadline.unwrap_or(started)), if deadline.is_some() => {
@@ -141,10 +192,16 @@ impl Recording {
                     let decided = self.targets.rescan(&mut self.probes, &mut self.model);
                     self.decided(decided)?;
                 }
-                _ = drain_tick.tick() => self.drain(ring.get_mut())?,
+                _ = drain_tick.tick() => {
+                    self.drain(ring.get_mut())?;
+                    if self.sinks.iter().any(|s| s.stop_requested()) {
+                        break "quit";
+                    }
+                }
                 _ = sample_tick.tick() => {
                     // Take the newest events first: a sample is of the heap now.
                     self.drain(ring.get_mut())?;
+                    self.held_without_marker();
                     self.snapshot()?;
                 }
             }
@@ -199,13 +256,50 @@ impl Recording {
         Ok(())
     }
 
-    fn feed(&mut self, events: &[crate::event::HeapEvent]) -> Result<()> {
+    fn feed(&mut self, events: &[HeapEvent]) -> Result<()> {
         if !events.is_empty() {
             for sink in &mut self.sinks {
                 sink.events(events)?;
             }
         }
+        for e in events {
+            if e.kind
+                == (EventKind::Exiting {
+                    reason: ExitReason::PyFinalize,
+                })
+            {
+                self.finalizing(e.pid);
+            }
+        }
         Ok(())
+    }
+
+    /// `pid` entered `Py_FinalizeEx`: if it was to be held, the kernel
+    /// stopped it; its walk continues it.
+    fn finalizing(&mut self, pid: Pid) {
+        let Some(i) = self.armed.iter().position(|&p| p == pid) else {
+            return;
+        };
+        self.armed.swap_remove(i);
+        let Some(walks) = &self.walks else { return };
+        match Held::new(pid) {
+            Ok(held) => walks.walk(&self.model, pid, Moment::Finalize, Some(held)),
+            Err(err) => warn!("not holding pid {pid} at its finalization: {err:#}"),
+        }
+    }
+
+    /// A held process whose finalization marker was lost (the ring was
+    /// full) is stopped all the same: its walk starts now.
+    fn held_without_marker(&mut self) {
+        let fired: Vec<Pid> = self
+            .armed
+            .iter()
+            .copied()
+            .filter(|&pid| !self.probes.hold_armed(pid))
+            .collect();
+        for pid in fired {
+            self.finalizing(pid);
+        }
     }
 
     /// Adopted processes' held events go on to the sinks; those of
@@ -226,6 +320,45 @@ impl Recording {
         }
         for pid in decided.dropped {
             self.pending.drop_pid(pid);
+        }
+        Ok(())
+    }
+
+    /// The walks at the end: of a launched command stopped just now, and of
+    /// every target still running; then what every walk found goes to the
+    /// sinks, and no process is held any more.
+    fn last_walks(&mut self) -> Result<()> {
+        let Some(walks) = self.walks.take() else {
+            return Ok(());
+        };
+        self.walks = Some(walks);
+        for pid in std::mem::take(&mut self.armed) {
+            if self.probes.hold_armed(pid) {
+                self.probes.unhold(pid);
+            }
+            // Between the two, the kernel may have stopped it.
+            if !self.probes.hold_armed(pid) && hold::is_stopped(pid) {
+                self.armed.push(pid);
+                self.finalizing(pid);
+            }
+        }
+        let Some(walks) = self.walks.take() else {
+            return Ok(());
+        };
+        let running: Vec<Pid> = self.targets.running().collect();
+        for pid in running {
+            if !hold::is_stopped(pid) {
+                walks.walk(&self.model, pid, Moment::End, None);
+            }
+        }
+        let censuses = walks.finish();
+        if let Some(guard) = self.guard.take() {
+            guard.release();
+        }
+        for census in &censuses {
+            for sink in &mut self.sinks {
+                sink.census(census)?;
+            }
         }
         Ok(())
     }
@@ -272,6 +405,7 @@ impl Recording {
         for pid in self.targets.finish(&mut self.model) {
             self.pending.drop_pid(pid);
         }
+        self.last_walks()?;
         self.snapshot()?;
         let ending = Ending {
             end_ns: monotonic_ns(),

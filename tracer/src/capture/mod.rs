@@ -18,6 +18,7 @@ pub use reader::{Contents, Events, read};
 pub use writer::Writer;
 
 use crate::{
+    census::Census,
     counters::Counters,
     event::{HeapEvent, Pid, StackId},
     frame::StackDef,
@@ -27,8 +28,8 @@ use crate::{
 pub const MAGIC: &[u8; 8] = b"TRACECAP";
 /// 3: events as {pid, tid, ts_ns, kind}; counters by name. 4: mappings say
 /// whether they are thread stacks; forks and execs, inherited allocations,
-/// processes' parents.
-pub const VERSION: u16 = 4;
+/// processes' parents. 5: live objects by type (`Census`).
+pub const VERSION: u16 = 5;
 /// No record is this large; a length beyond it is corruption.
 const MAX_RECORD: usize = 16 << 20;
 
@@ -56,6 +57,8 @@ pub enum Record {
     End {
         end_ns: u64,
     },
+    /// Live objects by type: one walk of a process's heap.
+    Census(Census),
 }
 
 /// A traced process as the capture describes it.

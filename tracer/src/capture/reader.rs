@@ -12,6 +12,7 @@ use std::{
 
 use super::{CaptureError, MAGIC, MAX_RECORD, ProcessRecord, Record, VERSION};
 use crate::{
+    census::Census,
     counters::Counters,
     event::{HeapEvent, Pid, StackId},
     frame::StackDef,
@@ -29,6 +30,8 @@ pub struct Contents {
     pub stacks: HashMap<StackId, StackDef>,
     pub samples: Vec<MemorySample>,
     pub counters: Counters,
+    /// Walks of the processes' heaps, in the order they were made.
+    pub censuses: Vec<Census>,
 }
 
 /// A capture's events: in memory, or read again from its file for each
@@ -164,6 +167,7 @@ impl Contents {
             }
             Record::Counters(counters) => self.counters = counters,
             Record::End { end_ns } => self.end_ns = end_ns,
+            Record::Census(census) => self.censuses.push(census),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! the kernel read into functions, files and lines.
 
 mod code;
+pub mod heap;
 mod layout;
 mod lines;
 mod memory;
@@ -35,6 +36,8 @@ pub struct Interpreter {
     pub config: PyConfig,
     /// `PyCode_Type` in the process, to check code objects against.
     code_type: Option<u64>,
+    /// What a walk of its heap needs.
+    pub heap: heap::HeapTarget,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -126,13 +129,59 @@ pub fn detect(pid: u32, maps: &ProcessMaps) -> Result<Option<Interpreter>, Detec
             Err(err) => return Err(DetectError::ThreadLocal(minor, err)),
         }
     }
+    let heap = heap::HeapTarget {
+        minor,
+        runtime,
+        type_type: elf.symbol("PyType_Type").map(|v| bias.wrapping_add(v)),
+        statics: arena_statics(pid, minor, &elf, &mapping, bias),
+    };
     Ok(Some(Interpreter {
         version: format!("3.{minor}"),
         module: mapping.path.clone(),
         config,
         layout,
         code_type,
+        heap,
     }))
+}
+
+/// 3.8 to 3.11: where obmalloc's arena table may be, from the file's own
+/// symbols or code, else from its build-id debug file.
+fn arena_statics(
+    pid: u32,
+    minor: u8,
+    elf: &ElfFile,
+    mapping: &Mapping,
+    bias: u64,
+) -> heap::ArenaStatics {
+    if minor > 11 {
+        return heap::ArenaStatics::default();
+    }
+    let own = heap::arena_statics(elf, None, bias);
+    if own.source == "symbols" || minor == 11 && !own.candidates.is_empty() {
+        return own;
+    }
+    match debug_file(pid, elf, mapping) {
+        Some(debug) => heap::arena_statics(elf, Some(&debug), bias),
+        None => own,
+    }
+}
+
+/// The build-id debug file of `elf` (mapped by `pid` at `mapping`): in the
+/// process's root, on the host, or beside an interpreter unpacked in a
+/// private tree (`<prefix>/bin/python` with `<prefix>/lib/debug`).
+fn debug_file(pid: u32, elf: &ElfFile, mapping: &Mapping) -> Option<ElfFile> {
+    let id = elf.build_id()?;
+    let (dir, file) = id.split_at(2);
+    let relative = format!(".build-id/{dir}/{file}.debug");
+    let prefix = std::path::Path::new(&mapping.path).parent()?.parent()?;
+    [
+        crate::proc_maps::host_path(pid, &format!("/usr/lib/debug/{relative}")),
+        std::path::PathBuf::from(format!("/usr/lib/debug/{relative}")),
+        prefix.join("lib/debug").join(&relative),
+    ]
+    .iter()
+    .find_map(|p| ElfFile::open(p).ok())
 }
 
 fn is_glibc_name(name: &str) -> bool {

@@ -17,6 +17,7 @@ use anyhow::{Context as _, Result, anyhow};
 
 use super::{Ending, Sink, Snapshot};
 use crate::{
+    census::Census,
     capture::{
         ProcessRecord, Record, Writer,
         background::{Background, NewStack},
@@ -163,8 +164,14 @@ impl Sink for CaptureSink {
         self.writer.flush().map_err(|e| self.write_err(e))
     }
 
-    fn finish(self: Box<Self>, end: &Ending) -> Result<()> {
-        let mut records = Vec::new();
+    fn census(&mut self, census: &Census) -> Result<()> {
+        self.events.push(Record::Census(census.clone()));
+        Ok(())
+    }
+
+    fn finish(mut self: Box<Self>, end: &Ending) -> Result<()> {
+        // Walks that ended after the last snapshot.
+        let mut records = std::mem::take(&mut self.events);
         for info in &end.processes {
             records.push(process_record(info));
             if let Some(status) = &info.exit_status {

@@ -9,6 +9,7 @@ pub mod reports;
 use anyhow::Result;
 
 use crate::{
+    census::Census,
     counters::Counters,
     event::HeapEvent,
     model::Model,
@@ -21,6 +22,16 @@ pub trait Sink {
 
     /// The model and the targets as they are now.
     fn snapshot(&mut self, snapshot: &Snapshot<'_>) -> Result<()>;
+
+    /// A walk of a process's heap ended: its live objects by type.
+    fn census(&mut self, _census: &Census) -> Result<()> {
+        Ok(())
+    }
+
+    /// Whether the sink asks the recording to end (`tracer top`'s `q`).
+    fn stop_requested(&self) -> bool {
+        false
+    }
 
     /// The recording ended, right after a last snapshot. Sinks are
     /// finished in the order they were added: a later one may read what an

@@ -81,7 +81,8 @@ impl Sink for ReportsSink {
         if let Some(error) = error {
             bail!("reading back {}: {error}", self.capture.shown);
         }
-        let report = analyze(&contents, &self.analysis);
+        let mut report = analyze(&contents, &self.analysis);
+        crate::report::source::fill_report(&mut report);
         if let Some(dir) = &self.output {
             write_outputs(dir, &report, self.top)?;
         }

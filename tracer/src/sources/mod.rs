@@ -5,8 +5,10 @@
 
 mod adopt;
 pub mod collector;
+pub mod hold;
 pub mod launch;
 pub mod pending;
 pub mod probes;
 pub mod procfs;
 pub mod targets;
+pub mod walks;

@@ -190,12 +190,14 @@ impl Targets {
         }
     }
 
-    /// Starts `command`, traced from its first allocation.
+    /// Starts `command`, traced from its first allocation; `at_entry` is
+    /// called at its entry point, while it is still held there.
     pub fn launch(
         &mut self,
         command: &[OsString],
         probes: &mut Probes,
         model: &mut Model,
+        mut at_entry: impl FnMut(Pid, &mut Probes) -> Result<()>,
     ) -> Result<()> {
         let mut traced = false;
         let launched = launch::launch(command, |pid, stage| {
@@ -212,6 +214,7 @@ impl Targets {
                 if !setup.allocator {
                     warn!("pid {pid} reached its entry point without a probed allocator");
                 }
+                at_entry(pid, probes)?;
             }
             Ok(setup.allocator)
         })?;
