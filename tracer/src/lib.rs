@@ -26,6 +26,7 @@ pub mod sampling;
 pub mod sinks;
 pub mod sources;
 pub mod symbolize;
+mod top;
 
 use std::process::ExitCode;
 
@@ -76,6 +77,7 @@ pub fn main() -> ExitCode {
         match cli.command {
             cli::Command::Record(args) => record::record(args.validate()?).await,
             cli::Command::Report(args) => offline::run(args),
+            cli::Command::Top(args) => top::run(args.validate()?).await,
         }
     });
     match result {

@@ -118,7 +118,7 @@ fn process_record(info: &ProcessInfo) -> Record {
 }
 
 /// Stack `id` of the model, with what symbolizing it needs.
-fn unsymbolized(model: &Model, id: StackId) -> Unsymbolized {
+pub fn unsymbolized(model: &Model, id: StackId) -> Unsymbolized {
     let stacks = model.stacks();
     let stack = stacks.get(id);
     let python = stack.python.iter().map(|l| stacks.python_location(*l));
