@@ -24,6 +24,12 @@ pub fn root() -> PathBuf {
 /// The tracer binary under test. Fails (does not skip) without root: these
 /// tests exist to load the real eBPF programs.
 pub fn tracer() -> Command {
+    Command::new(tracer_bin())
+}
+
+/// The path of the tracer binary under test (for tests that run it
+/// through another program, such as tmux), checked as `tracer` does.
+pub fn tracer_bin() -> PathBuf {
     // SAFETY: geteuid has no preconditions.
     assert_eq!(
         unsafe { libc::geteuid() },
@@ -38,7 +44,7 @@ pub fn tracer() -> Command {
         "{} does not exist: run the tests through `cargo xtask test`",
         bin.display()
     );
-    Command::new(bin)
+    bin
 }
 
 pub fn workload(name: &str) -> PathBuf {
@@ -412,6 +418,11 @@ pub const PROGRAMS: [&str; 4] = ["malloc_entry", "free_entry", "alloc_return", "
 
 /// How many of tracer's programs are loaded, in any tracer on the host.
 pub fn loaded_tracer_programs() -> usize {
+    loaded_tracer_program_ids().len()
+}
+
+/// The ids of tracer's programs loaded now, in any tracer on the host.
+pub fn loaded_tracer_program_ids() -> std::collections::BTreeSet<u32> {
     let out = Command::new("bpftool")
         .args(["prog", "list"])
         .output()
@@ -420,7 +431,8 @@ pub fn loaded_tracer_programs() -> usize {
     let text = String::from_utf8_lossy(&out.stdout);
     text.lines()
         .filter(|l| PROGRAMS.iter().any(|p| l.contains(&format!(" name {p} "))))
-        .count()
+        .filter_map(|l| l.split(':').next()?.trim().parse().ok())
+        .collect()
 }
 
 /// Waits until no tracer's programs are loaded: an earlier recording's

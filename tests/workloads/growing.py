@@ -3,9 +3,10 @@ leak, at a known line), allocates and drops a 50 KB buffer (churn), and
 keeps 200 more Order objects (with __slots__: no dict each), the type
 that grows.
 
-usage: growing.py
+usage: growing.py [orders]   (orders: only the Order objects grow)
 """
 
+import sys
 import time
 
 KEPT = []
@@ -33,15 +34,16 @@ def add_orders(n):
         ORDERS.append(Order(i % 100))  # ORDER
 
 
-def main():
+def main(orders_only):
     print("ready", flush=True)
     while True:
-        for _ in range(20):
-            leak()
-        churn()
+        if not orders_only:
+            for _ in range(20):
+                leak()
+            churn()
         add_orders(200)
         time.sleep(0.05)
 
 
 if __name__ == "__main__":
-    main()
+    main("orders" in sys.argv[1:])

@@ -13,6 +13,7 @@ use crate::event::{Pid, StackId};
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TypeCount {
     /// The type's `tp_name` ("dict", "Session", "numpy.ndarray").
+    #[serde(rename = "type")]
     pub name: String,
     pub count: u64,
     /// The blocks they occupy (the allocation's size where tracer traced
@@ -86,6 +87,7 @@ pub struct Census {
 /// How one type changed between two walks.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct TypeGrowth {
+    #[serde(rename = "type")]
     pub name: String,
     pub count: i64,
     pub bytes: i64,
@@ -101,7 +103,9 @@ pub fn growth(earlier: &[TypeCount], later: &[TypeCount]) -> Vec<TypeGrowth> {
     let mut out: Vec<TypeGrowth> = later
         .iter()
         .map(|t| {
-            let (count, bytes) = before.get(t.name.as_str()).map_or((0, 0), |b| (b.count, b.bytes));
+            let (count, bytes) = before
+                .get(t.name.as_str())
+                .map_or((0, 0), |b| (b.count, b.bytes));
             TypeGrowth {
                 name: t.name.clone(),
                 count: t.count as i64 - count as i64,
@@ -161,7 +165,11 @@ mod tests {
     #[test]
     fn growth_puts_the_growing_type_first() {
         let earlier = [t("dict", 100, 6400), t("str", 50, 3000), t("gone", 2, 64)];
-        let later = [t("dict", 110, 7040), t("Session", 1000, 64000), t("str", 50, 3000)];
+        let later = [
+            t("dict", 110, 7040),
+            t("Session", 1000, 64000),
+            t("str", 50, 3000),
+        ];
         let g = growth(&earlier, &later);
         let names: Vec<&str> = g.iter().map(|g| g.name.as_str()).collect();
         assert_eq!(names, ["Session", "dict", "gone"]);

@@ -96,7 +96,10 @@ impl TopArgs {
     pub fn validate(self) -> Result<TopOptions> {
         let interval = match Duration::try_from_secs_f64(self.interval) {
             Ok(d) if d >= Duration::from_millis(100) => d,
-            _ => bail!("--interval must be at least 0.1 seconds, not {}", self.interval),
+            _ => bail!(
+                "--interval must be at least 0.1 seconds, not {}",
+                self.interval
+            ),
         };
         let record = RecordArgs {
             pids: self.pids,

@@ -93,7 +93,9 @@ fn write(args: &ReportArgs, bytes: &[u8], error: Option<CaptureError>, shown: &s
 /// `tracer report CAPTURE lines --function NAME [--file PATH]`.
 fn lines(args: &ReportArgs, contents: &Contents, options: &analysis::Options) -> Result<Vec<u8>> {
     if args.function.is_none() && args.file.is_none() {
-        bail!("lines: give --function NAME (and --file PATH if several files have it), or --file PATH for a whole file");
+        bail!(
+            "lines: give --function NAME (and --file PATH if several files have it), or --file PATH for a whole file"
+        );
     }
     let selector = Selector {
         function: args.function.clone(),
@@ -106,7 +108,9 @@ fn lines(args: &ReportArgs, contents: &Contents, options: &analysis::Options) ->
             (None, Some(p)) => format!("file {p}"),
             (None, None) => unreachable!("checked above"),
         };
-        bail!("no allocation recorded in {what} (Python frames are matched by name and by the end of their file's path)");
+        bail!(
+            "no allocation recorded in {what} (Python frames are matched by name and by the end of their file's path)"
+        );
     };
     report::source::fill(&mut table, report::source::read);
     Ok(match args.format {

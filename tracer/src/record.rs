@@ -172,6 +172,19 @@ impl Recording {
                     guard.clear_ready();
                 }
                 Some(census) = recv_census(&mut self.walks) => {
+                    // Growth is counted from this walk, not from the
+                    // attach: say when it is taken, and what it cost.
+                    if census.moment == Moment::Start {
+                        let c = &census.coverage;
+                        let objects: u64 = census.types.iter().map(|t| t.count).sum();
+                        eprintln!(
+                            "tracer: baseline of live objects of pid {}: {objects} objects, {} reads in {} ms{}",
+                            census.pid,
+                            c.reads,
+                            c.micros / 1000,
+                            if c.estimated { " (capped: estimated)" } else { "" }
+                        );
+                    }
                     for sink in &mut self.sinks {
                         sink.census(&census)?;
                     }

@@ -17,11 +17,11 @@ use anyhow::{Context as _, Result, anyhow};
 
 use super::{Ending, Sink, Snapshot};
 use crate::{
-    census::Census,
     capture::{
         ProcessRecord, Record, Writer,
         background::{Background, NewStack},
     },
+    census::Census,
     event::{HeapEvent, Pid, StackId},
     model::Model,
     process::ProcessInfo,

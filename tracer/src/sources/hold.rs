@@ -34,14 +34,20 @@ impl Guard {
         let mut fds = [0 as RawFd; 2];
         // SAFETY: pipe2 fills two descriptors.
         if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-            bail!("cannot start the hold guard: {}", std::io::Error::last_os_error());
+            bail!(
+                "cannot start the hold guard: {}",
+                std::io::Error::last_os_error()
+            );
         }
         // SAFETY: both are new descriptors owned by nobody else.
         let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
         // SAFETY: the child only makes async-signal-safe calls (dup2, open,
         // close_range, signal, read, syscall, usleep) before _exit.
         match unsafe { libc::fork() } {
-            -1 => bail!("cannot start the hold guard: {}", std::io::Error::last_os_error()),
+            -1 => bail!(
+                "cannot start the hold guard: {}",
+                std::io::Error::last_os_error()
+            ),
             0 => unsafe { guard(read.as_raw_fd()) },
             _ => Ok(Self {
                 pipe: fs::File::from(write),

@@ -30,7 +30,11 @@ pub async fn run(options: TopOptions) -> Result<()> {
     let (to_view, messages) = mpsc::channel();
     let shared = Arc::new(Shared::default());
     let state = State {
-        mode: if options.native { Mode::Native } else { Mode::Python },
+        mode: if options.native {
+            Mode::Native
+        } else {
+            Mode::Python
+        },
         ..State::default()
     };
     let sink = TopSink::new(

@@ -13,8 +13,8 @@ use ratatui::{
     DefaultTerminal,
     crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers},
     layout::{Alignment, Constraint, Layout},
-    text::Line,
     style::{Modifier, Style},
+    text::Line,
     widgets::{Block, Borders, Cell, Paragraph, Row, Table, TableState},
 };
 
@@ -57,7 +57,11 @@ pub fn once(messages: mpsc::Receiver<Message>, shared: Arc<Shared>, state: State
     // those of the rows shown.
     let deadline = std::time::Instant::now() + SYMBOLS_WAIT;
     let mut screen = view::screen(&data, &state, &trend, ONCE_ROWS);
-    while screen.rows.iter().any(|r| r.iter().any(|c| c.contains(view::SYMBOLIZING))) {
+    while screen
+        .rows
+        .iter()
+        .any(|r| r.iter().any(|c| c.contains(view::SYMBOLIZING)))
+    {
         let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) else {
             break;
         };
@@ -78,7 +82,11 @@ pub fn once(messages: mpsc::Receiver<Message>, shared: Arc<Shared>, state: State
 }
 
 /// The interactive screen, until the viewer quits or the recording ends.
-pub fn interactive(messages: mpsc::Receiver<Message>, shared: Arc<Shared>, state: State) -> Result<()> {
+pub fn interactive(
+    messages: mpsc::Receiver<Message>,
+    shared: Arc<Shared>,
+    state: State,
+) -> Result<()> {
     let mut terminal = ratatui::init();
     let result = run(&mut terminal, &messages, &shared, state);
     ratatui::restore();
@@ -118,10 +126,10 @@ fn run(
             continue;
         }
         match event::read()? {
-            Event::Key(key) if key.kind == KeyEventKind::Press => {
-                if !on_key(key, &mut state, &data, shared) {
-                    return Ok(());
-                }
+            Event::Key(key)
+                if key.kind == KeyEventKind::Press && !on_key(key, &mut state, &data, shared) =>
+            {
+                return Ok(());
             }
             Event::Resize(..) => terminal.clear()?,
             _ => {}
@@ -217,7 +225,11 @@ fn draw(f: &mut ratatui::Frame, data: &Data, state: &State, growth: &dyn GrowthA
             .iter()
             .enumerate()
             .map(|(i, c)| {
-                let align = if i < last { Alignment::Right } else { Alignment::Left };
+                let align = if i < last {
+                    Alignment::Right
+                } else {
+                    Alignment::Left
+                };
                 Cell::from(Line::from(c.clone()).alignment(align))
             })
             .collect();
@@ -225,13 +237,14 @@ fn draw(f: &mut ratatui::Frame, data: &Data, state: &State, growth: &dyn GrowthA
     };
     let table = Table::new(s.rows.iter().map(|r| cells(r)), widths)
         .header(cells(&s.columns).style(bold))
-    .row_highlight_style(Style::default().add_modifier(Modifier::REVERSED));
+        .row_highlight_style(Style::default().add_modifier(Modifier::REVERSED));
     let mut selected = TableState::default().with_selected(s.cursor);
     f.render_stateful_widget(table, middle, &mut selected);
     if detail > 0 {
         let title = if state.help { " keys " } else { " stack " };
         f.render_widget(
-            Paragraph::new(s.detail.join("\n")).block(Block::default().borders(Borders::TOP).title(title)),
+            Paragraph::new(s.detail.join("\n"))
+                .block(Block::default().borders(Borders::TOP).title(title)),
             bottom,
         );
     }

@@ -160,7 +160,8 @@ impl TopSink {
                 c.live.bytes += a.size;
                 c.live.count += u64::from(a.count);
             }
-            for (&(p, tid, stack), amount) in self.allocated.iter().filter(|((p, ..), _)| *p == pid) {
+            for (&(p, tid, stack), amount) in self.allocated.iter().filter(|((p, ..), _)| *p == pid)
+            {
                 let before = self.allocated_before.insert((p, tid, stack), amount.bytes);
                 let c = cells.entry((tid, stack)).or_insert_with(|| Cell {
                     tid,

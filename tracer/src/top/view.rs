@@ -57,7 +57,10 @@ pub struct Loc {
 
 impl Loc {
     fn label(&self) -> String {
-        let file = self.file.as_deref().map(|f| f.rsplit('/').next().unwrap_or(f));
+        let file = self
+            .file
+            .as_deref()
+            .map(|f| f.rsplit('/').next().unwrap_or(f));
         match (file, self.line) {
             (Some(file), Some(line)) => format!("{}  {file}:{line}", self.function),
             _ if self.module.is_empty() => self.function.clone(),
@@ -207,7 +210,8 @@ impl Data {
     }
 
     pub fn process(&self, state: &State) -> Option<&ProcessData> {
-        self.processes.get(state.process.min(self.processes.len().saturating_sub(1)))
+        self.processes
+            .get(state.process.min(self.processes.len().saturating_sub(1)))
     }
 
     /// The threads of the process shown, in order.
@@ -358,7 +362,8 @@ pub fn screen(data: &Data, state: &State, growth: &dyn GrowthAnalysis, rows: usi
         ..Screen::default()
     };
     let Some(p) = data.process(state) else {
-        s.header.push("tracer top: waiting for a traced process".to_owned());
+        s.header
+            .push("tracer top: waiting for a traced process".to_owned());
         return s;
     };
     let n = data.processes.len();
@@ -396,7 +401,9 @@ pub fn screen(data: &Data, state: &State, growth: &dyn GrowthAnalysis, rows: usi
             Sort::Count => "count",
             Sort::Growth => "growth",
         },
-        state.thread.map_or_else(|| "all".to_owned(), |t| t.to_string()),
+        state
+            .thread
+            .map_or_else(|| "all".to_owned(), |t| t.to_string()),
         if state.paused { "  [PAUSED]" } else { "" }
     ));
     if state.help {
@@ -419,8 +426,9 @@ pub fn screen(data: &Data, state: &State, growth: &dyn GrowthAnalysis, rows: usi
             format!("{:.1}", r.live_pct),
             grouped(r.allocations),
             human_bytes(r.last_bytes),
-            r.growth
-                .map_or_else(String::new, |m| format!("+{}/s", human_bytes(m.rate as u64))),
+            r.growth.map_or_else(String::new, |m| {
+                format!("+{}/s", human_bytes(m.rate as u64))
+            }),
             r.label.clone(),
         ]);
     }
@@ -441,7 +449,11 @@ fn stack_lines(info: Option<&StackInfo>) -> Vec<String> {
     let Some(info) = info else {
         return vec!["(stack not known yet)".into()];
     };
-    let mut out: Vec<String> = info.python.iter().map(|l| format!("py  {}", l.label())).collect();
+    let mut out: Vec<String> = info
+        .python
+        .iter()
+        .map(|l| format!("py  {}", l.label()))
+        .collect();
     match &info.native {
         Some(native) => out.extend(native.iter().map(|l| format!("    {}", l.label()))),
         None => out.push("    (native frames being symbolized)".into()),
@@ -457,14 +469,19 @@ fn objects(s: &mut Screen, data: &Data, pid: Pid, rows: usize) {
         .to_vec();
     s.widths = vec![11, 11, 10, 11];
     let Some(w) = data.walks.get(&pid) else {
-        s.detail.push("walking the heap (every few seconds while this view is open)".into());
+        s.detail
+            .push("walking the heap (every few seconds while this view is open)".into());
         return;
     };
     let grown: HashMap<&str, &TypeGrowth> = w.growth.iter().map(|g| (g.name.as_str(), g)).collect();
     let since = w.last.ts_ns.saturating_sub(w.first.ts_ns) as f64 / 1e9;
     s.header.push(format!(
         "heap walk: {} objects examined in {:.1} ms; growth over {since:.1} s",
-        grouped(w.last.coverage.arena_blocks + w.last.coverage.gc_objects + w.last.coverage.traced_objects),
+        grouped(
+            w.last.coverage.arena_blocks
+                + w.last.coverage.gc_objects
+                + w.last.coverage.traced_objects
+        ),
         w.last.coverage.micros as f64 / 1e3
     ));
     let mut types: Vec<_> = w.last.types.iter().collect();
@@ -480,7 +497,11 @@ fn objects(s: &mut Screen, data: &Data, pid: Pid, rows: usize) {
             human_bytes(t.bytes),
             g.map_or_else(String::new, |g| format!("{:+}", g.count)),
             g.map_or_else(String::new, |g| {
-                format!("{}{}", if g.bytes < 0 { "-" } else { "+" }, human_bytes(g.bytes.unsigned_abs()))
+                format!(
+                    "{}{}",
+                    if g.bytes < 0 { "-" } else { "+" },
+                    human_bytes(g.bytes.unsigned_abs())
+                )
             }),
             t.name.clone(),
         ]);

@@ -105,7 +105,10 @@ fn rows_group_by_line_and_sort_by_key() {
     state.sort = Sort::Count;
     assert_eq!(data.rows(&state, &trend)[0].label, "render  service.py:18");
     state.sort = Sort::Growth;
-    assert_eq!(data.rows(&state, &trend)[0].label, "remember  service.py:22");
+    assert_eq!(
+        data.rows(&state, &trend)[0].label,
+        "remember  service.py:22"
+    );
     // One thread: only its cells.
     state.thread = Some(2);
     let rows = data.rows(&state, &trend);
@@ -115,10 +118,17 @@ fn rows_group_by_line_and_sort_by_key() {
     state.thread = None;
     state.mode = Mode::Native;
     state.sort = Sort::Live;
-    let labels: Vec<String> = data.rows(&state, &trend).into_iter().map(|r| r.label).collect();
+    let labels: Vec<String> = data
+        .rows(&state, &trend)
+        .into_iter()
+        .map(|r| r.label)
+        .collect();
     assert_eq!(
         labels,
-        ["[native, being symbolized]", "bytes_concat  bytesobject.c:1455"]
+        [
+            "[native, being symbolized]",
+            "bytes_concat  bytesobject.c:1455"
+        ]
     );
 }
 
@@ -138,7 +148,9 @@ fn the_screen_and_its_text() {
     assert_eq!(s.detail[1], "py  handle  service.py:28");
     let text = text(&s);
     assert!(
-        text.contains("  4.00 KiB 100.0         4   4.00 KiB               remember  service.py:22\n"),
+        text.contains(
+            "  4.00 KiB 100.0         4   4.00 KiB               remember  service.py:22\n"
+        ),
         "{text}"
     );
     // Objects by type, the growing one first.
@@ -166,6 +178,9 @@ fn the_screen_and_its_text() {
     data.walked(walk(0, 10));
     data.walked(walk(5_000_000_000, 1010));
     let s = screen(&data, &state, &Trend::default(), 10);
-    assert_eq!(s.rows[0], ["1,010", "63.12 KiB", "+1000", "+62.50 KiB", "Session"]);
+    assert_eq!(
+        s.rows[0],
+        ["1,010", "63.12 KiB", "+1000", "+62.50 KiB", "Session"]
+    );
     assert!(s.header[3].ends_with("growth over 5.0 s"), "{:?}", s.header);
 }

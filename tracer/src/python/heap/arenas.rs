@@ -162,7 +162,10 @@ fn used_blocks(pool: &[u8], at: u64, pool_size: u64) -> Option<Vec<(u64, u64)>> 
         let Some(offset) = next.checked_sub(at) else {
             break;
         };
-        if offset < POOL_OVERHEAD || offset >= nextoffset || (offset - POOL_OVERHEAD) % size != 0 {
+        if offset < POOL_OVERHEAD
+            || offset >= nextoffset
+            || !(offset - POOL_OVERHEAD).is_multiple_of(size)
+        {
             break;
         }
         let k = ((offset - POOL_OVERHEAD) / size) as usize;
@@ -243,8 +246,8 @@ mod tests {
         let ptr = table.as_ptr() as u64;
         let memory = Memory::new(std::process::id());
         let at = |v: &u64| v as *const u64 as u64;
-        let arenas = read_table(&memory, &layout, &max as *const u32 as u64, at(&ptr))
-            .expect("a table");
+        let arenas =
+            read_table(&memory, &layout, &max as *const u32 as u64, at(&ptr)).expect("a table");
         assert_eq!(arenas.len(), 2);
         assert_eq!(arenas[0].used_pools, 4);
         assert!(arenas[1].contains(0x7f00_0010_0000 + 5, &layout));

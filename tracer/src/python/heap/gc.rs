@@ -87,7 +87,9 @@ pub fn walk_list(
             walk.complete = true;
             break;
         }
-        if at == 0 || !at.is_multiple_of(8) || walk.objects % 4096 == 4095 && Instant::now() > deadline
+        if at == 0
+            || !at.is_multiple_of(8)
+            || walk.objects % 4096 == 4095 && Instant::now() > deadline
         {
             break;
         }
@@ -112,10 +114,10 @@ mod tests {
         let mut nodes = vec![[0u64; 5]; n + 1];
         let base = nodes.as_ptr() as u64;
         let addr = |i: usize| base + (i * 40) as u64;
-        for i in 0..=n {
-            nodes[i][0] = addr((i + 1) % (n + 1));
-            nodes[i][1] = addr((i + n) % (n + 1)) | 1; // a flag bit in prev
-            nodes[i][3] = 0xabc0 + i as u64;
+        for (i, node) in nodes.iter_mut().enumerate() {
+            node[0] = addr((i + 1) % (n + 1));
+            node[1] = addr((i + n) % (n + 1)) | 1; // a flag bit in prev
+            node[3] = 0xabc0 + i as u64;
         }
         nodes
     }

@@ -69,49 +69,59 @@ const OBMALLOC_MGMT: u64 = 512;
 
 impl HeapLayout {
     pub fn for_version(minor: u8) -> Option<Self> {
-        let small = |minor| (if minor >= 10 { 16 << 10 } else { 4 << 10 }, if minor >= 10 { 1 << 20 } else { 256 << 10 });
+        let small = |minor| {
+            (
+                if minor >= 10 { 16 << 10 } else { 4 << 10 },
+                if minor >= 10 { 1 << 20 } else { 256 << 10 },
+            )
+        };
         let (pool_size, arena_size) = small(minor);
-        let (main, gc, generations, arenas): (MainAt, GcAt, &'static [u64], ArenasAt) =
-            match minor {
-                8 => (MainAt::Runtime(40), GcAt::Runtime(344), &[24], ArenasAt::Statics),
-                9 | 10 => (
-                    MainAt::Runtime(40),
-                    GcAt::Interpreter(616),
-                    &[24],
-                    ArenasAt::Statics,
-                ),
-                11 => (
-                    MainAt::Runtime(48),
-                    GcAt::Interpreter(648),
-                    &[24],
-                    ArenasAt::Statics,
-                ),
-                12 => (
-                    MainAt::Runtime(48),
-                    GcAt::Interpreter(112),
-                    &[24],
-                    ArenasAt::Embedded(3960),
-                ),
-                13 => (
-                    MainAt::DebugOffsets(40),
-                    GcAt::DebugOffsets(80),
-                    &[24, 20],
-                    ArenasAt::Pointer(10800),
-                ),
-                14 => (
-                    MainAt::DebugOffsets(40),
-                    GcAt::DebugOffsets(88),
-                    &[24],
-                    ArenasAt::Pointer(10904),
-                ),
-                15 => (
-                    MainAt::DebugOffsets(40),
-                    GcAt::DebugOffsets(88),
-                    &[8],
-                    ArenasAt::Pointer(10880),
-                ),
-                _ => return None,
-            };
+        let (main, gc, generations, arenas): (MainAt, GcAt, &'static [u64], ArenasAt) = match minor
+        {
+            8 => (
+                MainAt::Runtime(40),
+                GcAt::Runtime(344),
+                &[24],
+                ArenasAt::Statics,
+            ),
+            9 | 10 => (
+                MainAt::Runtime(40),
+                GcAt::Interpreter(616),
+                &[24],
+                ArenasAt::Statics,
+            ),
+            11 => (
+                MainAt::Runtime(48),
+                GcAt::Interpreter(648),
+                &[24],
+                ArenasAt::Statics,
+            ),
+            12 => (
+                MainAt::Runtime(48),
+                GcAt::Interpreter(112),
+                &[24],
+                ArenasAt::Embedded(3960),
+            ),
+            13 => (
+                MainAt::DebugOffsets(40),
+                GcAt::DebugOffsets(80),
+                &[24, 20],
+                ArenasAt::Pointer(10800),
+            ),
+            14 => (
+                MainAt::DebugOffsets(40),
+                GcAt::DebugOffsets(88),
+                &[24],
+                ArenasAt::Pointer(10904),
+            ),
+            15 => (
+                MainAt::DebugOffsets(40),
+                GcAt::DebugOffsets(88),
+                &[8],
+                ArenasAt::Pointer(10880),
+            ),
+            _ => return None,
+        };
         Some(Self {
             minor,
             main,
@@ -156,7 +166,10 @@ pub struct ArenaStatics {
 pub fn arena_statics(elf: &ElfFile, debug: Option<&ElfFile>, bias: u64) -> ArenaStatics {
     for (file, source) in [(Some(elf), "symbols"), (debug, "debug file")] {
         let Some(file) = file else { continue };
-        let find = |name: &str| file.symbol(name).or_else(|| file.symbol(&format!("{name}.lto_priv.0")));
+        let find = |name: &str| {
+            file.symbol(name)
+                .or_else(|| file.symbol(&format!("{name}.lto_priv.0")))
+        };
         if let (Some(max), Some(arenas)) = (find("maxarenas"), find("arenas")) {
             return ArenaStatics {
                 candidates: vec![(bias.wrapping_add(max), bias.wrapping_add(arenas))],
@@ -167,11 +180,21 @@ pub fn arena_statics(elf: &ElfFile, debug: Option<&ElfFile>, bias: u64) -> Arena
     // Both are read by `_Py_GetAllocatedBlocks` (3.9 to 3.11) and by
     // `_PyObject_DebugMallocStats` (every version), exported by every build.
     for name in ["_Py_GetAllocatedBlocks", "_PyObject_DebugMallocStats"] {
-        let Some(f) = elf.function(name) else { continue };
+        let Some(f) = elf.function(name) else {
+            continue;
+        };
         let len = if f.size > 0 { f.size.min(4096) } else { 1024 } as usize;
         let loads = rip_loads(elf.bytes_at(f.file_offset, len), f.address);
-        let ints: Vec<u64> = loads.iter().filter(|l| l.size == 4).map(|l| l.addr).collect();
-        let pointers: Vec<u64> = loads.iter().filter(|l| l.size == 8).map(|l| l.addr).collect();
+        let ints: Vec<u64> = loads
+            .iter()
+            .filter(|l| l.size == 4)
+            .map(|l| l.addr)
+            .collect();
+        let pointers: Vec<u64> = loads
+            .iter()
+            .filter(|l| l.size == 8)
+            .map(|l| l.addr)
+            .collect();
         let candidates: Vec<(u64, u64)> = ints
             .iter()
             .flat_map(|&i| pointers.iter().map(move |&p| (i, p)))

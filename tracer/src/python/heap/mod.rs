@@ -27,12 +27,12 @@ use self::{
     layout::{ArenasAt, GcAt, HeapLayout, MainAt},
     objects::{Types, word},
 };
-pub use layout::{ArenaStatics, arena_statics};
 use super::memory::Memory;
 use crate::{
     census::{self, Census, Coverage, Moment, StackTypes, TypeCount},
     event::{Pid, StackId},
 };
+pub use layout::{ArenaStatics, arena_statics};
 
 /// What a walk needs to know of a process's interpreter (found by
 /// `python::detect`).
@@ -184,7 +184,9 @@ impl<'a> Walker<'a> {
         };
         self.coverage.reads += 1;
         match self.memory.u64(runtime + offset) {
-            Ok(0) | Err(_) => Err("the interpreter is not initialized (no main interpreter)".into()),
+            Ok(0) | Err(_) => {
+                Err("the interpreter is not initialized (no main interpreter)".into())
+            }
             Ok(interp) => Ok(interp),
         }
     }
@@ -227,7 +229,8 @@ impl<'a> Walker<'a> {
 
     fn walk_arenas(&mut self, layout: &HeapLayout, interp: u64, types: &mut Types) {
         let candidates = self.arena_table(layout, interp);
-        let mut why = String::from("no arena table found (a stripped build without its debug file?)");
+        let mut why =
+            String::from("no arena table found (a stripped build without its debug file?)");
         for (max, table) in candidates {
             self.coverage.reads += 3;
             match arenas::read_table(&self.memory, layout, max, table) {
@@ -251,22 +254,27 @@ impl<'a> Walker<'a> {
         let mut skipped_pools = 0;
         let arenas = self.arenas.clone();
         for arena in &arenas {
-            let over = Instant::now() > limits.deadline || self.coverage.arena_bytes >= limits.arena_bytes;
+            let over =
+                Instant::now() > limits.deadline || self.coverage.arena_bytes >= limits.arena_bytes;
             if over {
                 skipped_pools += arena.used_pools;
                 continue;
             }
             let tally = &mut self.in_arenas;
             let mut not_objects = 0;
-            let walked = arenas::walk(&self.memory, layout, arena, &mut buf, &mut |_, size, bytes| {
-                match types.identify(bytes, size) {
+            let walked = arenas::walk(
+                &self.memory,
+                layout,
+                arena,
+                &mut buf,
+                &mut |_, size, bytes| match types.identify(bytes, size) {
                     Some(found) => {
                         let name = types.info(found.type_addr).map_or("?", |t| t.name.as_str());
                         census::tally(tally, name, 1, size);
                     }
                     None => not_objects += 1,
-                }
-            });
+                },
+            );
             self.coverage.not_objects += not_objects;
             match walked {
                 Ok(stats) => {
@@ -316,24 +324,30 @@ impl<'a> Walker<'a> {
         let mut complete = true;
         for head in heads {
             let cap = limits.gc_objects.saturating_sub(examined);
-            let walk = gc::walk_list(&self.memory, head, cap, limits.deadline, &mut |at, bytes| {
-                let object = at + objects::GC_HEAD;
-                if in_an_arena(arenas, object, layout) {
-                    return;
-                }
-                let Some(t) = types.get(word(bytes, 24)) else {
-                    return;
-                };
-                let preheader = objects::preheader(minor, t);
-                // A traced one is counted with the traced, at its real size.
-                if !t.is_gc() || traced.contains(&(object - preheader)) {
-                    return;
-                }
-                let items = (word(bytes, 32) as i64).unsigned_abs().min(1 << 32);
-                let size = preheader + t.basicsize + t.itemsize * items;
-                census::tally(outside, &t.name, 1, size);
-                coverage.gc_objects += 1;
-            });
+            let walk = gc::walk_list(
+                &self.memory,
+                head,
+                cap,
+                limits.deadline,
+                &mut |at, bytes| {
+                    let object = at + objects::GC_HEAD;
+                    if in_an_arena(arenas, object, layout) {
+                        return;
+                    }
+                    let Some(t) = types.get(word(bytes, 24)) else {
+                        return;
+                    };
+                    let preheader = objects::preheader(minor, t);
+                    // A traced one is counted with the traced, at its real size.
+                    if !t.is_gc() || traced.contains(&(object - preheader)) {
+                        return;
+                    }
+                    let items = (word(bytes, 32) as i64).unsigned_abs().min(1 << 32);
+                    let size = preheader + t.basicsize + t.itemsize * items;
+                    census::tally(outside, &t.name, 1, size);
+                    coverage.gc_objects += 1;
+                },
+            );
             examined += walk.objects;
             coverage.reads += walk.reads;
             complete &= walk.complete;
@@ -405,7 +419,10 @@ impl<'a> Walker<'a> {
             .into_iter()
             .map(|(stack, types)| StackTypes {
                 stack,
-                types: census::sorted(types).into_iter().take(TYPES_PER_STACK).collect(),
+                types: census::sorted(types)
+                    .into_iter()
+                    .take(TYPES_PER_STACK)
+                    .collect(),
             })
             .collect();
         by_stack.sort_by_key(|s| s.stack);

@@ -273,7 +273,9 @@ mod tests {
         );
         // A GC object with a managed dict: GC header and pre-header first.
         assert_eq!(
-            types.identify(&block(32, addr(&session)), 64).map(|f| f.offset),
+            types
+                .identify(&block(32, addr(&session)), 64)
+                .map(|f| f.offset),
             Some(32)
         );
         // Its type at the wrong offset does not count.
@@ -287,6 +289,9 @@ mod tests {
         let info = types.get(addr(&session)).expect("valid").clone();
         assert_eq!(preheader(10, &info), 16);
         assert_eq!(preheader(11, &info), 32);
-        assert_eq!(types.info(addr(&bytes)).map(|t| t.name.as_str()), Some("bytes"));
+        assert_eq!(
+            types.info(addr(&bytes)).map(|t| t.name.as_str()),
+            Some("bytes")
+        );
     }
 }

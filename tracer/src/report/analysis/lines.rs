@@ -31,13 +31,15 @@ impl Selector {
         if f.kind != FrameKind::Python {
             return false;
         }
-        let name_ok = self.function.as_deref().is_none_or(|want| {
-            f.function == want || f.function.rsplit('.').next() == Some(want)
-        });
-        let file_ok = self
-            .file
+        let name_ok = self
+            .function
             .as_deref()
-            .is_none_or(|want| f.file.as_deref().is_some_and(|have| path_ends_with(have, want)));
+            .is_none_or(|want| f.function == want || f.function.rsplit('.').next() == Some(want));
+        let file_ok = self.file.as_deref().is_none_or(|want| {
+            f.file
+                .as_deref()
+                .is_some_and(|have| path_ends_with(have, want))
+        });
         name_ok && file_ok
     }
 }
@@ -71,7 +73,13 @@ enum Kind {
     Live,
 }
 
-fn add(tables: &mut HashMap<Key, Table>, selector: &Selector, g: &Group, def: &StackDef, kind: Kind) {
+fn add(
+    tables: &mut HashMap<Key, Table>,
+    selector: &Selector,
+    g: &Group,
+    def: &StackDef,
+    kind: Kind,
+) {
     let whole_file = selector.function.is_none();
     let mut seen: Vec<(Key, u32)> = Vec::new();
     for (depth, f) in def.python.iter().enumerate() {
@@ -83,7 +91,11 @@ fn add(tables: &mut HashMap<Key, Table>, selector: &Selector, g: &Group, def: &S
         }
         let key = Key {
             pid: g.pid,
-            function: if whole_file { String::new() } else { f.function.clone() },
+            function: if whole_file {
+                String::new()
+            } else {
+                f.function.clone()
+            },
             file: file.clone(),
         };
         // Recursion: a line counts an allocation once.
@@ -172,7 +184,9 @@ pub fn top_leaking_function<'a>(
             continue;
         };
         if let Some(file) = &f.file {
-            *bytes.entry((f.function.as_str(), file.as_str())).or_default() += g.amount.bytes;
+            *bytes
+                .entry((f.function.as_str(), file.as_str()))
+                .or_default() += g.amount.bytes;
         }
     }
     let ((function, file), _) = bytes
@@ -193,7 +207,11 @@ fn sampled(contents: &Contents, pid: Pid) -> bool {
 }
 
 /// Each process's top leaking Python function, line by line.
-pub fn top_functions(contents: &Contents, allocated: &[Group], live: &[Group]) -> Vec<FunctionLines> {
+pub fn top_functions(
+    contents: &Contents,
+    allocated: &[Group],
+    live: &[Group],
+) -> Vec<FunctionLines> {
     let stack_of = |id| contents.stacks.get(&id);
     contents
         .processes
@@ -273,9 +291,15 @@ mod tests {
             // work() line 5 allocates itself.
             (StackId(1), def(vec![py("work", 5), py("main", 20)])),
             // work() line 6 calls helper(), which allocates.
-            (StackId(2), def(vec![py("helper", 12), py("work", 6), py("main", 20)])),
+            (
+                StackId(2),
+                def(vec![py("helper", 12), py("work", 6), py("main", 20)]),
+            ),
             // Recursion: work line 7 -> work line 7 -> allocation at line 5.
-            (StackId(3), def(vec![py("work", 5), py("work", 7), py("work", 7)])),
+            (
+                StackId(3),
+                def(vec![py("work", 5), py("work", 7), py("work", 7)]),
+            ),
         ]
         .into();
         let selector = Selector {
@@ -285,14 +309,24 @@ mod tests {
         let allocated = [group(1, 1000, 10), group(2, 500, 5), group(3, 30, 3)];
         let live = [group(1, 400, 4)];
         let t = lines(&allocated, &live, |s| defs.get(&s), &selector, |_| false).expect("found");
-        assert_eq!((t.function.as_str(), t.file.as_str()), ("work", "/srv/app/work.py"));
+        assert_eq!(
+            (t.function.as_str(), t.file.as_str()),
+            ("work", "/srv/app/work.py")
+        );
         let row = |line| t.lines.iter().find(|l| l.line == line).expect("line");
         assert_eq!(
-            (row(5).allocated_bytes, row(5).own_allocated_bytes, row(5).allocations),
+            (
+                row(5).allocated_bytes,
+                row(5).own_allocated_bytes,
+                row(5).allocations
+            ),
             (1030, 1030, 13)
         );
         assert_eq!((row(5).live_bytes, row(5).own_live_bytes), (400, 400));
-        assert_eq!((row(6).allocated_bytes, row(6).own_allocated_bytes), (500, 0));
+        assert_eq!(
+            (row(6).allocated_bytes, row(6).own_allocated_bytes),
+            (500, 0)
+        );
         assert_eq!(row(7).allocated_bytes, 30, "counted once despite recursion");
         // The whole file: helper's line too.
         let file = Selector {
@@ -301,7 +335,10 @@ mod tests {
         };
         let t = lines(&allocated, &live, |s| defs.get(&s), &file, |_| true).expect("found");
         assert!(t.estimated);
-        assert_eq!(t.lines.iter().map(|l| l.line).collect::<Vec<_>>(), [5, 6, 7, 12, 20]);
+        assert_eq!(
+            t.lines.iter().map(|l| l.line).collect::<Vec<_>>(),
+            [5, 6, 7, 12, 20]
+        );
         assert!(!path_ends_with("/srv/app/work.py", "p/work.py"));
         let top = top_leaking_function(&live, 1, |s| defs.get(&s)).expect("a leak");
         assert_eq!(top.function.as_deref(), Some("work"));

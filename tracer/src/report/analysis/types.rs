@@ -121,8 +121,18 @@ mod tests {
     #[test]
     fn last_walk_with_growth_since_the_first() {
         let walks = [
-            walk(1, 2_000_000_000, Moment::End, &[("dict", 10), ("Session", 900)]),
-            walk(1, 1_000_000_000, Moment::Start, &[("dict", 10), ("Session", 100)]),
+            walk(
+                1,
+                2_000_000_000,
+                Moment::End,
+                &[("dict", 10), ("Session", 900)],
+            ),
+            walk(
+                1,
+                1_000_000_000,
+                Moment::Start,
+                &[("dict", 10), ("Session", 100)],
+            ),
             walk(2, 1_500_000_000, Moment::Start, &[("list", 5)]),
         ];
         let t = process_types(&walks, 500_000_000);

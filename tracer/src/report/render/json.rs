@@ -200,14 +200,19 @@ pub fn render(report: &Report, options: &Options) -> io::Result<Vec<u8>> {
                     },
                     leaks: entries(report, &report.leaks, top, |e| e.pid == pid),
                     hotspots: entries(report, &report.hotspots, top, |e| e.pid == pid),
-                    types: report.types_of(pid).map_or(&[], |t| &t.types[..t.types.len().min(top)]),
+                    types: report
+                        .types_of(pid)
+                        .map_or(&[], |t| &t.types[..t.types.len().min(top)]),
                     types_walk: report.types_of(pid).map(|t| TypesWalk {
                         at: t.moment,
                         at_s: t.at_s,
                         coverage: &t.coverage,
                         notes: &t.notes,
                         growth_since_s: t.growth.as_ref().map(|g| g.since_s),
-                        growth: t.growth.as_ref().map_or(&[], |g| &g.types[..g.types.len().min(top)]),
+                        growth: t
+                            .growth
+                            .as_ref()
+                            .map_or(&[], |g| &g.types[..g.types.len().min(top)]),
                     }),
                 }
             })

@@ -99,7 +99,10 @@ mod tests {
         };
         let t = text(&f);
         assert!(t.contains("Line by line: work (w.py), pid 7\n"), "{t}");
-        assert!(t.contains("      4         0 B           0         0 B"), "{t}");
+        assert!(
+            t.contains("      4         0 B           0         0 B"),
+            "{t}"
+        );
         assert!(t.contains("4.00 KiB           2    4.00 KiB"), "{t}");
         assert!(t.ends_with("    a = bytes(2048)\n"), "{t}");
         let j: serde_json::Value = serde_json::from_slice(&json(&f).expect("json")).expect("valid");

@@ -38,7 +38,11 @@ pub fn section(out: &mut String, t: &ProcessTypes, top: usize) {
         t.pid,
         moment(t.moment),
         t.at_s,
-        if c.estimated { "; estimated in part" } else { "" }
+        if c.estimated {
+            "; estimated in part"
+        } else {
+            ""
+        }
     );
     let _ = writeln!(
         out,
@@ -69,7 +73,11 @@ pub fn section(out: &mut String, t: &ProcessTypes, top: usize) {
         );
     }
     if let Some(g) = &t.growth {
-        let grown: Vec<_> = g.types.iter().filter(|t| t.bytes > 0 || t.count > 0).collect();
+        let grown: Vec<_> = g
+            .types
+            .iter()
+            .filter(|t| t.bytes > 0 || t.count > 0)
+            .collect();
         let _ = writeln!(
             out,
             "  growth since the walk at {:.2} s ({} types grew):",
@@ -125,13 +133,18 @@ mod tests {
         };
         let mut out = String::new();
         section(&mut out, &t, 10);
-        assert!(out.starts_with("Live objects by type of pid 9 (heap walk at Py_FinalizeEx (held there), 2.50 s):\n"), "{out}");
-        assert!(out.contains("process held 12.0 ms"), "{out}");
-        assert!(out.contains("         1,000     1.98 MiB  bytes\n"), "{out}");
-        assert!(out.contains("        +1000    +1.98 MiB  bytes\n"), "{out}");
-        assert_eq!(
-            entry_line(&t.types),
-            "objects: 1,000 bytes (1.98 MiB)"
+        assert!(
+            out.starts_with(
+                "Live objects by type of pid 9 (heap walk at Py_FinalizeEx (held there), 2.50 s):\n"
+            ),
+            "{out}"
         );
+        assert!(out.contains("process held 12.0 ms"), "{out}");
+        assert!(
+            out.contains("         1,000     1.98 MiB  bytes\n"),
+            "{out}"
+        );
+        assert!(out.contains("        +1000    +1.98 MiB  bytes\n"), "{out}");
+        assert_eq!(entry_line(&t.types), "objects: 1,000 bytes (1.98 MiB)");
     }
 }
