@@ -191,6 +191,18 @@ fn top_in_a_terminal_shows_the_leak_growing_and_quits_clean() {
         .collect();
     assert!(!ours.is_empty(), "no programs of this tracer are loaded");
     assert!(first.contains("sort: live"), "{first}");
+    // The header is whole at 80 columns: its last number is on screen.
+    let lost = first
+        .lines()
+        .find_map(|l| l.split("lost events ").nth(1))
+        .and_then(|r| {
+            r.split_whitespace()
+                .next()?
+                .replace(',', "")
+                .parse::<u64>()
+                .ok()
+        });
+    assert!(lost.is_some(), "lost events cut off:\n{first}");
     let a = leak_row(&first, leak).expect("found above");
     plausible(&a);
     // Live bytes grow by the leak's rate, at most.

@@ -373,20 +373,17 @@ pub fn screen(data: &Data, state: &State, growth: &dyn GrowthAnalysis, rows: usi
         state.process.min(n - 1) + 1,
         p.command
     ));
-    let mut totals = format!(
-        "live heap {}  rss {}  alloc {}/s  events {}/s  lost events {}",
+    // Each line fits 80 columns with typical numbers: the lost events and
+    // the sampling go with the view's settings, not with the totals.
+    s.header.push(format!(
+        "live heap {}  rss {}  alloc {}/s  events {}/s",
         human_bytes(p.live_bytes),
         p.rss_bytes.map_or_else(|| "-".to_owned(), human_bytes),
         human_bytes(p.alloc_rate as u64),
         grouped(p.events_rate as u64),
-        grouped(data.lost_events)
-    );
-    if let Some(n) = data.sampling {
-        totals.push_str(&format!("  sampling 1 per {} (estimates)", human_bytes(n)));
-    }
-    s.header.push(totals);
+    ));
     s.header.push(format!(
-        "view: {}  sort: {}  thread: {}{}",
+        "view: {}  sort: {}  thread: {}  lost events {}{}{}",
         if state.objects {
             "objects by type"
         } else {
@@ -404,6 +401,11 @@ pub fn screen(data: &Data, state: &State, growth: &dyn GrowthAnalysis, rows: usi
         state
             .thread
             .map_or_else(|| "all".to_owned(), |t| t.to_string()),
+        grouped(data.lost_events),
+        data.sampling.map_or_else(String::new, |n| format!(
+            "  sampled 1/{} (estimates)",
+            human_bytes(n)
+        )),
         if state.paused { "  [PAUSED]" } else { "" }
     ));
     if state.help {

@@ -143,7 +143,9 @@ fn the_screen_and_its_text() {
     let s = screen(&data, &state, &Trend::default(), 10);
     assert_eq!(s.header[0], "tracer top  pid 42 (1/1)  python3 service.py");
     assert!(s.header[1].starts_with("live heap 1.00 MiB  rss 8.00 MiB  alloc 2.00 KiB/s"));
-    assert!(s.header[1].contains("lost events 3"));
+    assert!(s.header[2].contains("lost events 3"), "{:?}", s.header);
+    // At 80 columns, nothing of the header is cut.
+    assert!(s.header.iter().all(|h| h.len() <= 80), "{:?}", s.header);
     assert_eq!(s.rows[0][5], "remember  service.py:22");
     assert_eq!(s.detail[1], "py  handle  service.py:28");
     let text = text(&s);
