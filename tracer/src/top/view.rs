@@ -497,7 +497,13 @@ fn objects(s: &mut Screen, data: &Data, pid: Pid, rows: usize) {
         s.rows.push(vec![
             grouped(t.count),
             human_bytes(t.bytes),
-            g.map_or_else(String::new, |g| format!("{:+}", g.count)),
+            g.map_or_else(String::new, |g| {
+                format!(
+                    "{}{}",
+                    if g.count < 0 { "-" } else { "+" },
+                    grouped(g.count.unsigned_abs())
+                )
+            }),
             g.map_or_else(String::new, |g| {
                 format!(
                     "{}{}",

@@ -182,7 +182,7 @@ fn the_screen_and_its_text() {
     let s = screen(&data, &state, &Trend::default(), 10);
     assert_eq!(
         s.rows[0],
-        ["1,010", "63.12 KiB", "+1000", "+62.50 KiB", "Session"]
+        ["1,010", "63.12 KiB", "+1,000", "+62.50 KiB", "Session"]
     );
     assert!(s.header[3].ends_with("growth over 5.0 s"), "{:?}", s.header);
 }
