@@ -24,6 +24,16 @@ pub fn root() -> PathBuf {
 /// The tracer binary under test. Fails (does not skip) without root: these
 /// tests exist to load the real eBPF programs.
 pub fn tracer() -> Command {
+    let mut cmd = Command::new(tracer_bin());
+    // Commands tracer starts run as the user who ran sudo: the tests'
+    // interpreters and workloads may be root's only.
+    cmd.env_remove("SUDO_UID").env_remove("SUDO_GID");
+    cmd
+}
+
+/// The path of the tracer binary under test (for tests that run it
+/// through another program, such as tmux), checked as `tracer` does.
+pub fn tracer_bin() -> PathBuf {
     // SAFETY: geteuid has no preconditions.
     assert_eq!(
         unsafe { libc::geteuid() },
@@ -38,11 +48,7 @@ pub fn tracer() -> Command {
         "{} does not exist: run the tests through `cargo xtask test`",
         bin.display()
     );
-    let mut cmd = Command::new(bin);
-    // Commands tracer starts run as the user who ran sudo: the tests'
-    // interpreters and workloads may be root's only.
-    cmd.env_remove("SUDO_UID").env_remove("SUDO_GID");
-    cmd
+    bin
 }
 
 pub fn workload(name: &str) -> PathBuf {
@@ -416,6 +422,11 @@ pub const PROGRAMS: [&str; 4] = ["malloc_entry", "free_entry", "alloc_return", "
 
 /// How many of tracer's programs are loaded, in any tracer on the host.
 pub fn loaded_tracer_programs() -> usize {
+    loaded_tracer_program_ids().len()
+}
+
+/// The ids of tracer's programs loaded now, in any tracer on the host.
+pub fn loaded_tracer_program_ids() -> std::collections::BTreeSet<u32> {
     let out = Command::new("bpftool")
         .args(["prog", "list"])
         .output()
@@ -424,7 +435,8 @@ pub fn loaded_tracer_programs() -> usize {
     let text = String::from_utf8_lossy(&out.stdout);
     text.lines()
         .filter(|l| PROGRAMS.iter().any(|p| l.contains(&format!(" name {p} "))))
-        .count()
+        .filter_map(|l| l.split(':').next()?.trim().parse().ok())
+        .collect()
 }
 
 /// Waits until no tracer's programs are loaded: an earlier recording's

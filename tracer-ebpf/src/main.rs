@@ -30,7 +30,7 @@ use tracer_common::{counter, exiting, flags, func, kind};
 
 use crate::{
     in_flight::{Call, complete, enter, nested, returning, sampled_key},
-    maps::{SAMPLE_BYTES, SAMPLED, SESSION},
+    maps::{HOLD_AT_FINALIZE, SAMPLE_BYTES, SAMPLED, SESSION},
     probe::traced,
     ring::count,
     stack::UserRegs,
@@ -215,14 +215,25 @@ pub fn munmap_enter(ctx: TracePointContext) -> u32 {
 }
 
 /// CPython's `Py_FinalizeEx`: the interpreter begins to tear down modules,
-/// which frees what was still referenced (the leaks).
+/// which frees what was still referenced (the leaks). A launched command
+/// is stopped here (SIGSTOP, delivered before the function's first
+/// instruction runs) until userspace has read its objects' types, and
+/// continued then.
 #[uprobe]
 pub fn py_finalize_entry(_ctx: ProbeContext) -> u32 {
     if let Some(id) = traced() {
+        let tgid = (id >> 32) as u32;
+        if HOLD_AT_FINALIZE.remove(tgid).is_ok() {
+            // SAFETY: a helper call; the signal goes to this process.
+            unsafe { aya_ebpf::helpers::generated::bpf_send_signal(SIGSTOP) };
+        }
         submit_marker(kind::EXITING, id, exiting::PY_FINALIZE);
     }
     0
 }
+
+/// Linux's SIGSTOP on x86-64.
+const SIGSTOP: u32 = 19;
 
 /// libc's `exit`: atexit handlers and destructors run next.
 #[uprobe]

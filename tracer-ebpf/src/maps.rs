@@ -116,6 +116,13 @@ pub static SAMPLE_LEFT: PerCpuArray<i64> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static SAMPLED: LruHashMap<SampledKey, u8> = LruHashMap::with_max_entries(1, 0);
 
+/// Launched commands to hold at `Py_FinalizeEx` until userspace has read
+/// the types of their live objects (tgid -> 1), written by userspace. One
+/// command per recording, a few with its forks: 64 is plenty. The entry is
+/// removed when the hold is sent, so a process is held once.
+#[map]
+pub static HOLD_AT_FINALIZE: HashMap<u32, u8> = HashMap::with_max_entries(64, 0);
+
 /// Per-CPU counters, indexed by `tracer_common::counter`.
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);

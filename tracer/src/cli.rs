@@ -35,6 +35,107 @@ pub enum Command {
     /// Make a report from a capture (`record -o DIR` writes DIR/capture.tracer):
     /// offline, on any machine, without root.
     Report(ReportArgs),
+    /// A live view of what holds memory now, refreshed every second: each
+    /// process's totals and the locations (Python lines) with the most
+    /// live bytes. Keys: l/a/c/g sort, n native frames, t thread, p
+    /// process, Enter stack, space pause, o objects by type, ? help, q quit.
+    Top(TopArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// Trace this running process (repeatable).
+    #[arg(short, long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+
+    /// Every CPython process on the host.
+    #[arg(short, long, conflicts_with_all = ["pids", "command"])]
+    pub all: bool,
+
+    /// Also probe CPython's object allocator (see `record --pymalloc`).
+    #[arg(long)]
+    pub pymalloc: bool,
+
+    /// Sample one allocation per N bytes on average (see `record`).
+    #[arg(long, value_name = "N")]
+    pub sample_bytes: Option<u64>,
+
+    /// Seconds between refreshes.
+    #[arg(long, value_name = "SECS", default_value_t = 1.0)]
+    pub interval: f64,
+
+    /// Print one refresh as text and exit (also when stdout is no terminal).
+    #[arg(long)]
+    pub once: bool,
+
+    /// Start with native frames (the allocation function's caller).
+    #[arg(long)]
+    pub native: bool,
+
+    /// Stop after this many seconds.
+    #[arg(short, long, value_name = "SECS")]
+    pub duration: Option<f64>,
+
+    /// Ring buffer between the kernel and tracer, in MiB (a power of two).
+    #[arg(long, value_name = "MIB", default_value_t = 32)]
+    pub ring_mb: u32,
+
+    /// The command to start and watch.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<OsString>,
+}
+
+/// `tracer top`'s options, checked.
+#[derive(Debug)]
+pub struct TopOptions {
+    pub record: RecordOptions,
+    pub once: bool,
+    pub native: bool,
+}
+
+impl TopArgs {
+    pub fn validate(self) -> Result<TopOptions> {
+        let interval = match Duration::try_from_secs_f64(self.interval) {
+            Ok(d) if d >= Duration::from_millis(100) => d,
+            _ => bail!(
+                "--interval must be at least 0.1 seconds, not {}",
+                self.interval
+            ),
+        };
+        let record = RecordArgs {
+            pids: self.pids,
+            all: self.all,
+            pymalloc: self.pymalloc,
+            view: ViewArgs {
+                min_age: 0.0,
+                top: 10,
+                python_only: false,
+                native_only: false,
+                include_thread_stacks: false,
+            },
+            duration: self.duration,
+            output: None,
+            sample_ms: interval.as_millis() as u64,
+            sample_bytes: self.sample_bytes,
+            ring_mb: self.ring_mb,
+            // Sampled by default with --all, as `record` is.
+            exact: false,
+            probe_links: ProbeLinks::Auto,
+            max_capture_mb: DEFAULT_CAPTURE_MB,
+            user: None,
+            // A command started to be watched stops with the view.
+            detach_command: false,
+            // The objects view walks the heap itself, while it is open.
+            no_types: true,
+            command: self.command,
+        }
+        .validate()?;
+        Ok(TopOptions {
+            record,
+            once: self.once,
+            native: self.native,
+        })
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -49,6 +150,11 @@ pub enum ReportKind {
     Temporary,
     /// Per process and thread: allocated, freed, live, peak.
     Summary,
+    /// Live objects by type (walks of the heap), and their growth.
+    Types,
+    /// A Python function (--function, --file) or file (--file) line by
+    /// line: allocated there and in callees, by the line itself, live.
+    Lines,
     /// An interactive SVG flamegraph (of --of).
     Flamegraph,
     /// A gzipped pprof profile (alloc_* and inuse_* sample types).
@@ -105,6 +211,16 @@ pub struct ReportArgs {
     /// thread (memray's threshold), instead of --temporary-ms.
     #[arg(long, value_name = "N")]
     pub temporary_allocations: Option<u64>,
+
+    /// Lines: the Python function, by name ("handle") or qualified name
+    /// ("Server.handle").
+    #[arg(long, value_name = "NAME")]
+    pub function: Option<String>,
+
+    /// Lines: the Python file (its path, or the end of it); alone, every
+    /// line of the file.
+    #[arg(long, value_name = "PATH")]
+    pub file: Option<String>,
 }
 
 /// How entries are chosen and shown, in every report.
@@ -202,12 +318,19 @@ pub struct RecordArgs {
     /// SIGTERM, then SIGKILL if it is still running 5 seconds later).
     #[arg(long, requires = "command")]
     pub detach_command: bool,
+
     /// How uprobes are attached: uprobe sessions (Linux 6.13+: an untraced
     /// or unsampled call pays one trap, not two), multi-uprobe links (6.6+),
     /// or perf-event uprobes (any kernel, slow to remove). auto: the best
     /// the kernel has.
     #[arg(long, value_enum, default_value_t = ProbeLinks::Auto)]
     pub probe_links: ProbeLinks,
+
+    /// Do not read the types of live Python objects (walks of the heap
+    /// when tracing begins and when the leak set is taken), nor hold a
+    /// launched command at its finalization while they are read.
+    #[arg(long)]
+    pub no_types: bool,
 
     /// The command to start and trace from its first allocation.
     #[arg(last = true, value_name = "COMMAND")]
@@ -312,6 +435,8 @@ pub struct RecordOptions {
     pub links: LinkKind,
     pub analysis: analysis::Options,
     pub top: usize,
+    /// Walk the heaps for the types of live objects.
+    pub types: bool,
 }
 
 impl RecordArgs {
@@ -395,6 +520,7 @@ impl RecordArgs {
                 include_thread_stacks: self.view.include_thread_stacks,
             },
             top: self.view.top,
+            types: !self.no_types,
         })
     }
 }

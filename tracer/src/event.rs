@@ -44,7 +44,9 @@ pub fn pid_label(pid: Pid) -> String {
 pub type Tid = u32;
 
 /// An interned stack (see `model::stacks`); a capture defines each id once.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 pub struct StackId(pub u32);
 
 /// Something that happened to one process's memory.

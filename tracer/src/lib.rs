@@ -7,6 +7,7 @@
 //! the map.
 
 pub mod capture;
+pub mod census;
 mod cli;
 mod clock;
 pub mod counters;
@@ -30,6 +31,7 @@ pub mod sources;
 pub mod stdio;
 pub mod symbolize;
 mod target_file;
+mod top;
 mod user;
 
 use std::process::ExitCode;
@@ -91,6 +93,7 @@ pub fn main() -> ExitCode {
         match cli.command {
             cli::Command::Record(args) => record::record(args.validate()?).await,
             cli::Command::Report(args) => offline::run(args),
+            cli::Command::Top(args) => top::run(args.validate()?).await,
         }
     });
     match result {

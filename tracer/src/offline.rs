@@ -15,7 +15,8 @@ use crate::{
     capture::{CaptureError, Contents, FileRead},
     cli::{self, ReportArgs, ReportKind},
     report::{
-        analysis::{self, Temporary, analyze},
+        self,
+        analysis::{self, Temporary, analyze, lines::Selector},
         render::{self, Format, Of, Section},
     },
 };
@@ -60,15 +61,18 @@ pub fn run(args: ReportArgs) -> Result<()> {
             ns: (args.temporary_ms.max(0.0) * 1e6) as u64,
         },
     };
-    let report = analyze(
-        &contents,
-        &analysis::Options {
-            view: args.view.view(),
-            min_age_ns: args.view.min_age_ns(),
-            temporary,
-            include_thread_stacks: args.view.include_thread_stacks,
-        },
-    );
+    let analysis_options = analysis::Options {
+        view: args.view.view(),
+        min_age_ns: args.view.min_age_ns(),
+        temporary,
+        include_thread_stacks: args.view.include_thread_stacks,
+    };
+    if args.kind == ReportKind::Lines {
+        let bytes = lines(&args, &contents, &analysis_options)?;
+        return write(&args, &bytes, error, &shown);
+    }
+    let mut report = analyze(&contents, &analysis_options);
+    report::source::fill_report(&mut report);
     let (format, sections) = format_of(&args);
     let options = render::Options {
         top: args.view.top,
@@ -80,11 +84,17 @@ pub fn run(args: ReportArgs) -> Result<()> {
         sections,
     };
     let bytes = render::render(&report, format, &options)?;
+    write(&args, &bytes, error, &shown)
+}
+
+/// Writes a report where `args` say; then fails if the capture was not
+/// read to its end.
+fn write(args: &ReportArgs, bytes: &[u8], error: Option<CaptureError>, shown: &str) -> Result<()> {
     match &args.output {
         Some(path) => crate::outputs::create_file(path)?
-            .write_all(&bytes)
+            .write_all(bytes)
             .with_context(|| format!("cannot write {}", path.display()))?,
-        None => crate::stdio::out(&bytes)?,
+        None => crate::stdio::out(bytes)?,
     }
     // What was read before a cut or corrupt record is reported; the error
     // still says where reading stopped.
@@ -92,6 +102,35 @@ pub fn run(args: ReportArgs) -> Result<()> {
         bail!("{shown}: {error}; the report covers what was read before it");
     }
     Ok(())
+}
+
+/// `tracer report CAPTURE lines --function NAME [--file PATH]`.
+fn lines(args: &ReportArgs, contents: &Contents, options: &analysis::Options) -> Result<Vec<u8>> {
+    if args.function.is_none() && args.file.is_none() {
+        bail!(
+            "lines: give --function NAME (and --file PATH if several files have it), or --file PATH for a whole file"
+        );
+    }
+    let selector = Selector {
+        function: args.function.clone(),
+        file: args.file.clone(),
+    };
+    let Some(mut table) = analysis::lines::function_lines(contents, options, &selector) else {
+        let what = match (&args.function, &args.file) {
+            (Some(f), Some(p)) => format!("function {f} in {p}"),
+            (Some(f), None) => format!("function {f}"),
+            (None, Some(p)) => format!("file {p}"),
+            (None, None) => unreachable!("checked above"),
+        };
+        bail!(
+            "no allocation recorded in {what} (Python frames are matched by name and by the end of their file's path)"
+        );
+    };
+    report::source::fill(&mut table, report::source::read);
+    Ok(match args.format {
+        cli::Format::Json => render::lines::json(&table)?,
+        cli::Format::Text => render::lines::text(&table).into_bytes(),
+    })
 }
 
 /// The format a report kind is rendered in, and its text sections.
@@ -102,6 +141,9 @@ fn format_of(args: &ReportArgs) -> (Format, Vec<Section>) {
         ReportKind::Peak => Section::Peak,
         ReportKind::Temporary => Section::Temporary,
         ReportKind::Summary => Section::Summary,
+        ReportKind::Types => Section::Types,
+        // Made apart (`lines`).
+        ReportKind::Lines => Section::Lines,
         ReportKind::Flamegraph => return (Format::Flamegraph, Vec::new()),
         ReportKind::Pprof => return (Format::Pprof, Vec::new()),
         ReportKind::Speedscope => return (Format::Speedscope, Vec::new()),

@@ -15,10 +15,11 @@ use tokio::{
 };
 
 use crate::{
+    census::{Census, Moment},
     cli::RecordOptions,
     clock::monotonic_ns,
     counters::{self, Counters},
-    event::{HeapEvent, Pid},
+    event::{EventKind, ExitReason, HeapEvent, Pid},
     host,
     model::Model,
     outputs::OutputDir,
@@ -30,12 +31,14 @@ use crate::{
     },
     sources::{
         collector::{Collector, Notice},
+        hold::{self, Guard, Held},
         identity::Identity,
         launch::Launch,
         pending::Pending,
         probes::{Probes, Settings},
         procfs,
         targets::{Decided, Targets, readable},
+        walks::Walks,
     },
     stdio,
     user::User,
@@ -45,17 +48,46 @@ use crate::{
 /// (it wakes tracer only when a quarter full: see `wakeup` in tracer-ebpf).
 const DRAIN_EVERY: Duration = Duration::from_millis(10);
 
+/// The next census of a walk that ended, if walks are made.
+async fn recv_census(walks: &mut Option<Walks>) -> Option<Census> {
+    match walks {
+        Some(w) => w.done.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// `tracer record`: a recording into a capture and the end-of-run reports.
 pub async fn record(options: RecordOptions) -> Result<()> {
-    host::check()?;
-    // Taken first: one that comes while the programs load or processes
-    // are adopted stops the recording as soon as it starts, with reports.
-    let mut stops = Stops::new()?;
-    // Checked before anything is loaded: a bad -o or --user fails at once.
+    // Checked before anything is loaded: a bad -o fails at once.
     let output = options
         .output
         .as_deref()
         .map(OutputDir::create)
         .transpose()?;
+    let start_ns = monotonic_ns();
+    let probes = options.links.to_string();
+    let (capture, file) = CaptureSink::create(output.as_ref(), start_ns, &probes)?;
+    let reports = ReportsSink::new(file.clone(), output, options.analysis, options.top);
+    trace(
+        &options,
+        vec![Box::new(capture), Box::new(reports)],
+        Some(file),
+    )
+    .await
+}
+
+/// One recording into `sinks`, until a signal, the duration, the end of
+/// every target, the `capture`'s size limit, or a sink asks to stop.
+pub async fn trace(
+    options: &RecordOptions,
+    sinks: Vec<Box<dyn Sink>>,
+    capture: Option<CaptureFile>,
+) -> Result<()> {
+    host::check()?;
+    // Taken first: one that comes while the programs load or processes
+    // are adopted stops the recording as soon as it starts, with reports.
+    let mut stops = Stops::new()?;
+    // Checked before anything is loaded: a bad --user fails at once.
     let launch = if options.command.is_empty() {
         None
     } else {
@@ -84,8 +116,11 @@ pub async fn record(options: RecordOptions) -> Result<()> {
         model: Model::default(),
         targets,
         pending: Pending::default(),
-        sinks: Vec::new(),
-        capture: None,
+        sinks,
+        capture,
+        walks: options.types.then(Walks::new),
+        guard: None,
+        armed: Vec::new(),
     };
     for &pid in &options.pids {
         rec.targets.add_pid(pid, &mut rec.probes, &mut rec.model)?;
@@ -93,22 +128,19 @@ pub async fn record(options: RecordOptions) -> Result<()> {
     if options.all {
         rec.targets.adopt_running(&mut rec.probes, &mut rec.model);
     }
-    let start_ns = monotonic_ns();
-    let probes = options.links.to_string();
-    let (capture, file) = CaptureSink::create(output.as_ref(), start_ns, &probes)?;
-    rec.capture = Some(file.clone());
-    rec.sinks.push(Box::new(capture));
-    rec.sinks.push(Box::new(ReportsSink::new(
-        file,
-        output,
-        options.analysis,
-        options.top,
-    )));
-    let stop = rec
-        .run(&options, launch.as_ref(), exits, &mut stops)
-        .await?;
-    debug!("recording stopped: {stop}");
-    rec.finish()
+    // The baseline of the types' growth.
+    if let Some(walks) = &rec.walks {
+        for pid in rec.targets.running() {
+            walks.walk(&rec.model, pid, Moment::Start, None);
+        }
+    }
+    let stop = rec.run(options, launch.as_ref(), exits, &mut stops).await;
+    if let Ok(stop) = &stop {
+        debug!("recording stopped: {stop}");
+    }
+    // Whatever ended it, no process stays held.
+    let finished = rec.finish();
+    stop.and(finished)
 }
 
 /// What stops a recording from outside: Ctrl-C, SIGTERM, and SIGHUP (the
@@ -149,11 +181,17 @@ struct Recording {
     sinks: Vec<Box<dyn Sink>>,
     /// The capture being written, to watch its size.
     capture: Option<CaptureFile>,
+    /// Heap walks (types of live objects), unless `--no-types`.
+    walks: Option<Walks>,
+    /// Continues held processes if tracer dies.
+    guard: Option<Guard>,
+    /// Launched commands to be held at their finalization, not yet held.
+    armed: Vec<Pid>,
 }
 
 impl Recording {
-    /// Records until a signal, the deadline, the capture's size limit, or
-    /// the end of every target. Returns why it stopped.
+    /// Records until a signal, the deadline, the capture's size limit, a
+    /// sink's request, or the end of every target. Returns why it stopped.
     async fn run(
         &mut self,
         options: &RecordOptions,
@@ -165,8 +203,24 @@ impl Recording {
         let mut logger = readable(self.probes.take_logger()?)?;
         let started = Instant::now();
         if let Some(how) = launch {
-            self.targets
-                .launch(&options.command, how, &mut self.probes, &mut self.model)?;
+            if self.walks.is_some() {
+                self.guard = Some(Guard::start()?);
+            }
+            let (guard, armed) = (&mut self.guard, &mut self.armed);
+            self.targets.launch(
+                &options.command,
+                how,
+                &mut self.probes,
+                &mut self.model,
+                |pid, probes| {
+                    if let Some(guard) = guard {
+                        guard.watch(pid)?;
+                        probes.hold_at_finalize(pid)?;
+                        armed.push(pid);
+                    }
+                    Ok(())
+                },
+            )?;
         }
         for info in self.targets.watch_exits(&self.model) {
             self.ended(&info)?;
@@ -196,6 +250,24 @@ impl Recording {
                     guard.get_inner_mut().flush();
                     guard.clear_ready();
                 }
+                Some(census) = recv_census(&mut self.walks) => {
+                    // Growth is counted from this walk, not from the
+                    // attach: say when it is taken, and what it cost.
+                    if census.moment == Moment::Start {
+                        let c = &census.coverage;
+                        let objects: u64 = census.types.iter().map(|t| t.count).sum();
+                        stdio::line(&format!(
+                            "tracer: baseline of live objects of pid {}: {objects} objects, {} reads in {} ms{}",
+                            census.pid,
+                            c.reads,
+                            c.micros / 1000,
+                            if c.estimated { " (capped: estimated)" } else { "" }
+                        ));
+                    }
+                    for sink in &mut self.sinks {
+                        sink.census(&census)?;
+                    }
+                }
                 why = stops.next() => break why,
                 _ = sleep_until(deadline.unwrap_or(started)), if deadline.is_some() => {
                     break "duration reached";
@@ -211,10 +283,16 @@ impl Recording {
                     let decided = self.targets.rescan(&mut self.probes, &mut self.model);
                     self.decided(decided)?;
                 }
-                _ = drain_tick.tick() => self.drain(ring.get_mut())?,
+                _ = drain_tick.tick() => {
+                    self.drain(ring.get_mut())?;
+                    if self.sinks.iter().any(|s| s.stop_requested()) {
+                        break "quit";
+                    }
+                }
                 _ = sample_tick.tick() => {
                     // Take the newest events first: a sample is of the heap now.
                     self.drain(ring.get_mut())?;
+                    self.held_without_marker();
                     self.snapshot()?;
                     if self.capture_full(options.max_capture_bytes)? {
                         break "the capture reached --max-capture-mb";
@@ -312,7 +390,44 @@ impl Recording {
                 sink.events(events)?;
             }
         }
+        for e in events {
+            if e.kind
+                == (EventKind::Exiting {
+                    reason: ExitReason::PyFinalize,
+                })
+            {
+                self.finalizing(e.pid);
+            }
+        }
         Ok(())
+    }
+
+    /// `pid` entered `Py_FinalizeEx`: if it was to be held, the kernel
+    /// stopped it; its walk continues it.
+    fn finalizing(&mut self, pid: Pid) {
+        let Some(i) = self.armed.iter().position(|&p| p == pid) else {
+            return;
+        };
+        self.armed.swap_remove(i);
+        let Some(walks) = &self.walks else { return };
+        match Held::new(pid) {
+            Ok(held) => walks.walk(&self.model, pid, Moment::Finalize, Some(held)),
+            Err(err) => warn!("not holding pid {pid} at its finalization: {err:#}"),
+        }
+    }
+
+    /// A held process whose finalization marker was lost (the ring was
+    /// full) is stopped all the same: its walk starts now.
+    fn held_without_marker(&mut self) {
+        let fired: Vec<Pid> = self
+            .armed
+            .iter()
+            .copied()
+            .filter(|&pid| !self.probes.hold_armed(pid))
+            .collect();
+        for pid in fired {
+            self.finalizing(pid);
+        }
     }
 
     /// `pid` exited: `process` from its pidfd, or `None` from the kernel's
@@ -366,6 +481,45 @@ impl Recording {
         Ok(())
     }
 
+    /// The walks at the end: of a launched command stopped just now, and of
+    /// every target still running; then what every walk found goes to the
+    /// sinks, and no process is held any more.
+    fn last_walks(&mut self) -> Result<()> {
+        let Some(walks) = self.walks.take() else {
+            return Ok(());
+        };
+        self.walks = Some(walks);
+        for pid in std::mem::take(&mut self.armed) {
+            if self.probes.hold_armed(pid) {
+                self.probes.unhold(pid);
+            }
+            // Between the two, the kernel may have stopped it.
+            if !self.probes.hold_armed(pid) && hold::is_stopped(pid) {
+                self.armed.push(pid);
+                self.finalizing(pid);
+            }
+        }
+        let Some(walks) = self.walks.take() else {
+            return Ok(());
+        };
+        let running: Vec<Pid> = self.targets.running().collect();
+        for pid in running {
+            if !hold::is_stopped(pid) {
+                walks.walk(&self.model, pid, Moment::End, None);
+            }
+        }
+        let censuses = walks.finish();
+        if let Some(guard) = self.guard.take() {
+            guard.release();
+        }
+        for census in &censuses {
+            for sink in &mut self.sinks {
+                sink.census(census)?;
+            }
+        }
+        Ok(())
+    }
+
     fn counters(&self) -> Result<Counters> {
         let mut counters = self.probes.counters()?;
         counters.set(counters::MALFORMED_RECORDS, self.collector.malformed());
@@ -406,15 +560,21 @@ impl Recording {
         Ok(())
     }
 
-    /// A launched command still running is stopped, the uprobes removed, a
-    /// last snapshot taken, then every sink finished in order; what remains
-    /// of the probes is removed last (in the background for perf-event
-    /// uprobes).
+    /// The uprobes removed, a launched command still running stopped, the
+    /// last walks made, a last snapshot taken, then every sink finished in
+    /// order; what remains of the probes is removed last (in the background
+    /// for perf-event uprobes).
     fn finish(mut self) -> Result<()> {
-        self.probes.remove_uprobes();
+        // A launched command to be held at its finalization needs its probe
+        // until then.
+        if self.armed.is_empty() {
+            self.probes.remove_uprobes();
+        }
         for pid in self.targets.finish(&mut self.model) {
             self.pending.drop_pid(pid);
         }
+        self.last_walks()?;
+        self.probes.remove_uprobes();
         self.snapshot()?;
         let ending = Ending {
             end_ns: monotonic_ns(),

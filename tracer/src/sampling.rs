@@ -58,14 +58,23 @@ impl Sampling {
         }
     }
 
+    /// Whether a process's note is the one `note` makes: its numbers
+    /// are estimates.
+    pub fn is_note(note: &str) -> bool {
+        note.starts_with(NOTE_START)
+    }
+
     /// What a report says of its numbers.
     pub fn note(&self) -> String {
         format!(
-            "--sample-bytes {}: one allocation sampled per {} bytes allocated on average; bytes and counts are estimates (relative error of a total of B bytes about sqrt({} / B))",
+            "{NOTE_START} {}: one allocation sampled per {} bytes allocated on average; bytes and counts are estimates (relative error of a total of B bytes about sqrt({} / B))",
             self.mean_bytes, self.mean_bytes, self.mean_bytes
         )
     }
 }
+
+/// How `Sampling::note` begins.
+const NOTE_START: &str = "--sample-bytes";
 
 /// Gaps between sample points in units of N / 2^16: the quantile midpoints
 /// of the unit exponential distribution, so that a uniformly chosen entry

@@ -19,6 +19,7 @@ pub use reader::{Contents, Events, FileRead, read};
 pub use writer::Writer;
 
 use crate::{
+    census::Census,
     counters::Counters,
     event::{HeapEvent, Pid, StackId},
     frame::StackDef,
@@ -28,8 +29,8 @@ use crate::{
 pub const MAGIC: &[u8; 8] = b"TRACECAP";
 /// 3: events as {pid, tid, ts_ns, kind}; counters by name. 4: mappings say
 /// whether they are thread stacks; forks and execs, inherited allocations,
-/// processes' parents.
-/// 5: how probes were attached.
+/// processes' parents. 5: how probes were attached; live objects by
+/// type (`Census`).
 pub const VERSION: u16 = 5;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -58,6 +59,8 @@ pub enum Record {
     End {
         end_ns: u64,
     },
+    /// Live objects by type: one walk of a process's heap.
+    Census(Census),
 }
 
 /// A traced process as the capture describes it.

@@ -15,6 +15,7 @@ use super::{
     limits::{self, MAX_RECORD},
 };
 use crate::{
+    census::Census,
     counters::Counters,
     event::{HeapEvent, Pid, StackId},
     frame::StackDef,
@@ -34,6 +35,8 @@ pub struct Contents {
     pub stacks: HashMap<StackId, StackDef>,
     pub samples: Vec<MemorySample>,
     pub counters: Counters,
+    /// Walks of the processes' heaps, in the order they were made.
+    pub censuses: Vec<Census>,
 }
 
 /// What reading a capture file gave.
@@ -195,6 +198,7 @@ impl Contents {
             }
             Record::Counters(counters) => self.counters = counters,
             Record::End { end_ns } => self.end_ns = end_ns,
+            Record::Census(census) => self.censuses.push(census),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! the kernel read into functions, files and lines.
 
 mod code;
+pub mod heap;
 mod layout;
 mod lines;
 mod memory;
@@ -47,6 +48,8 @@ pub struct Interpreter {
     pub config: PyConfig,
     /// `PyCode_Type` in the process, to check code objects against.
     code_type: Option<u64>,
+    /// What a walk of its heap needs.
+    pub heap: heap::HeapTarget,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -138,13 +141,42 @@ pub fn detect(pid: u32, maps: &ProcessMaps) -> Result<Option<Interpreter>, Detec
             Err(err) => return Err(DetectError::ThreadLocal(minor, err)),
         }
     }
+    let heap = heap::HeapTarget {
+        minor,
+        runtime,
+        type_type: elf.symbol("PyType_Type").map(|v| bias.wrapping_add(v)),
+        statics: arena_statics(pid, minor, &elf, &mapping, bias),
+    };
     Ok(Some(Interpreter {
         version: format!("3.{minor}"),
         module: mapping.path.clone(),
         config,
         layout,
         code_type,
+        heap,
     }))
+}
+
+/// 3.8 to 3.11: where obmalloc's arena table may be, from the file's own
+/// symbols or code, else from its build-id debug file.
+fn arena_statics(
+    pid: u32,
+    minor: u8,
+    elf: &ElfFile,
+    mapping: &Mapping,
+    bias: u64,
+) -> heap::ArenaStatics {
+    if minor > 11 {
+        return heap::ArenaStatics::default();
+    }
+    let own = heap::arena_statics(elf, None, bias);
+    if own.source == "symbols" || minor == 11 && !own.candidates.is_empty() {
+        return own;
+    }
+    match crate::target_file::debug_file(pid, elf, mapping) {
+        Some(debug) => heap::arena_statics(elf, Some(&debug), bias),
+        None => own,
+    }
 }
 
 fn is_glibc_name(name: &str) -> bool {

@@ -5,12 +5,14 @@
 
 pub mod analysis;
 pub mod render;
+pub mod source;
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
 use crate::{
+    census::{Coverage, Moment, TypeCount, TypeGrowth},
     counters::Counters,
     event::{ExitReason, Pid, Tid},
     frame::Frame,
@@ -38,6 +40,67 @@ pub struct Report {
     pub summary: Vec<ProcessSummary>,
     /// What needs the whole sequence of events.
     pub history: History,
+    /// Live objects by type, per process that was walked, in pid order.
+    pub types: Vec<ProcessTypes>,
+    /// Each process's top leaking Python function, line by line.
+    pub lines: Vec<FunctionLines>,
+}
+
+/// Live objects by type of one process: its last walk, and how each type
+/// grew since its first.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProcessTypes {
+    pub pid: Pid,
+    pub moment: Moment,
+    /// Seconds after recording began.
+    pub at_s: f64,
+    /// Most bytes first.
+    pub types: Vec<TypeCount>,
+    pub coverage: Coverage,
+    pub notes: Vec<String>,
+    pub growth: Option<Growth>,
+}
+
+/// How types grew between two walks.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Growth {
+    /// When the earlier walk was made, seconds after recording began.
+    pub since_s: f64,
+    /// The most grown bytes first.
+    pub types: Vec<TypeGrowth>,
+}
+
+/// One Python function, line by line (memory_profiler's table).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct FunctionLines {
+    pub pid: Pid,
+    pub function: String,
+    pub file: String,
+    /// The recording sampled allocations: the amounts are estimates.
+    pub estimated: bool,
+    /// The file could be read: every line of the function is listed.
+    pub source_found: bool,
+    pub lines: Vec<LineAmounts>,
+    /// Other functions the name matched, as "function (file)".
+    pub others: Vec<String>,
+}
+
+/// What one source line of a function allocated.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct LineAmounts {
+    pub line: u32,
+    /// The text of the line, if the file was read.
+    pub source: Option<String>,
+    /// Allocated there and in what it called.
+    pub allocations: u64,
+    pub allocated_bytes: u64,
+    /// Of that, still live when the leak set was taken.
+    pub live_bytes: u64,
+    /// Allocated by the line itself: the function was the innermost
+    /// Python frame.
+    pub own_allocations: u64,
+    pub own_allocated_bytes: u64,
+    pub own_live_bytes: u64,
 }
 
 /// What a report says about one traced process.
@@ -68,6 +131,8 @@ pub struct Entry {
     pub count: u64,
     pub stack: Vec<Frame>,
     pub truncated: bool,
+    /// The types of its objects (leaks of a walked process), most bytes first.
+    pub types: Vec<TypeCount>,
 }
 
 /// Totals over every traced process.
@@ -155,5 +220,9 @@ impl Report {
 
     pub fn summary_of(&self, pid: Pid) -> Option<&ProcessSummary> {
         self.summary.iter().find(|s| s.pid == pid)
+    }
+
+    pub fn types_of(&self, pid: Pid) -> Option<&ProcessTypes> {
+        self.types.iter().find(|t| t.pid == pid)
     }
 }

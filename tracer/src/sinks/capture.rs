@@ -20,6 +20,7 @@ use crate::{
         ProcessRecord, Record, Writer,
         background::{Background, NewStack},
     },
+    census::Census,
     event::{HeapEvent, Pid, StackId, with_instance},
     model::Model,
     outputs::OutputDir,
@@ -136,7 +137,7 @@ fn unnamed_file() -> io::Result<File> {
 }
 
 /// Stack `id` of the model, with what symbolizing it needs.
-fn unsymbolized(model: &Model, id: StackId) -> Unsymbolized {
+pub fn unsymbolized(model: &Model, id: StackId) -> Unsymbolized {
     let stacks = model.stacks();
     let stack = stacks.get(id);
     let python = stack.python.iter().map(|l| stacks.python_location(*l));
@@ -208,8 +209,14 @@ impl Sink for CaptureSink {
         self.writer.flush().map_err(|e| self.write_err(e))
     }
 
-    fn finish(self: Box<Self>, end: &Ending) -> Result<()> {
-        let mut records = Vec::new();
+    fn census(&mut self, census: &Census) -> Result<()> {
+        self.events.push(Record::Census(census.clone()));
+        Ok(())
+    }
+
+    fn finish(mut self: Box<Self>, end: &Ending) -> Result<()> {
+        // Walks that ended after the last snapshot.
+        let mut records = std::mem::take(&mut self.events);
         for info in &end.processes {
             records.push(self.process_record(info));
             if let Some(status) = &info.exit_status {

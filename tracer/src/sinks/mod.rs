@@ -9,6 +9,7 @@ pub mod reports;
 use anyhow::Result;
 
 use crate::{
+    census::Census,
     counters::Counters,
     event::HeapEvent,
     model::Model,
@@ -27,6 +28,16 @@ pub trait Sink {
     /// model forgets it right after.
     fn exited(&mut self, _process: &ProcessInfo) -> Result<()> {
         Ok(())
+    }
+
+    /// A walk of a process's heap ended: its live objects by type.
+    fn census(&mut self, _census: &Census) -> Result<()> {
+        Ok(())
+    }
+
+    /// Whether the sink asks the recording to end (`tracer top`'s `q`).
+    fn stop_requested(&self) -> bool {
+        false
     }
 
     /// The recording ended, right after a last snapshot. Sinks are

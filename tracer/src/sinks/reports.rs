@@ -80,7 +80,8 @@ impl Sink for ReportsSink {
         if let Some(error) = read.error {
             bail!("reading back {}: {error}", self.capture.shown);
         }
-        let report = analyze(&read.contents, &self.analysis);
+        let mut report = analyze(&read.contents, &self.analysis);
+        crate::report::source::fill_report(&mut report);
         if let Some(dir) = &self.output {
             write_outputs(dir, &report, self.top)?;
         }

@@ -5,9 +5,11 @@
 
 mod adopt;
 pub mod collector;
+pub mod hold;
 pub mod identity;
 pub mod launch;
 pub mod pending;
 pub mod probes;
 pub mod procfs;
 pub mod targets;
+pub mod walks;

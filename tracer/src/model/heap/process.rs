@@ -134,6 +134,11 @@ impl ProcessHeap {
         )
     }
 
+    /// Every live heap block now (not mappings), by address.
+    pub fn live_blocks(&self) -> impl Iterator<Item = (u64, &Allocation)> {
+        self.live.iter().map(|(addr, a)| (*addr, a))
+    }
+
     /// The thread stacks mapped when the leak set was taken (see
     /// `leak_set`), whether the heap counts them or not.
     pub fn thread_stacks(&self) -> ThreadStacks {

@@ -3,14 +3,17 @@
 //! temporaries gathered in the same pass, then leaks, hotspots, peak,
 //! summary and timeline read off the result.
 
+pub mod lines;
 pub mod summary;
 pub mod temporary;
+pub mod types;
 
 use std::collections::HashMap;
 
 use super::{Entry, History, LeaksTaken, ProcessReport, Report, TimelinePoint, Totals};
 use crate::{
     capture::Contents,
+    census::TypeCount,
     counters::{self, Counters},
     event::{Pid, StackId},
     frame::{Frame, FrameKind, SymbolizedStack, View},
@@ -73,13 +76,19 @@ pub fn analyze(contents: &Contents, options: &Options) -> Report {
     };
     let mut counters = contents.counters;
     let totals = summarize(&heap, &mut counters);
-    let leaks = entries(&leaks(&heap, contents.end_ns, options.min_age_ns), stack_of);
-    let hotspots = entries(&hotspots(&heap), stack_of);
+    let leak_types = types::leak_types(&contents.censuses);
+    let leak_groups = leaks(&heap, contents.end_ns, options.min_age_ns);
+    let hotspot_groups = hotspots(&heap);
+    let leaks = typed_entries(&leak_groups, stack_of, |pid, stack| {
+        leak_types.get(&(pid, stack))
+    });
+    let hotspots = entries(&hotspot_groups, stack_of);
     counters.set(
         counters::TRUNCATED_STACKS,
         hotspots.iter().filter(|e| e.truncated).count() as u64,
     );
     let since_start = |ts: u64| ts.saturating_sub(contents.start_ns) as f64 / 1e9;
+    let top_lines = lines::top_functions(contents, &hotspot_groups, &leak_groups);
     let processes = contents
         .processes
         .values()
@@ -125,6 +134,8 @@ pub fn analyze(contents: &Contents, options: &Options) -> Report {
                 })
                 .collect(),
         },
+        types: types::process_types(&contents.censuses, contents.start_ns),
+        lines: top_lines,
     }
 }
 
@@ -224,16 +235,27 @@ pub fn summarize(heap: &HeapModel, counters: &mut Counters) -> Totals {
 /// whose stacks read the same (distinct native stacks can: two calls on one
 /// line, or a stack cut at different depths), largest first.
 pub fn entries(groups: &[Group], stack_of: impl Fn(StackId) -> SymbolizedStack) -> Vec<Entry> {
+    typed_entries(groups, stack_of, |_, _| None)
+}
+
+/// `entries`, each with the types of its objects (`types_of` a stack's).
+pub fn typed_entries<'a>(
+    groups: &[Group],
+    stack_of: impl Fn(StackId) -> SymbolizedStack,
+    types_of: impl Fn(Pid, StackId) -> Option<&'a Vec<TypeCount>>,
+) -> Vec<Entry> {
     let mut index: HashMap<(Pid, Vec<String>), usize> = HashMap::new();
     let mut out: Vec<Entry> = Vec::new();
+    let mut types: Vec<Vec<&Vec<TypeCount>>> = Vec::new();
     for g in groups {
         let s = stack_of(g.stack);
         let key = (g.pid, s.frames.iter().map(Frame::place).collect());
-        match index.get(&key) {
+        let i = match index.get(&key) {
             Some(&i) => {
                 out[i].bytes += g.amount.bytes;
                 out[i].count += g.amount.count;
                 out[i].truncated |= s.truncated;
+                i
             }
             None => {
                 index.insert(key, out.len());
@@ -243,9 +265,16 @@ pub fn entries(groups: &[Group], stack_of: impl Fn(StackId) -> SymbolizedStack) 
                     count: g.amount.count,
                     stack: s.frames,
                     truncated: s.truncated,
+                    types: Vec::new(),
                 });
+                types.push(Vec::new());
+                out.len() - 1
             }
-        }
+        };
+        types[i].extend(types_of(g.pid, g.stack));
+    }
+    for (entry, lists) in out.iter_mut().zip(types) {
+        entry.types = types::merged(lists);
     }
     out.sort_by(|a, b| (b.bytes, b.count, a.pid).cmp(&(a.bytes, a.count, b.pid)));
     out

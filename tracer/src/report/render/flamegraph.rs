@@ -68,6 +68,7 @@ mod tests {
             count: 1,
             stack: vec![frame("leaf"), frame("root")],
             truncated: false,
+            types: vec![],
         };
         let report = crate::report::render::tests::report_of(&[e], "python3");
         let drawn = svg(&report, &report.leaks, "leaks").expect("svg");

@@ -84,6 +84,7 @@ mod tests {
                 frame(Frame::UNKNOWN_FUNCTION, None, None),
             ],
             truncated: true,
+            types: vec![],
         };
         let empty = Entry {
             bytes: 0,

@@ -15,7 +15,7 @@ use crate::{
     counters,
     event::pid_label,
     frame::{Frame, FrameKind},
-    report::{Entry, Report, TimelinePoint},
+    report::{Entry, FunctionLines, ProcessTypes, Report, TimelinePoint},
 };
 use tracer_common::counter;
 
@@ -170,6 +170,75 @@ fn flamegraph_frame(out: &mut String, title: &str, entries: &[Entry], report: &R
     }
 }
 
+/// The top leaking function of a process, line by line.
+fn lines_table(out: &mut String, f: &FunctionLines) {
+    let _ = writeln!(
+        out,
+        "<h2>Top leaking function of pid {}, line by line: <code>{}</code> ({})</h2>{}",
+        f.pid,
+        esc(&f.function),
+        esc(&f.file),
+        if f.estimated {
+            "<p class=note>sampled: the amounts are estimates</p>"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(
+        out,
+        "<table><tr><th>line</th><th>allocated</th><th>allocations</th><th>live</th><th>own allocated</th><th>own live</th><th class=l>source</th></tr>"
+    );
+    for l in &f.lines {
+        let _ = writeln!(
+            out,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=l><code>{}</code></td></tr>",
+            l.line,
+            human_bytes(l.allocated_bytes),
+            grouped(l.allocations),
+            human_bytes(l.live_bytes),
+            human_bytes(l.own_allocated_bytes),
+            human_bytes(l.own_live_bytes),
+            esc(l.source.as_deref().unwrap_or("(source not found)"))
+        );
+    }
+    let _ = writeln!(out, "</table>");
+}
+
+/// A process's live objects by type.
+fn types_table(out: &mut String, t: &ProcessTypes, top: usize) {
+    let _ = writeln!(
+        out,
+        "<h2>Live objects by type of pid {} (heap walk {}, {:.2} s)</h2>",
+        t.pid,
+        super::types::moment(t.moment),
+        t.at_s
+    );
+    for note in &t.notes {
+        let _ = writeln!(out, "<p class=note>{}</p>", esc(note));
+    }
+    let grown = |name: &str| {
+        t.growth
+            .as_ref()
+            .and_then(|g| g.types.iter().find(|g| g.name == name))
+            .map_or_else(String::new, |g| format!("{:+}", g.count))
+    };
+    let _ = writeln!(
+        out,
+        "<table><tr><th>count</th><th>bytes</th><th>count growth</th><th class=l>type</th></tr>"
+    );
+    for ty in t.types.iter().take(top) {
+        let _ = writeln!(
+            out,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td class=l><code>{}</code></td></tr>",
+            grouped(ty.count),
+            human_bytes(ty.bytes),
+            grown(&ty.name),
+            esc(&ty.name)
+        );
+    }
+    let _ = writeln!(out, "</table>");
+}
+
 pub fn render(report: &Report, options: &Options) -> io::Result<Vec<u8>> {
     Ok(page(report, options.top).into_bytes())
 }
@@ -237,6 +306,12 @@ fn page(report: &Report, top: usize) -> String {
         &report.leaks,
         report,
     );
+    for f in &report.lines {
+        lines_table(&mut out, f);
+    }
+    for t in &report.types {
+        types_table(&mut out, t, top);
+    }
     table(&mut out, "Top hotspots", &report.hotspots, top);
     flamegraph_frame(
         &mut out,

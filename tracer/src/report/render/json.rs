@@ -6,10 +6,11 @@ use serde::Serialize;
 
 use super::Options;
 use crate::{
+    census::{Coverage, Moment, TypeCount, TypeGrowth},
     counters::{self, Counters},
     event::{ExitReason, os_pid, pid_instance},
     frame::{Frame, FrameKind},
-    report::{Entry, ProcessSummary, Report, TimelinePoint},
+    report::{Entry, FunctionLines, ProcessSummary, Report, TimelinePoint},
 };
 
 pub const VERSION: u32 = 1;
@@ -32,6 +33,8 @@ struct Json<'a> {
     hotspots: Vec<JsonEntry<'a>>,
     /// What needs the whole sequence of events.
     history: JsonHistory<'a>,
+    /// Each process's top leaking Python function, line by line.
+    lines: &'a [FunctionLines],
 }
 
 #[derive(Serialize)]
@@ -76,6 +79,21 @@ struct Process<'a> {
     /// This process's own top entries.
     leaks: Vec<JsonEntry<'a>>,
     hotspots: Vec<JsonEntry<'a>>,
+    /// Live objects by type, most bytes first (empty if never walked).
+    types: &'a [TypeCount],
+    /// The walk they come from, or null.
+    types_walk: Option<TypesWalk<'a>>,
+}
+
+#[derive(Serialize)]
+struct TypesWalk<'a> {
+    at: Moment,
+    at_s: f64,
+    coverage: &'a Coverage,
+    notes: &'a [String],
+    /// Per type since the first walk (null with one walk), most grown first.
+    growth_since_s: Option<f64>,
+    growth: &'a [TypeGrowth],
 }
 
 #[derive(Serialize)]
@@ -107,6 +125,9 @@ struct JsonEntry<'a> {
     command: &'a str,
     truncated: bool,
     stack: Vec<JsonFrame<'a>>,
+    /// The types of its objects, where the process was walked.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    types: &'a [TypeCount],
 }
 
 /// A frame as report.json shows it: optional fields only where they apply.
@@ -158,6 +179,7 @@ fn entries<'a>(
             command: report.command(e.pid),
             truncated: e.truncated,
             stack: e.stack.iter().map(JsonFrame::from).collect(),
+            types: &e.types,
         })
         .collect()
 }
@@ -198,6 +220,20 @@ pub fn render(report: &Report, options: &Options) -> io::Result<Vec<u8>> {
                     },
                     leaks: entries(report, &report.leaks, top, |e| e.pid == pid),
                     hotspots: entries(report, &report.hotspots, top, |e| e.pid == pid),
+                    types: report
+                        .types_of(pid)
+                        .map_or(&[], |t| &t.types[..t.types.len().min(top)]),
+                    types_walk: report.types_of(pid).map(|t| TypesWalk {
+                        at: t.moment,
+                        at_s: t.at_s,
+                        coverage: &t.coverage,
+                        notes: &t.notes,
+                        growth_since_s: t.growth.as_ref().map(|g| g.since_s),
+                        growth: t
+                            .growth
+                            .as_ref()
+                            .map_or(&[], |g| &g.types[..g.types.len().min(top)]),
+                    }),
                 }
             })
             .collect(),
@@ -222,6 +258,7 @@ pub fn render(report: &Report, options: &Options) -> io::Result<Vec<u8>> {
             temporary: entries(report, &report.history.temporary, top, |_| true),
             timeline: &report.history.timeline,
         },
+        lines: &report.lines,
     };
     serde_json::to_vec_pretty(&json).map_err(io::Error::other)
 }
@@ -252,6 +289,7 @@ mod tests {
             count: 1,
             stack: vec![frame.clone()],
             truncated: false,
+            types: vec![],
         };
         let report = Report {
             duration_s: 2.0,
@@ -283,6 +321,8 @@ mod tests {
             hotspots: vec![entry(20), entry(10)],
             summary: vec![],
             history: History::default(),
+            types: vec![],
+            lines: vec![],
         };
         let options = Options {
             top: 1,

@@ -6,9 +6,11 @@ pub mod flamegraph;
 pub mod folded;
 pub mod html;
 pub mod json;
+pub mod lines;
 pub mod pprof;
 pub mod speedscope;
 pub mod text;
+pub mod types;
 
 use std::io;
 
@@ -40,6 +42,10 @@ pub enum Section {
     Peak,
     Temporary,
     Summary,
+    /// Live objects by type.
+    Types,
+    /// The top leaking function, line by line.
+    Lines,
 }
 
 /// Which entries a flamegraph, speedscope profile or folded file weighs.
@@ -76,8 +82,8 @@ pub struct Options {
     pub sections: Vec<Section>,
 }
 
-/// What `tracer record` prints.
-pub const RECORD_SECTIONS: [Section; 2] = [Section::Leaks, Section::Hotspots];
+/// What `tracer record` prints (types only for processes walked).
+pub const RECORD_SECTIONS: [Section; 3] = [Section::Leaks, Section::Hotspots, Section::Types];
 
 pub fn render(report: &Report, format: Format, options: &Options) -> io::Result<Vec<u8>> {
     let render = match format {
@@ -124,6 +130,8 @@ pub(crate) mod tests {
             hotspots: vec![],
             summary: vec![],
             history: History::default(),
+            types: vec![],
+            lines: vec![],
         }
     }
 

@@ -263,6 +263,7 @@ mod tests {
             count,
             stack: vec![frame("leaf"), frame("root")],
             truncated: false,
+            types: vec![],
         };
         let mut report = crate::report::render::tests::report_of(&[e(300, 3)], "python3");
         report.hotspots = vec![e(1000, 10)];

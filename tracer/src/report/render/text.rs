@@ -84,6 +84,9 @@ fn write_entry(out: &mut String, rank: usize, e: &Entry, what: &str) {
             "        ... (truncated: outer frames could not be unwound)"
         );
     }
+    if !e.types.is_empty() {
+        let _ = writeln!(out, "        {}", super::types::entry_line(&e.types));
+    }
 }
 
 pub fn render(report: &Report, options: &Options) -> io::Result<Vec<u8>> {
@@ -228,6 +231,18 @@ fn write_section(out: &mut String, report: &Report, pid: u32, section: Section, 
             }
             return;
         }
+        Section::Types => {
+            if let Some(t) = report.types_of(pid) {
+                super::types::section(out, t, top);
+            }
+            return;
+        }
+        Section::Lines => {
+            for f in report.lines.iter().filter(|f| f.pid == pid) {
+                out.push_str(&super::lines::text(f));
+            }
+            return;
+        }
     };
     let mine: Vec<&Entry> = list.iter().filter(|e| e.pid == pid).collect();
     let _ = writeln!(out, "Top {} {title}:", top.min(mine.len()));
@@ -346,10 +361,13 @@ mod tests {
                     frame("make", Some("leak.c"), Some(7)),
                 ],
                 truncated: true,
+                types: vec![],
             }],
             hotspots: vec![],
             summary: vec![],
             history: History::default(),
+            types: vec![],
+            lines: vec![],
         };
         let text = text(&report, &super::super::RECORD_SECTIONS, 10);
         assert!(

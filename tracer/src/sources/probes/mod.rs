@@ -59,6 +59,8 @@ pub struct Probes {
     traced: HashMap<MapData, u32, u8>,
     python: HashMap<MapData, u32, PyConfig>,
     counters: PerCpuArray<MapData, u64>,
+    /// Processes to stop at `Py_FinalizeEx` (`HOLD_AT_FINALIZE`).
+    hold: HashMap<MapData, u32, u8>,
 }
 
 /// The loaded programs, which uprobes are attached through.
@@ -190,6 +192,10 @@ impl Probes {
         let counters =
             PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("map COUNTERS missing")?)?;
         let python = HashMap::try_from(ebpf.take_map("PY_PROCS").context("map PY_PROCS missing")?)?;
+        let hold = HashMap::try_from(
+            ebpf.take_map("HOLD_AT_FINALIZE")
+                .context("map HOLD_AT_FINALIZE missing")?,
+        )?;
         Ok(Self {
             programs: Programs {
                 ebpf,
@@ -201,6 +207,7 @@ impl Probes {
             traced,
             python,
             counters,
+            hold,
         })
     }
 
@@ -267,12 +274,31 @@ impl Probes {
             .with_context(|| format!("configuring Python frames of pid {pid}"))
     }
 
+    /// Stops process `pid` at `Py_FinalizeEx` (once), for its objects'
+    /// types to be read (`sources::hold`).
+    pub fn hold_at_finalize(&mut self, pid: u32) -> Result<()> {
+        self.hold
+            .insert(pid, 1, 0)
+            .with_context(|| format!("holding pid {pid} at its finalization"))
+    }
+
+    /// `pid` is not to be held any more.
+    pub fn unhold(&mut self, pid: u32) {
+        let _ = self.hold.remove(&pid);
+    }
+
+    /// Whether `pid` is still to be held: false once the kernel stopped it.
+    pub fn hold_armed(&self, pid: u32) -> bool {
+        self.hold.get(&pid, 0).is_ok()
+    }
+
     /// Stops recording process `pid` (it exited: its pid may be reused; or
     /// it is not a target after all).
     pub fn untrace_pid(&mut self, pid: u32) {
-        // Either may be absent already.
+        // Any may be absent already.
         let _ = self.traced.remove(&pid);
         let _ = self.python.remove(&pid);
+        let _ = self.hold.remove(&pid);
     }
 
     /// The kernel's counters, summed over CPUs.
@@ -395,6 +421,9 @@ impl Probes {
     /// reports are made.
     pub fn remove_uprobes(&mut self) {
         if self.programs.links == LinkKind::Perf {
+            return;
+        }
+        if self.programs.held.is_empty() {
             return;
         }
         let started = std::time::Instant::now();

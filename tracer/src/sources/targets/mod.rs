@@ -216,13 +216,15 @@ impl Targets {
         }
     }
 
-    /// Starts `command` as `how` says, traced from its first allocation.
+    /// Starts `command` as `how` says, traced from its first allocation;
+    /// `at_entry` is called at its entry point, while it is still held there.
     pub fn launch(
         &mut self,
         command: &[OsString],
         how: &Launch,
         probes: &mut Probes,
         model: &mut Model,
+        mut at_entry: impl FnMut(Pid, &mut Probes) -> Result<()>,
     ) -> Result<()> {
         let mut traced = false;
         let launched = launch::launch(command, how, |pid, stage| {
@@ -239,6 +241,7 @@ impl Targets {
                 if !setup.allocator {
                     warn!("pid {pid} reached its entry point without a probed allocator");
                 }
+                at_entry(pid, probes)?;
             }
             Ok(setup.allocator)
         })?;
