@@ -340,6 +340,35 @@ fn link_section_names(data: &[u8]) -> Vec<usize> {
         .collect()
 }
 
+/// The build-id debug file of `elf` (mapped by `pid` at `mapping`): in the
+/// process's root, on the host, or beside an interpreter unpacked in a
+/// private tree (`<prefix>/bin/python` with `<prefix>/lib/debug`). Its
+/// symbols say where probes go: it must be root's (and writable by no one
+/// else), opened without following links, and carry the same build id.
+pub fn debug_file(pid: u32, elf: &ElfFile, mapping: &crate::proc_maps::Mapping) -> Option<ElfFile> {
+    let id = elf.build_id()?;
+    let (dir, file) = id.split_at(2);
+    let relative = format!("usr/lib/debug/.build-id/{dir}/{file}.debug");
+    let prefix = std::path::Path::new(&mapping.path).parent()?.parent()?;
+    let private = prefix.join("lib/debug");
+    let private = private.strip_prefix("/").ok()?;
+    let in_private = format!("{}/.build-id/{dir}/{file}.debug", private.display());
+    let process_root = crate::proc_maps::host_path(pid, "/");
+    [
+        (process_root.as_path(), relative.as_str()),
+        (std::path::Path::new("/"), relative.as_str()),
+        (std::path::Path::new("/"), in_private.as_str()),
+    ]
+    .into_iter()
+    .find_map(|(root, path)| {
+        let file = crate::target_file::TargetFile::root_owned(root, path)
+            .inspect_err(|err| log::debug!("{path}: {err}"))
+            .ok()?;
+        let debug = ElfFile::from_target(&file).ok()?;
+        (debug.build_id().as_deref() == Some(id.as_str())).then_some(debug)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;

@@ -173,7 +173,7 @@ fn arena_statics(
     if own.source == "symbols" || minor == 11 && !own.candidates.is_empty() {
         return own;
     }
-    match crate::target_file::debug_file(pid, elf, mapping) {
+    match crate::elf::debug_file(pid, elf, mapping) {
         Some(debug) => heap::arena_statics(elf, Some(&debug), bias),
         None => own,
     }

@@ -346,7 +346,7 @@ fn pymalloc_functions(
     done: &mut FileProbes,
 ) -> Vec<ProbePoint> {
     let mut points = Vec::new();
-    let debug = crate::target_file::debug_file(pid, elf, mapping);
+    let debug = crate::elf::debug_file(pid, elf, mapping);
     let mut probed_addresses = Vec::new();
     let mut single_stepped = Vec::new();
     for f in &PYMALLOC_FUNCTIONS {
