@@ -10,10 +10,12 @@ pub mod capture;
 mod cli;
 mod clock;
 pub mod counters;
+mod daemon;
 mod elf;
 pub mod event;
 pub mod frame;
 mod host;
+pub mod labels;
 pub mod model;
 mod offline;
 mod proc_maps;
@@ -75,6 +77,7 @@ pub fn main() -> ExitCode {
         match cli.command {
             cli::Command::Record(args) => record::record(args.validate()?).await,
             cli::Command::Report(args) => offline::run(args),
+            cli::Command::Daemon(args) => daemon::run(args).await,
         }
     });
     match result {

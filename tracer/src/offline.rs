@@ -7,16 +7,38 @@ use std::{fs, io::Write as _, os::unix::fs::FileTypeExt as _, sync::Arc};
 use anyhow::{Context as _, Result, anyhow, bail};
 
 use crate::{
-    capture::{CaptureError, Contents},
+    capture::{CaptureError, Contents, capture_files},
     cli::{self, ReportArgs, ReportKind},
     report::{
-        analysis::{self, Temporary, analyze},
+        analysis::{self, GrowthOptions, Temporary, analyze_with},
         render::{self, Format, Of, Section},
     },
 };
 
-pub fn run(args: ReportArgs) -> Result<()> {
+/// A capture file's, or a directory of segments', contents; the error of
+/// the first one cut short or damaged, with its name.
+fn read(args: &ReportArgs) -> Result<(Contents, Option<(String, CaptureError)>)> {
     let shown = args.capture.display().to_string();
+    if args.capture.is_dir() {
+        let files = capture_files(&args.capture)
+            .with_context(|| format!("cannot read the directory {shown}"))?;
+        if files.is_empty() {
+            bail!(
+                "{shown} holds no capture: give the directory of `tracer daemon -o DIR` or `tracer record -o DIR`"
+            );
+        }
+        let (contents, records, mut errors) = Contents::read_segments(files);
+        if records == 0
+            && let Some((name, error)) = errors.first()
+        {
+            bail!("{shown}/{name}: {error}");
+        }
+        let first = (!errors.is_empty()).then(|| errors.remove(0));
+        return Ok((
+            contents,
+            first.map(|(name, e)| (format!("{shown}/{name}"), e)),
+        ));
+    }
     let file = fs::File::open(&args.capture)
         .map_err(|e| anyhow!("{shown}: {}", CaptureError::Open(e.to_string())))?;
     // A FIFO or a device would block or never end.
@@ -40,13 +62,26 @@ pub fn run(args: ReportArgs) -> Result<()> {
             _ => bail!("{shown}: {error}"),
         }
     }
+    Ok((contents, error.map(|e| (shown, e))))
+}
+
+pub fn run(args: ReportArgs) -> Result<()> {
+    let (contents, error) = read(&args)?;
     let temporary = match args.temporary_allocations {
         Some(n) => Temporary::BeforeAllocations(n),
         None => Temporary::Within {
             ns: (args.temporary_ms.max(0.0) * 1e6) as u64,
         },
     };
-    let report = analyze(
+    let growth = GrowthOptions {
+        windows: args.growth.growth_windows.max(1),
+        window_ns: match args.growth.window_secs {
+            Some(w) if w.is_finite() && w > 0.0 => Some((w * 1e9) as u64),
+            Some(w) => bail!("--window-secs must be a positive number of seconds, not {w}"),
+            None => None,
+        },
+    };
+    let report = analyze_with(
         &contents,
         &analysis::Options {
             view: args.view.view(),
@@ -54,6 +89,7 @@ pub fn run(args: ReportArgs) -> Result<()> {
             temporary,
             include_thread_stacks: args.view.include_thread_stacks,
         },
+        &growth,
     );
     let (format, sections) = format_of(&args);
     let options = render::Options {
@@ -74,7 +110,7 @@ pub fn run(args: ReportArgs) -> Result<()> {
     }
     // What was read before a cut or corrupt record is reported; the error
     // still says where reading stopped.
-    if let Some(error) = error {
+    if let Some((shown, error)) = error {
         bail!("{shown}: {error}; the report covers what was read before it");
     }
     Ok(())
@@ -88,6 +124,7 @@ fn format_of(args: &ReportArgs) -> (Format, Vec<Section>) {
         ReportKind::Peak => Section::Peak,
         ReportKind::Temporary => Section::Temporary,
         ReportKind::Summary => Section::Summary,
+        ReportKind::Growth => Section::Growth,
         ReportKind::Flamegraph => return (Format::Flamegraph, Vec::new()),
         ReportKind::Pprof => return (Format::Pprof, Vec::new()),
         ReportKind::Speedscope => return (Format::Speedscope, Vec::new()),

@@ -35,7 +35,44 @@ use crate::{
 /// (it wakes tracer only when a quarter full: see `wakeup` in tracer-ebpf).
 const DRAIN_EVERY: Duration = Duration::from_millis(10);
 
+/// What a recording does besides `tracer record`'s: the daemon's sinks and
+/// bounds.
+pub struct Plan {
+    /// Makes the sinks, given when recording began (CLOCK_MONOTONIC ns).
+    pub sinks: SinksOf,
+    /// `--match`: only the CPython processes whose command line matches.
+    pub matching: Option<regex::Regex>,
+    /// Forget exited processes once a snapshot has shown them exited.
+    pub forget_exited: bool,
+    /// `--max-tracked`.
+    pub heap_cap: Option<u64>,
+    /// Called once the probes are in place (the daemon tells systemd).
+    pub on_ready: Box<dyn FnOnce()>,
+}
+
+pub type SinksOf = Box<dyn FnOnce(u64) -> Result<Vec<Box<dyn Sink>>>>;
+
 pub async fn record(options: RecordOptions) -> Result<()> {
+    let output = options.output.clone();
+    let (analysis, top) = (options.analysis, options.top);
+    let plan = Plan {
+        sinks: Box::new(move |start_ns| {
+            let (capture, file) = CaptureSink::create(output.as_deref(), start_ns)?;
+            Ok(vec![
+                Box::new(capture) as Box<dyn Sink>,
+                Box::new(ReportsSink::new(file, output, analysis, top)),
+            ])
+        }),
+        matching: None,
+        forget_exited: false,
+        heap_cap: None,
+        on_ready: Box::new(|| {}),
+    };
+    record_with(options, plan).await
+}
+
+/// One recording into the sinks `plan` makes.
+pub async fn record_with(options: RecordOptions, plan: Plan) -> Result<()> {
     host::check()?;
     let task = host::task_layout().unwrap_or_else(|err| {
         warn!("no Python frames and no fork following: {err:#}");
@@ -48,14 +85,20 @@ pub async fn record(options: RecordOptions) -> Result<()> {
         sampling: options.sampling,
         pymalloc: options.pymalloc,
     })?;
-    let (targets, exits) = Targets::new(options.all);
+    let (mut targets, exits) = Targets::new(options.all);
+    if let Some(re) = plan.matching {
+        targets.only_matching(re);
+    }
+    let mut model = Model::default();
+    model.cap_heap(plan.heap_cap);
     let mut rec = Recording {
         probes,
         collector: Collector::new(options.sampling),
-        model: Model::default(),
+        model,
         targets,
         pending: Pending::default(),
         sinks: Vec::new(),
+        forget_exited: plan.forget_exited,
     };
     for &pid in &options.pids {
         rec.targets.add_pid(pid, &mut rec.probes, &mut rec.model)?;
@@ -64,14 +107,8 @@ pub async fn record(options: RecordOptions) -> Result<()> {
         rec.targets.adopt_running(&mut rec.probes, &mut rec.model);
     }
     let start_ns = monotonic_ns();
-    let (capture, file) = CaptureSink::create(options.output.as_deref(), start_ns)?;
-    rec.sinks.push(Box::new(capture));
-    rec.sinks.push(Box::new(ReportsSink::new(
-        file,
-        options.output.clone(),
-        options.analysis,
-        options.top,
-    )));
+    rec.sinks = (plan.sinks)(start_ns)?;
+    (plan.on_ready)();
     let stop = rec.run(&options, exits).await?;
     debug!("recording stopped: {stop}");
     rec.finish()
@@ -86,6 +123,8 @@ struct Recording {
     /// Events of processes traced but not adopted yet.
     pending: Pending,
     sinks: Vec<Box<dyn Sink>>,
+    /// Exited processes are forgotten after the snapshot that shows them.
+    forget_exited: bool,
 }
 
 impl Recording {
@@ -262,6 +301,13 @@ impl Recording {
         };
         for sink in &mut self.sinks {
             sink.snapshot(&snapshot)?;
+        }
+        if self.forget_exited {
+            let gone = self.targets.forget_exited();
+            for pid in &gone {
+                self.pending.drop_pid(*pid);
+            }
+            self.model.forget_exited(&gone);
         }
         Ok(())
     }

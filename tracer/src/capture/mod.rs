@@ -9,11 +9,13 @@
 //! them; readers resolve them at the end. See docs/captures.md.
 
 pub mod background;
+mod directory;
 mod reader;
 mod writer;
 
 use serde::{Deserialize, Serialize};
 
+pub use directory::{capture_files, segment_number};
 pub use reader::{Contents, Events, read};
 pub use writer::Writer;
 

@@ -40,6 +40,8 @@ pub enum Events {
     /// Read through the descriptor the capture was opened (or written)
     /// with, never by its name again.
     File(Arc<File>),
+    /// The segments of a rotating capture, in order.
+    Segments(Vec<Arc<File>>),
 }
 
 impl Default for Events {
@@ -67,13 +69,28 @@ impl Events {
                     _ => true,
                 });
             }
+            Events::Segments(files) => {
+                let mut more = true;
+                for file in files {
+                    let _ = read_each(FromStart::from(file), &mut |record| match record {
+                        Record::Event(e) => {
+                            more = f(&e);
+                            more
+                        }
+                        _ => true,
+                    });
+                    if !more {
+                        break;
+                    }
+                }
+            }
         }
     }
 }
 
 /// Reads a file from its start through positional reads, so that several
 /// passes (and the writer, which appends) never share an offset.
-struct FromStart<'a> {
+pub(super) struct FromStart<'a> {
     file: &'a File,
     at: u64,
 }
@@ -124,7 +141,7 @@ impl Contents {
         (c.finish(last_ts), records, error)
     }
 
-    fn finish(mut self, last_ts: u64) -> Self {
+    pub(super) fn finish(mut self, last_ts: u64) -> Self {
         if self.end_ns == 0 {
             self.end_ns = last_ts;
         }
@@ -132,7 +149,7 @@ impl Contents {
     }
 
     /// Takes in every record but the events themselves.
-    fn add(&mut self, record: Record, last_ts: &mut u64) {
+    pub(super) fn add(&mut self, record: Record, last_ts: &mut u64) {
         match record {
             Record::Start { start_ns } => self.start_ns = start_ns,
             Record::Process(ProcessRecord {
@@ -182,7 +199,7 @@ pub fn read(input: impl Read) -> (Vec<Record>, Option<CaptureError>) {
 
 /// Hands each record of a capture to `each`, in order, until it returns
 /// false.
-fn read_each(
+pub(super) fn read_each(
     mut input: impl Read,
     each: &mut dyn FnMut(Record) -> bool,
 ) -> Result<(), CaptureError> {

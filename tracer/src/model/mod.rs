@@ -75,6 +75,23 @@ impl Model {
         self.heap.forget(pid);
     }
 
+    /// Tracks at most `cap` live heap blocks (`HeapModel::with_cap`).
+    pub fn cap_heap(&mut self, cap: Option<u64>) {
+        self.heap = std::mem::take(&mut self.heap).with_cap(cap);
+    }
+
+    /// Drops everything known of exited processes: their heaps, maps,
+    /// interpreters and raw stacks (a recording of weeks sees thousands
+    /// come and go, and their pids come back as other processes). The
+    /// stacks they interned stay: others share them.
+    pub fn forget_exited(&mut self, pids: &[Pid]) {
+        for &pid in pids {
+            self.heap.forget(pid);
+            self.registry.forget(pid);
+        }
+        self.stacks.forget(pids);
+    }
+
     pub fn heap(&self) -> &HeapModel {
         &self.heap
     }

@@ -98,6 +98,12 @@ impl Registry {
         self.refresh_maps(pid);
     }
 
+    /// `pid` exited: what was known of it goes.
+    pub fn forget(&mut self, pid: Pid) {
+        self.processes.remove(&pid);
+        self.python.forget(pid);
+    }
+
     /// Execs of `pid` seen so far.
     pub fn generation(&self, pid: Pid) -> u64 {
         self.processes.get(&pid).map_or(0, |k| k.generation)

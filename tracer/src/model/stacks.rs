@@ -134,6 +134,20 @@ impl StackTable {
         self.py_frames.retain(|key, _| key.pid != pid);
     }
 
+    /// `pids` exited: their raw stacks and Python frames go (a new process
+    /// with one of their pids must not match them).
+    pub fn forget(&mut self, pids: &[Pid]) {
+        if pids.is_empty() {
+            return;
+        }
+        let gone = |key_pid: u64| pids.contains(&(key_pid as u32));
+        self.raw.retain(|_, keys| {
+            keys.retain(|k| !gone(k.key[0] & 0xffff_ffff));
+            !keys.is_empty()
+        });
+        self.py_frames.retain(|key, _| !pids.contains(&key.pid));
+    }
+
     pub fn intern(&mut self, registry: &mut Registry, pid: Pid, raw: RawStack<'_>) -> StackId {
         let generation = registry.generation(pid);
         let flags = u64::from(raw.lost)

@@ -105,7 +105,7 @@ fn unnamed_file() -> io::Result<File> {
         .open(std::env::temp_dir())
 }
 
-fn process_record(info: &ProcessInfo) -> Record {
+pub(super) fn process_record(info: &ProcessInfo) -> Record {
     Record::Process(ProcessRecord {
         pid: info.pid,
         command: info.command.clone(),
@@ -117,7 +117,7 @@ fn process_record(info: &ProcessInfo) -> Record {
 }
 
 /// Stack `id` of the model, with what symbolizing it needs.
-fn unsymbolized(model: &Model, id: StackId) -> Unsymbolized {
+pub(super) fn unsymbolized(model: &Model, id: StackId) -> Unsymbolized {
     let stacks = model.stacks();
     let stack = stacks.get(id);
     let python = stack.python.iter().map(|l| stacks.python_location(*l));

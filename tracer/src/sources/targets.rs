@@ -115,6 +115,8 @@ pub struct Targets {
     exits: mpsc::UnboundedSender<Pid>,
     /// `--all`: new CPython processes are adopted as they appear.
     all: bool,
+    /// `--match`: only those whose command line matches.
+    matching: Option<regex::Regex>,
     last_rescan: Instant,
 }
 
@@ -129,9 +131,31 @@ impl Targets {
             watched: HashSet::new(),
             exits,
             all,
+            matching: None,
             last_rescan: Instant::now(),
         };
         (targets, exited)
+    }
+
+    /// With `--all`: adopts only the processes whose command line matches
+    /// `re` (and what they fork).
+    pub fn only_matching(&mut self, re: regex::Regex) {
+        self.matching = Some(re);
+    }
+
+    /// Forgets the targets that have exited (a daemon's, once their last
+    /// window is out); returns their pids.
+    pub fn forget_exited(&mut self) -> Vec<Pid> {
+        let gone: Vec<Pid> = self
+            .targets
+            .iter()
+            .filter(|(_, t)| t.exited)
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in &gone {
+            self.targets.remove(pid);
+        }
+        gone
     }
 
     /// Whether `pid`'s events go to the sinks.
@@ -504,7 +528,12 @@ impl Targets {
         probes: &mut Probes,
         model: &mut Model,
     ) -> Option<Found> {
-        if !procfs::maps_python(pid) {
+        let unmatched = origin == Origin::Found
+            && self
+                .matching
+                .as_ref()
+                .is_some_and(|re| !re.is_match(&procfs::command_line(pid)));
+        if unmatched || !procfs::maps_python(pid) {
             return None;
         }
         match find_interpreter(pid, probes, model) {

@@ -3,6 +3,7 @@
 //! temporaries gathered in the same pass, then leaks, hotspots, peak,
 //! summary and timeline read off the result.
 
+pub mod growth;
 pub mod summary;
 pub mod temporary;
 
@@ -17,6 +18,7 @@ use crate::{
     model::heap::{Allocation, Amount, HeapModel},
 };
 
+pub use growth::GrowthOptions;
 pub use temporary::Temporary;
 
 /// How a report is made: which frames it shows, how old a leak must be,
@@ -41,14 +43,30 @@ pub struct Group {
 /// Every report of a capture. Stacks the capture does not define (cut
 /// short before they were written) say so.
 pub fn analyze(contents: &Contents, options: &Options) -> Report {
+    analyze_with(contents, options, &GrowthOptions::default())
+}
+
+/// `analyze`, with the growth report's windows as `growth` says.
+pub fn analyze_with(contents: &Contents, options: &Options, growth: &GrowthOptions) -> Report {
     let mut heap =
         HeapModel::with_peak_stacks().including_thread_stacks(options.include_thread_stacks);
     let mut temporaries = temporary::Temporaries::new(options.temporary);
+    let sampled: Vec<u64> = contents.samples.iter().map(|s| s.ts_ns).collect();
+    let ends = growth::boundaries(
+        contents.start_ns,
+        contents.end_ns,
+        growth.window_ns,
+        &sampled,
+    );
+    let window_s = growth::window_s(&ends);
+    let mut tracker = growth::Tracker::new(growth, ends);
     contents.events.each(&mut |e| {
+        tracker.before(e.ts_ns, &heap);
         heap.apply(e);
         temporaries.apply(e);
         true
     });
+    tracker.before(u64::MAX, &heap);
     let stack_of = |id: StackId| match contents.stacks.get(&id) {
         Some(def) => options.view.show(def),
         None => SymbolizedStack {
@@ -107,6 +125,7 @@ pub fn analyze(contents: &Contents, options: &Options) -> Report {
             peak: entries(&at_peaks(&heap), stack_of),
             temporary: entries(&temporaries.groups(), stack_of),
             temporary_rule: options.temporary.to_string(),
+            growth: tracker.report(window_s, stack_of),
             timeline: contents
                 .samples
                 .iter()

@@ -40,6 +40,8 @@ pub enum Section {
     Peak,
     Temporary,
     Summary,
+    /// Stacks ranked by growth over the last windows.
+    Growth,
 }
 
 /// Which entries a flamegraph, speedscope profile or folded file weighs.
