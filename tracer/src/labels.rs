@@ -34,6 +34,7 @@ pub fn valid_name(name: &str) -> bool {
 /// at `,` or `}` and trims spaces; control characters help nobody.
 pub fn clean_value(value: &str) -> String {
     let cleaned: String = value
+        .trim()
         .chars()
         .map(|c| match c {
             ',' | '}' | '{' | '=' => '_',

@@ -17,6 +17,8 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod fuzz;
 mod interpreters;
+mod pyroscope;
+mod soak;
 mod validators;
 mod web;
 
@@ -102,6 +104,15 @@ enum Task {
         /// Only these workloads (churn, buffers, leak, threads, maxrate).
         workloads: Vec<String>,
     },
+    /// Run `tracer daemon --all` for 30 minutes (as root) against Python
+    /// services that come and go, pushing every 5 s to the test ingestion
+    /// server; check that its memory, descriptors and spool stay flat.
+    /// Not part of `test`.
+    Soak {
+        /// Minutes to run (default 30).
+        #[arg(long, default_value_t = 30)]
+        minutes: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -124,6 +135,7 @@ fn run(task: Task) -> Result<()> {
                 interpreters::ensure(&root.join(TEST_CACHE))?;
                 validators::ensure(&root.join(TEST_CACHE))?;
                 web::ensure(&root.join(TEST_CACHE))?;
+                pyroscope::ensure(&root.join(TEST_CACHE))?;
             }
             Ok(())
         }
@@ -153,6 +165,17 @@ fn run(task: Task) -> Result<()> {
         Task::Test { args } => {
             setup()?;
             test(&root, &args)
+        }
+        Task::Soak { minutes } => {
+            if !is_root() {
+                bail!(
+                    "the soak loads eBPF programs and needs root: run `sudo -E env PATH=\"$PATH\" cargo xtask soak`"
+                );
+            }
+            setup()?;
+            validators::ensure(&root.join(TEST_CACHE))?;
+            build()?;
+            soak::run(&root, minutes)
         }
         Task::Bench {
             quick,
@@ -310,6 +333,7 @@ fn test(root: &Path, harness_args: &[OsString]) -> Result<()> {
     interpreters::ensure(&root.join(TEST_CACHE))?;
     validators::ensure(&root.join(TEST_CACHE))?;
     web::ensure(&root.join(TEST_CACHE))?;
+    pyroscope::ensure(&root.join(TEST_CACHE))?;
     check(Command::new("cargo").args(["fmt", "--all", "--check"]))?;
     check(Command::new("cargo").args([
         "clippy",

@@ -32,7 +32,7 @@ use crate::{
 /// Segments per capture cap: the most that one rotation deletes at once.
 const SEGMENTS: u64 = 8;
 /// A segment is at least this large (a small cap still rotates sensibly).
-const MIN_SEGMENT: u64 = 1 << 20;
+const MIN_SEGMENT: u64 = 256 << 10;
 
 pub struct SegmentsSink {
     dir: PathBuf,

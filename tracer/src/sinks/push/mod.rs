@@ -240,6 +240,17 @@ impl Queue {
         }
         self.shut_down();
         self.publish();
+        let st = self.stats();
+        let dropped: u64 = st.dropped().iter().map(|(_, n)| n).sum();
+        eprintln!(
+            "tracer: {}: {} pushed, {} refused, {} retries, {} dropped, {} bytes spooled",
+            self.settings.backend.name(),
+            st.pushed.load(Relaxed),
+            st.failed.load(Relaxed),
+            st.retried.load(Relaxed),
+            dropped,
+            st.spool_bytes.load(Relaxed),
+        );
     }
 
     /// Queues a new window, moving the oldest one in memory to the spool
