@@ -515,18 +515,17 @@ fn bad_settings_are_one_line_errors() {
 
 #[test]
 fn the_capture_rotates_under_its_cap_and_reads_as_one() {
-    let w = start("daemon_exact.py", &[]);
+    let w = start("busy_buffers.py", &[]);
     let out = tempfile::tempdir().expect("tempdir");
     let d = spawn_tracer(&[
         "daemon",
         "--pid",
         &w.pid(),
         "--exact",
-        "--pymalloc",
         "--interval",
         "1",
         "--duration",
-        "10",
+        "8",
         "--max-capture-mb",
         "1",
         "-o",

@@ -469,7 +469,13 @@ def main():
     import pyroscope_push_pb2 as q  # noqa: E402
 
     push_pb2 = q
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", ARGS.port), Handler)
+    class Server(http.server.ThreadingHTTPServer):
+        def handle_error(self, request, client_address):
+            # A client closing its kept-alive connection is no error.
+            if not isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+                super().handle_error(request, client_address)
+
+    server = Server(("127.0.0.1", ARGS.port), Handler)
     print(f"listening {server.server_address[1]}", flush=True)
     server.serve_forever()
 
