@@ -48,6 +48,8 @@ pub struct Plan {
     pub heap_cap: Option<u64>,
     /// Called once the probes are in place (the daemon tells systemd).
     pub on_ready: Box<dyn FnOnce()>,
+    /// Called when recording stops, before the sinks finish.
+    pub on_stop: Box<dyn FnOnce()>,
 }
 
 pub type SinksOf = Box<dyn FnOnce(u64) -> Result<Vec<Box<dyn Sink>>>>;
@@ -67,6 +69,7 @@ pub async fn record(options: RecordOptions) -> Result<()> {
         forget_exited: false,
         heap_cap: None,
         on_ready: Box::new(|| {}),
+        on_stop: Box::new(|| {}),
     };
     record_with(options, plan).await
 }
@@ -111,6 +114,7 @@ pub async fn record_with(options: RecordOptions, plan: Plan) -> Result<()> {
     (plan.on_ready)();
     let stop = rec.run(&options, exits).await?;
     debug!("recording stopped: {stop}");
+    (plan.on_stop)();
     rec.finish()
 }
 

@@ -147,7 +147,6 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
     .context("cannot start the export thread")?;
     // SIGHUP's default is to end the process: take it over before anything.
     let mut hangups = signal(SignalKind::hangup())?;
-    let mut terms = signal(SignalKind::terminate())?;
     let labels = live.labels.clone();
     let mut current = options.clone();
     tokio::spawn(async move {
@@ -155,11 +154,6 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
             notify::notify("RELOADING=1");
             reload(&args, &mut current, &live);
             notify::notify("READY=1");
-        }
-    });
-    tokio::spawn(async move {
-        if terms.recv().await.is_some() {
-            notify::notify("STOPPING=1");
         }
     });
     if let Some(every) = notify::watchdog_every() {
@@ -196,6 +190,7 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
         forget_exited: true,
         heap_cap: Some(options.max_tracked),
         on_ready: Box::new(|| notify::notify("READY=1")),
+        on_stop: Box::new(|| notify::notify("STOPPING=1")),
     };
     let record = RecordOptions {
         pids: options.pids.clone(),
