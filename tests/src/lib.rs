@@ -119,10 +119,12 @@ pub struct GlibcBuild {
 
 /// The glibc builds the C tests run against: this machine's (Debian 12,
 /// 2.36) and those unpacked by `cargo xtask` (trixie's 2.41, sid's 2.43).
+/// Each unpacked glibc is named by the tree `cargo xtask` unpacks it into
+/// (`<suite>-<python version>-root`, one per interpreter).
 const GLIBCS: [(&str, Option<&str>); 3] = [
     ("glibc 2.36 (bookworm)", None),
-    ("glibc 2.41 (trixie)", Some("trixie")),
-    ("glibc 2.43 (sid)", Some("sid")),
+    ("glibc 2.41 (trixie)", Some("trixie-3.13")),
+    ("glibc 2.43 (sid)", Some("sid-3.15")),
 ];
 
 /// `program` as it is, and a copy beside it for each unpacked glibc,
