@@ -183,7 +183,7 @@ fn run(rx: Receiver<Batch>, settings: ExportSettings, pushers: Vec<Pusher>, stat
         }
         tracker.window(live);
         names.retain(|pid, _| batch.windows.iter().any(|w| w.pid == *pid));
-        if settings.growth_every > 0 && tracker.windows % settings.growth_every == 0 {
+        if settings.growth_every > 0 && tracker.windows.is_multiple_of(settings.growth_every) {
             log_growth(&tracker, &stacks, &names, settings.window_s);
         }
     }

@@ -164,12 +164,15 @@ impl WindowSink {
                 }
             }
         }
-        self.stacks_sent = batch.stacks_known;
         self.start_ns = batch.ends_ns;
         let made = batch.windows.len() as u64;
+        let known = batch.stacks_known;
         if self.exporter.send(batch) {
+            self.stacks_sent = known;
             self.stats.windows.fetch_add(made, Relaxed);
         } else {
+            // The stacks first seen in a dropped batch go with the next one:
+            // later windows use them, and the export thread never saw them.
             self.stats.windows_dropped.fetch_add(made, Relaxed);
         }
     }
