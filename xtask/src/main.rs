@@ -38,8 +38,10 @@ const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// tracer's exports with chromium, protoc and python3-protobuf (pprof),
 /// golang-go (`go tool pprof`), python3-jsonschema (speedscope), and npm
 /// fetches speedscope's schema; python3.11-venv holds the Flask and
-/// gunicorn server of the pre-fork tests, which wrk loads.
-const DEBIAN_PACKAGES: [(&str, &str); 12] = [
+/// gunicorn server of the pre-fork tests, which wrk loads, and of the
+/// pyroscope-io clients; `systemd-analyze verify` checks the daemon's unit
+/// (minimal images and containers ship without systemd).
+const DEBIAN_PACKAGES: [(&str, &str); 13] = [
     ("bpftool", "/usr/sbin/bpftool"),
     ("gcc", "/usr/bin/gcc"),
     ("patchelf", "/usr/bin/patchelf"),
@@ -61,6 +63,7 @@ const DEBIAN_PACKAGES: [(&str, &str); 12] = [
         "/usr/lib/python3.11/ensurepip/__init__.py",
     ),
     ("wrk", "/usr/bin/wrk"),
+    ("systemd", "/usr/bin/systemd-analyze"),
 ];
 
 #[derive(Parser)]

@@ -17,9 +17,19 @@ pub const CLIENTS: [(&str, &str); 2] = [
     ("pyroscope-0.8-venv", "pyroscope-io==0.8.16"),
 ];
 
-fn ready(venv: &Path) -> bool {
+/// The environment holds the pinned version, and it imports: a changed pin
+/// rebuilds it.
+fn ready(venv: &Path, requirement: &str) -> bool {
+    let Some((_, version)) = requirement.split_once("==") else {
+        return false;
+    };
     Command::new(venv.join("bin/python"))
-        .args(["-c", "import pyroscope"])
+        .args([
+            "-c",
+            "import sys, importlib.metadata as m, pyroscope; \
+             sys.exit(m.version('pyroscope-io') != sys.argv[1])",
+            version,
+        ])
         .output()
         .is_ok_and(|o| o.status.success())
 }
@@ -28,7 +38,7 @@ fn ready(venv: &Path) -> bool {
 pub fn ensure(cache: &Path) -> Result<()> {
     for (dir, requirement) in CLIENTS {
         let venv = cache.join(dir);
-        if ready(&venv) {
+        if ready(&venv, requirement) {
             continue;
         }
         eprintln!("xtask: installing {requirement} into {}", venv.display());
