@@ -336,6 +336,48 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     out
 }
 
+/// `tracer report CAPTURE growth` of growth_shapes.py: the leak is #1
+/// `growing`, the cache `plateaued`, the spike `steady` if listed at all.
+/// Returns the report's `history.growth`.
+fn assert_growth_shapes(capture: &Path, script: &Path) -> Value {
+    let report = tracer()
+        .arg("report")
+        .arg(capture)
+        .args(["growth", "--format", "json", "--python-only", "-T", "50"])
+        .output()
+        .expect("tracer report growth");
+    assert!(
+        report.status.success(),
+        "{}",
+        String::from_utf8_lossy(&report.stderr)
+    );
+    let json: Value = serde_json::from_slice(&report.stdout).expect("JSON");
+    let growth = json["history"]["growth"].clone();
+    let entries = growth["entries"].as_array().expect("entries");
+    let line_of_entry = |e: &Value| {
+        e["stack"]
+            .as_array()
+            .and_then(|s| s.iter().find(|f| f["kind"] == "python"))
+            .and_then(|f| f["line"].as_u64())
+    };
+    assert_eq!(entries[0]["status"], "growing", "{entries:#?}");
+    assert_eq!(line_of_entry(&entries[0]), Some(line_of(script, "# LEAK")));
+    let cache = entries
+        .iter()
+        .find(|e| line_of_entry(e) == Some(line_of(script, "# CACHE")))
+        .expect("the cache in the growth report");
+    assert_eq!(cache["status"], "plateaued");
+    let spike = line_of(script, "# SPIKE");
+    assert!(
+        entries
+            .iter()
+            .filter(|e| line_of_entry(e) == Some(spike))
+            .all(|e| e["status"] == "steady"),
+        "the spike: {entries:#?}"
+    );
+    growth
+}
+
 #[test]
 fn growth_ranks_the_leak_first_the_cache_plateaued_and_the_spike_not_at_all() {
     let server = IngestServer::start();
@@ -393,42 +435,7 @@ fn growth_ranks_the_leak_first_the_cache_plateaued_and_the_spike_not_at_all() {
         "the spike is a suspect:\n{stderr}"
     );
     // The same from the capture.
-    let report = tracer()
-        .arg("report")
-        .arg(out.path())
-        .args(["growth", "--format", "json", "--python-only", "-T", "50"])
-        .output()
-        .expect("tracer report growth");
-    assert!(
-        report.status.success(),
-        "{}",
-        String::from_utf8_lossy(&report.stderr)
-    );
-    let json: Value = serde_json::from_slice(&report.stdout).expect("JSON");
-    let entries = json["history"]["growth"]["entries"]
-        .as_array()
-        .expect("entries");
-    let line_of_entry = |e: &Value| {
-        e["stack"]
-            .as_array()
-            .and_then(|s| s.iter().find(|f| f["kind"] == "python"))
-            .and_then(|f| f["line"].as_u64())
-    };
-    assert_eq!(entries[0]["status"], "growing", "{entries:#?}");
-    assert_eq!(line_of_entry(&entries[0]), Some(line_of(&script, "# LEAK")));
-    let cache = entries
-        .iter()
-        .find(|e| line_of_entry(e) == Some(line_of(&script, "# CACHE")))
-        .expect("the cache in the growth report");
-    assert_eq!(cache["status"], "plateaued");
-    let spike = line_of(&script, "# SPIKE");
-    assert!(
-        entries
-            .iter()
-            .filter(|e| line_of_entry(e) == Some(spike))
-            .all(|e| e["status"] == "steady"),
-        "the spike: {entries:#?}"
-    );
+    assert_growth_shapes(out.path(), &script);
     let text = tracer()
         .arg("report")
         .arg(out.path())
@@ -437,6 +444,60 @@ fn growth_ranks_the_leak_first_the_cache_plateaued_and_the_spike_not_at_all() {
         .expect("text");
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("#1   growing"), "{text}");
+}
+
+/// The growth report of a `record` capture: its windows are the
+/// `--sample-ms` samples, or `--window-secs` ones.
+#[test]
+fn growth_of_a_record_capture_takes_its_samples_as_windows() {
+    let go = tempfile::tempdir().expect("tempdir");
+    let go_file = go.path().join("go");
+    let w = start(
+        "growth_shapes.py",
+        &[go_file.to_str().expect("utf-8"), "24"],
+    );
+    let out = tempfile::tempdir().expect("tempdir");
+    let d = spawn_tracer(&[
+        "record",
+        "--pid",
+        &w.pid(),
+        "--sample-bytes",
+        "65536",
+        "--sample-ms",
+        "1000",
+        "--duration",
+        "24",
+        "-o",
+        out.path().to_str().expect("utf-8"),
+    ]);
+    d.wait_for("recording", Duration::from_secs(30));
+    std::fs::write(&go_file, b"").expect("go");
+    exits(d, Duration::from_secs(60));
+    let script = workload("growth_shapes.py");
+    let capture = out.path().join("capture.tracer");
+    let growth = assert_growth_shapes(&capture, &script);
+    // The median gap between samples: 1 s, give or take a timer's delay.
+    let window_s = growth["window_s"].as_f64().expect("window_s");
+    assert!((window_s - 1.0).abs() < 0.05, "windows of {window_s} s");
+    // 24 s of 1 s samples; the first and last may be cut short.
+    let windows = growth["windows"].as_u64().expect("windows");
+    assert!((23..=26).contains(&windows), "{windows} windows");
+    // Longer windows than the samples: the leak still leads.
+    let report = tracer()
+        .arg("report")
+        .arg(&capture)
+        .args(["growth", "--format", "json", "--python-only"])
+        .args(["--window-secs", "2", "--growth-windows", "10"])
+        .output()
+        .expect("tracer report growth --window-secs");
+    let json: Value = serde_json::from_slice(&report.stdout).expect("JSON");
+    let growth = &json["history"]["growth"];
+    let window_s = growth["window_s"].as_f64().expect("window_s");
+    assert!((window_s - 2.0).abs() < 1e-9, "windows of {window_s} s");
+    assert_eq!(growth["tested"], 10, "{growth:#}");
+    let windows = growth["windows"].as_u64().expect("windows");
+    assert!((12..=13).contains(&windows), "{windows} windows");
+    assert_eq!(growth["entries"][0]["status"], "growing", "{growth:#}");
 }
 
 #[test]
