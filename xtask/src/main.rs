@@ -115,6 +115,11 @@ enum Task {
         /// Minutes to run (default 30).
         #[arg(long, default_value_t = 30)]
         minutes: u64,
+        /// Trace only the CPython processes whose command line matches
+        /// (tracer's `--match`) instead of every one: on a machine shared
+        /// with other work, the soak's own services (`soak_service`).
+        #[arg(long, value_name = "REGEX")]
+        r#match: Option<String>,
     },
 }
 
@@ -169,7 +174,7 @@ fn run(task: Task) -> Result<()> {
             setup()?;
             test(&root, &args)
         }
-        Task::Soak { minutes } => {
+        Task::Soak { minutes, r#match } => {
             if !is_root() {
                 bail!(
                     "the soak loads eBPF programs and needs root: run `sudo -E env PATH=\"$PATH\" cargo xtask soak`"
@@ -178,7 +183,7 @@ fn run(task: Task) -> Result<()> {
             setup()?;
             validators::ensure(&root.join(TEST_CACHE))?;
             build()?;
-            soak::run(&root, minutes)
+            soak::run(&root, minutes, r#match.as_deref())
         }
         Task::Bench {
             quick,

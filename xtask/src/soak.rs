@@ -1,7 +1,8 @@
-//! `cargo xtask soak`: `tracer daemon --all` for 30 minutes against Python
-//! services, with short-lived jobs started and ending every 10 seconds,
-//! pushing every 5 s to the tests' ingestion server (Pyroscope and Parca
-//! at once, a spool directory, a local rotating capture). Every 30 s it
+//! `cargo xtask soak`: `tracer daemon --all` (or `--match`) for 30 minutes
+//! against Python services, with short-lived jobs started and ending every
+//! 10 seconds, pushing every 5 s to the tests' ingestion server (Pyroscope
+//! and Parca at once, a spool directory, a local rotating capture). Every
+//! 30 s it
 //! samples tracer's resident memory and descriptors (/proc) and its
 //! /metrics; at the end it prints the table, writes target/soak/results.json,
 //! and fails if memory, descriptors or the spool grew after the first 5
@@ -107,7 +108,7 @@ struct Row {
     cpu_s: f64,
 }
 
-pub fn run(root: &Path, minutes: u64) -> Result<()> {
+pub fn run(root: &Path, minutes: u64, matching: Option<&str>) -> Result<()> {
     let out = root.join("target/soak");
     let _ = fs::remove_dir_all(&out);
     fs::create_dir_all(&out)?;
@@ -136,17 +137,14 @@ pub fn run(root: &Path, minutes: u64) -> Result<()> {
     }
     let metrics = free_port()?;
     let url = format!("http://127.0.0.1:{server_port}");
-    let tracer = Command::new(root.join("target/release/tracer"))
-        .args([
-            "daemon",
-            "--all",
-            "--interval",
-            "5",
-            "--pyroscope",
-            &url,
-            "--parca",
-            &url,
-        ])
+    let mut tracer = Command::new(root.join("target/release/tracer"));
+    tracer.arg("daemon");
+    match matching {
+        Some(regex) => tracer.args(["--match", regex]),
+        None => tracer.arg("--all"),
+    };
+    let tracer = tracer
+        .args(["--interval", "5", "--pyroscope", &url, "--parca", &url])
         .arg("--spool-dir")
         .arg(out.join("spool"))
         .arg("-o")
@@ -164,7 +162,10 @@ pub fn run(root: &Path, minutes: u64) -> Result<()> {
     let mut jobs = 0;
     let mut rows: Vec<Row> = Vec::new();
     eprintln!(
-        "xtask: soak for {minutes} minutes; tracer pid {pid}, log in {}",
+        "xtask: soak for {minutes} minutes of {}; tracer pid {pid}, log in {}",
+        matching.map_or("every CPython process".to_owned(), |r| format!(
+            "the processes matching {r:?}"
+        )),
         out.display()
     );
     while Instant::now() < end {
@@ -256,6 +257,7 @@ pub fn run(root: &Path, minutes: u64) -> Result<()> {
     println!("short-lived jobs started: {jobs}; SIGTERM answered in {stop_s:.1} s");
     let json = serde_json::json!({
         "minutes": minutes,
+        "match": matching,
         "jobs": jobs,
         "sigterm_s": stop_s,
         "rows": rows.iter().map(|r| serde_json::json!({
