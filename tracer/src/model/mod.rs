@@ -70,9 +70,10 @@ impl Model {
         self.registry.interpreter(pid)
     }
 
-    /// Drops the heap of `pid` (it turned out not to be a target).
+    /// Drops the heap and map of `pid` (it turned out not to be a target).
     pub fn forget(&mut self, pid: Pid) {
         self.heap.forget(pid);
+        self.registry.forget(pid);
     }
 
     /// Tracks at most `cap` live heap blocks (`HeapModel::with_cap`).

@@ -207,6 +207,12 @@ impl HeapModel {
             }
             return;
         }
+        // With `--all` every exec on the host is reported: one of a process
+        // with no heap here has nothing to reset, and an empty heap per
+        // program ever run would grow for as long as tracer runs.
+        if event.kind == EventKind::Exec && !self.processes.contains_key(&event.pid) {
+            return;
+        }
         let process = self
             .processes
             .entry(event.pid)
