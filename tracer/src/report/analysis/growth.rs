@@ -342,18 +342,59 @@ pub fn window_s(ends: &[u64]) -> f64 {
 /// `window_ns`, or else when memory was sampled (each `--sample-ms` of
 /// `record`, each `--interval` of the daemon), and at the end.
 pub fn boundaries(start_ns: u64, end_ns: u64, window_ns: Option<u64>, samples: &[u64]) -> Vec<u64> {
-    let mut ends: Vec<u64> = match window_ns {
-        Some(w) if w > 0 => {
-            let count = end_ns.saturating_sub(start_ns) / w;
-            // A capture of weeks in 1-second windows: the last ones only.
-            let skip = count.saturating_sub(MAX_WINDOWS as u64 * 4);
-            (skip + 1..=count).map(|k| start_ns + k * w).collect()
-        }
-        _ => samples.to_vec(),
+    let Some(w) = window_ns.filter(|w| *w > 0) else {
+        return sample_ends(start_ns, end_ns, samples);
     };
+    let count = end_ns.saturating_sub(start_ns) / w;
+    // A capture of weeks in 1-second windows: the last ones only.
+    let skip = count.saturating_sub(MAX_WINDOWS as u64 * 4);
+    let mut ends: Vec<u64> = (skip + 1..=count).map(|k| start_ns + k * w).collect();
+    // The rest after the last whole window joins it if it is short.
+    if ends.last().is_some_and(|last| end_ns - last < w / 2) {
+        ends.pop();
+    }
     ends.push(end_ns);
-    ends.sort_unstable();
-    ends.dedup();
+    ends
+}
+
+/// Sample times as window ends. `record` samples once as it begins and
+/// once more just before it ends: windows of a few milliseconds beside
+/// ones of `--sample-ms` would count as windows of the trend test while
+/// holding nothing, so an end closer than half the typical gap to the
+/// previous one is dropped (the capture's end replaces the last sample).
+fn sample_ends(start_ns: u64, end_ns: u64, samples: &[u64]) -> Vec<u64> {
+    let mut points: Vec<u64> = samples
+        .iter()
+        .copied()
+        .filter(|t| *t > start_ns && *t < end_ns)
+        .collect();
+    points.sort_unstable();
+    points.dedup();
+    points.push(end_ns);
+    let mut gaps: Vec<f64> = std::iter::once(start_ns)
+        .chain(points.iter().copied())
+        .collect::<Vec<_>>()
+        .windows(2)
+        .map(|w| w[1].saturating_sub(w[0]) as f64)
+        .collect();
+    let half = median(&mut gaps) / 2.0;
+    let mut ends: Vec<u64> = Vec::with_capacity(points.len());
+    let mut previous = start_ns;
+    for t in points {
+        if (t.saturating_sub(previous) as f64) < half {
+            if t == end_ns
+                && let Some(last) = ends.last_mut()
+            {
+                *last = end_ns;
+            }
+            continue;
+        }
+        ends.push(t);
+        previous = t;
+    }
+    if ends.is_empty() {
+        ends.push(end_ns);
+    }
     ends
 }
 
@@ -421,5 +462,14 @@ mod tests {
     fn boundaries_come_from_samples_or_a_window_length() {
         assert_eq!(boundaries(0, 100, None, &[30, 10, 30]), [10, 30, 100]);
         assert_eq!(boundaries(0, 100, Some(40), &[]), [40, 80, 100]);
+        assert_eq!(boundaries(0, 90, Some(40), &[]), [40, 90]);
+        assert_eq!(boundaries(0, 80, Some(40), &[]), [40, 80]);
+        // record's samples as it begins and just before its end.
+        assert_eq!(
+            boundaries(1000, 1400, None, &[1001, 1100, 1200, 1300, 1399]),
+            [1100, 1200, 1300, 1400]
+        );
+        assert_eq!(boundaries(0, 100, None, &[]), [100]);
+        assert_eq!(boundaries(50, 50, None, &[50]), [50]);
     }
 }
