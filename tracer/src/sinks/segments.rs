@@ -136,7 +136,10 @@ impl SegmentsSink {
         self.events.push(Record::Start { start_ns: now });
         let mut all = segments(&self.dir);
         let mut total: u64 = all.iter().map(|(_, _, len)| len).sum();
-        all.retain(|(seq, _, _)| *seq < self.seq);
+        // The segment just completed stays even when it alone is over the
+        // cap (a burst between two windows): deleting it would leave an
+        // empty capture, not the newest one.
+        all.retain(|(seq, _, _)| *seq + 1 < self.seq);
         for (_, path, len) in all {
             if total <= self.max_bytes {
                 break;
