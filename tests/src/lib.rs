@@ -13,6 +13,8 @@ use std::{
 
 use serde_json::Value;
 
+pub mod ingest;
+
 /// The workspace root.
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -283,6 +285,24 @@ pub fn spawn_record(args: &[&str]) -> Running {
         .arg("record")
         .arg("-o")
         .arg(dir.path())
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start tracer");
+    let stderr_lines = forward_lines(child.stderr.take().expect("stderr"));
+    Running {
+        child,
+        dir,
+        stderr_lines,
+    }
+}
+
+/// Starts `tracer ARGS` in the background, its stdout piped, its stderr
+/// read line by line (`Running::wait_for`).
+pub fn spawn_tracer<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Running {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = tracer()
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

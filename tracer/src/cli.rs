@@ -40,6 +40,9 @@ pub enum Command {
     /// live bytes. Keys: l/a/c/g sort, n native frames, t thread, p
     /// process, Enter stack, space pause, o objects by type, ? help, q quit.
     Top(TopArgs),
+    /// Run for weeks: every --interval, a memory profile of each traced
+    /// process, pushed to Grafana Pyroscope and/or Parca; growth ranked.
+    Daemon(DaemonArgs),
 }
 
 #[derive(Debug, Args)]
@@ -155,6 +158,9 @@ pub enum ReportKind {
     /// A Python function (--function, --file) or file (--file) line by
     /// line: allocated there and in callees, by the line itself, live.
     Lines,
+    /// Each stack's live bytes window by window, ranked by sustained
+    /// growth: growing (leak suspects), plateaued (caches), steady.
+    Growth,
     /// An interactive SVG flamegraph (of --of).
     Flamegraph,
     /// A gzipped pprof profile (alloc_* and inuse_* sample types).
@@ -181,7 +187,8 @@ pub enum Of {
 
 #[derive(Debug, Args)]
 pub struct ReportArgs {
-    /// The capture file.
+    /// The capture file, or a directory of capture segments (`daemon -o
+    /// DIR`, or `record -o DIR`), read in order.
     pub capture: PathBuf,
 
     #[arg(value_enum, default_value_t = ReportKind::Summary)]
@@ -221,6 +228,126 @@ pub struct ReportArgs {
     /// line of the file.
     #[arg(long, value_name = "PATH")]
     pub file: Option<String>,
+
+    #[command(flatten)]
+    pub growth: GrowthArgs,
+}
+
+/// How stacks are ranked by growth.
+#[derive(Clone, Debug, Args)]
+pub struct GrowthArgs {
+    /// Growth: the windows the trend test looks at (the last K).
+    #[arg(long, value_name = "K", default_value_t = 20)]
+    pub growth_windows: usize,
+
+    /// Growth: windows of this many seconds (default: the capture's own,
+    /// the daemon's --interval or record's --sample-ms).
+    #[arg(long, value_name = "SECS")]
+    pub window_secs: Option<f64>,
+}
+
+/// `tracer daemon`: the target options of `record`, then where windows go.
+/// Every option may also be set in the --config file under the same name
+/// (dashes as underscores); the command line wins.
+#[derive(Debug, Default, Args)]
+pub struct DaemonArgs {
+    /// Trace this running process and its descendants (repeatable).
+    #[arg(short, long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+
+    /// Trace every CPython process on the host, running and started later.
+    #[arg(short, long)]
+    pub all: bool,
+
+    /// Trace the CPython processes whose command line matches REGEX,
+    /// running and started later.
+    #[arg(long = "match", value_name = "REGEX", conflicts_with = "all")]
+    pub matching: Option<String>,
+
+    /// A TOML file with the same keys as these options (dashes as
+    /// underscores), plus push credentials; read again on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Seconds per window (at least 1; default 15).
+    #[arg(long, value_name = "SECS")]
+    pub interval: Option<u64>,
+
+    /// Push every window to Grafana Pyroscope (or Alloy's
+    /// pyroscope.receive_http) at this base URL, through /ingest.
+    #[arg(long, value_name = "URL")]
+    pub pyroscope: Option<String>,
+
+    /// Push every window to Parca at this base URL (its HTTP API,
+    /// /api/profiles/writeraw).
+    #[arg(long, value_name = "URL")]
+    pub parca: Option<String>,
+
+    /// A fixed label on every profile (repeatable).
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+
+    /// Label each profile with its process's pid (one series per process
+    /// instance: more series in the backend).
+    #[arg(long)]
+    pub pid_label: bool,
+
+    /// Keep windows that could not be pushed yet in this directory, sent
+    /// when the backend is back (and after a restart).
+    #[arg(long, value_name = "DIR")]
+    pub spool_dir: Option<PathBuf>,
+
+    /// The most the spool may hold, in MiB (default 256).
+    #[arg(long, value_name = "MIB")]
+    pub max_spool_mb: Option<u64>,
+
+    /// Serve Prometheus metrics at ADDR (PORT alone: 127.0.0.1:PORT).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
+
+    /// Let --metrics listen on an address other than loopback.
+    #[arg(long)]
+    pub metrics_any_address: bool,
+
+    /// Also write the windows' events to DIR as a rotating capture
+    /// (capture-NNNNNN.tracer segments, for `tracer report DIR`).
+    #[arg(short, long, value_name = "DIR")]
+    pub output: Option<PathBuf>,
+
+    /// The most the rotating capture may hold, in MiB (default 1024);
+    /// the oldest segments are deleted first.
+    #[arg(long, value_name = "MIB")]
+    pub max_capture_mb: Option<u64>,
+
+    /// Record one allocation per N bytes on average (default 262144);
+    /// 0 records every allocation.
+    #[arg(long, value_name = "N", conflicts_with = "exact")]
+    pub sample_bytes: Option<u64>,
+
+    /// Record every allocation (--sample-bytes 0).
+    #[arg(long)]
+    pub exact: bool,
+
+    /// Track at most this many live allocations (default 1000000); past
+    /// it, one is forgotten per new one, and counted.
+    #[arg(long, value_name = "N")]
+    pub max_tracked: Option<u64>,
+
+    /// Log the growth ranking every N windows (default 20; 0: never).
+    #[arg(long, value_name = "N")]
+    pub growth_every: Option<u64>,
+
+    /// Also probe CPython's object allocator (objects of 512 bytes or less).
+    #[arg(long)]
+    pub pymalloc: bool,
+
+    /// Stop after SECS (default: until SIGTERM or SIGINT).
+    #[arg(short, long, value_name = "SECS")]
+    pub duration: Option<f64>,
+
+    /// Ring buffer between the kernel and tracer, in MiB (a power of two).
+    #[arg(long, value_name = "MIB")]
+    pub ring_mb: Option<u32>,
 }
 
 /// How entries are chosen and shown, in every report.
@@ -415,6 +542,24 @@ pub enum ProbeLinks {
     Perf,
 }
 
+impl ProbeLinks {
+    /// The kind of links to make; `Auto`: the best the running kernel has.
+    pub fn resolve(self) -> Result<LinkKind> {
+        Ok(match self {
+            ProbeLinks::Auto => {
+                let release = nix::sys::utsname::uname()?
+                    .release()
+                    .to_string_lossy()
+                    .into_owned();
+                LinkKind::for_kernel(&release)
+            }
+            ProbeLinks::Session => LinkKind::Session,
+            ProbeLinks::Multi => LinkKind::Multi,
+            ProbeLinks::Perf => LinkKind::Perf,
+        })
+    }
+}
+
 /// `tracer record`'s options, checked.
 #[derive(Debug)]
 pub struct RecordOptions {
@@ -472,18 +617,7 @@ impl RecordArgs {
             }),
             None => None,
         };
-        let links = match self.probe_links {
-            ProbeLinks::Auto => {
-                let release = nix::sys::utsname::uname()?
-                    .release()
-                    .to_string_lossy()
-                    .into_owned();
-                LinkKind::for_kernel(&release)
-            }
-            ProbeLinks::Session => LinkKind::Session,
-            ProbeLinks::Multi => LinkKind::Multi,
-            ProbeLinks::Perf => LinkKind::Perf,
-        };
+        let links = self.probe_links.resolve()?;
         if !SAMPLE_MS.contains(&self.sample_ms) {
             bail!(
                 "--sample-ms must be from {} to {} (an hour), not {}",

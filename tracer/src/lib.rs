@@ -11,11 +11,13 @@ pub mod census;
 mod cli;
 mod clock;
 pub mod counters;
+mod daemon;
 mod elf;
 pub mod escape;
 pub mod event;
 pub mod frame;
 mod host;
+pub mod labels;
 mod lru;
 pub mod model;
 mod offline;
@@ -94,6 +96,7 @@ pub fn main() -> ExitCode {
             cli::Command::Record(args) => record::record(args.validate()?).await,
             cli::Command::Report(args) => offline::run(args),
             cli::Command::Top(args) => top::run(args.validate()?).await,
+            cli::Command::Daemon(args) => daemon::run(args).await,
         }
     });
     match result {

@@ -12,18 +12,39 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 
 use crate::{
-    capture::{CaptureError, Contents, FileRead},
+    capture::{CaptureError, Contents, FileRead, capture_files},
     cli::{self, ReportArgs, ReportKind},
     report::{
         self,
-        analysis::{self, Temporary, analyze, lines::Selector},
+        analysis::{self, GrowthOptions, Temporary, analyze_with, lines::Selector},
         render::{self, Format, Of, Section},
     },
 };
 
-pub fn run(args: ReportArgs) -> Result<()> {
-    args.check()?;
+/// A capture file's, or a directory of segments', contents; the error of
+/// the first one cut short or damaged, with its name.
+fn read(args: &ReportArgs) -> Result<(Contents, Option<(String, CaptureError)>)> {
     let shown = args.capture.display().to_string();
+    if args.capture.is_dir() {
+        let files = capture_files(&args.capture)
+            .with_context(|| format!("cannot read the directory {shown}"))?;
+        if files.is_empty() {
+            bail!(
+                "{shown} holds no capture: give the directory of `tracer daemon -o DIR` or `tracer record -o DIR`"
+            );
+        }
+        let (contents, records, mut errors) = Contents::read_segments(files);
+        if records == 0
+            && let Some((name, error)) = errors.first()
+        {
+            bail!("{shown}/{name}: {error}");
+        }
+        let first = (!errors.is_empty()).then(|| errors.remove(0));
+        return Ok((
+            contents,
+            first.map(|(name, e)| (format!("{shown}/{name}"), e)),
+        ));
+    }
     // Non-blocking: opening a FIFO for reading would wait for a writer.
     let file = fs::OpenOptions::new()
         .read(true)
@@ -55,6 +76,12 @@ pub fn run(args: ReportArgs) -> Result<()> {
             _ => bail!("{shown}: {error}"),
         }
     }
+    Ok((contents, error.map(|e| (shown, e))))
+}
+
+pub fn run(args: ReportArgs) -> Result<()> {
+    args.check()?;
+    let (contents, error) = read(&args)?;
     let temporary = match args.temporary_allocations {
         Some(n) => Temporary::BeforeAllocations(n),
         None => Temporary::Within {
@@ -69,9 +96,17 @@ pub fn run(args: ReportArgs) -> Result<()> {
     };
     if args.kind == ReportKind::Lines {
         let bytes = lines(&args, &contents, &analysis_options)?;
-        return write(&args, &bytes, error, &shown);
+        return write(&args, &bytes, error);
     }
-    let mut report = analyze(&contents, &analysis_options);
+    let growth = GrowthOptions {
+        windows: args.growth.growth_windows.max(1),
+        window_ns: match args.growth.window_secs {
+            Some(w) if w.is_finite() && w > 0.0 => Some((w * 1e9) as u64),
+            Some(w) => bail!("--window-secs must be a positive number of seconds, not {w}"),
+            None => None,
+        },
+    };
+    let mut report = analyze_with(&contents, &analysis_options, &growth);
     report::source::fill_report(&mut report);
     let (format, sections) = format_of(&args);
     let options = render::Options {
@@ -84,12 +119,12 @@ pub fn run(args: ReportArgs) -> Result<()> {
         sections,
     };
     let bytes = render::render(&report, format, &options)?;
-    write(&args, &bytes, error, &shown)
+    write(&args, &bytes, error)
 }
 
 /// Writes a report where `args` say; then fails if the capture was not
 /// read to its end.
-fn write(args: &ReportArgs, bytes: &[u8], error: Option<CaptureError>, shown: &str) -> Result<()> {
+fn write(args: &ReportArgs, bytes: &[u8], error: Option<(String, CaptureError)>) -> Result<()> {
     match &args.output {
         Some(path) => crate::outputs::create_file(path)?
             .write_all(bytes)
@@ -98,7 +133,7 @@ fn write(args: &ReportArgs, bytes: &[u8], error: Option<CaptureError>, shown: &s
     }
     // What was read before a cut or corrupt record is reported; the error
     // still says where reading stopped.
-    if let Some(error) = error {
+    if let Some((shown, error)) = error {
         bail!("{shown}: {error}; the report covers what was read before it");
     }
     Ok(())
@@ -142,6 +177,7 @@ fn format_of(args: &ReportArgs) -> (Format, Vec<Section>) {
         ReportKind::Temporary => Section::Temporary,
         ReportKind::Summary => Section::Summary,
         ReportKind::Types => Section::Types,
+        ReportKind::Growth => Section::Growth,
         // Made apart (`lines`).
         ReportKind::Lines => Section::Lines,
         ReportKind::Flamegraph => return (Format::Flamegraph, Vec::new()),

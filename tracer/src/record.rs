@@ -56,6 +56,47 @@ async fn recv_census(walks: &mut Option<Walks>) -> Option<Census> {
     }
 }
 
+/// What a recording does besides tracing what its options name: where the
+/// events go (`tracer record`'s capture and reports, `tracer top`'s view,
+/// the daemon's windows) and the daemon's bounds.
+pub struct Plan {
+    /// Makes the sinks, given when recording began (CLOCK_MONOTONIC ns).
+    pub sinks: SinksOf,
+    /// `--match`: only the CPython processes whose command line matches.
+    pub matching: Option<regex::Regex>,
+    /// `--max-tracked`.
+    pub heap_cap: Option<u64>,
+    /// Whether SIGHUP stops the recording (the daemon reloads on it).
+    pub hangup_stops: bool,
+    /// Called once the probes are in place (the daemon tells systemd).
+    pub on_ready: Box<dyn FnOnce()>,
+    /// Called when recording stops, before the sinks finish.
+    pub on_stop: Box<dyn FnOnce()>,
+}
+
+/// The sinks of a recording, and the capture file among them whose size
+/// `--max-capture-mb` bounds.
+pub struct Sinks {
+    pub sinks: Vec<Box<dyn Sink>>,
+    pub capture: Option<CaptureFile>,
+}
+
+pub type SinksOf = Box<dyn FnOnce(u64) -> Result<Sinks>>;
+
+impl Plan {
+    /// A recording into the sinks `sinks` makes, without the daemon's bounds.
+    pub fn into_sinks(sinks: SinksOf) -> Self {
+        Self {
+            sinks,
+            matching: None,
+            heap_cap: None,
+            hangup_stops: true,
+            on_ready: Box::new(|| {}),
+            on_stop: Box::new(|| {}),
+        }
+    }
+}
+
 /// `tracer record`: a recording into a capture and the end-of-run reports.
 pub async fn record(options: RecordOptions) -> Result<()> {
     // Checked before anything is loaded: a bad -o fails at once.
@@ -64,29 +105,27 @@ pub async fn record(options: RecordOptions) -> Result<()> {
         .as_deref()
         .map(OutputDir::create)
         .transpose()?;
-    let start_ns = monotonic_ns();
     let probes = options.links.to_string();
-    let (capture, file) = CaptureSink::create(output.as_ref(), start_ns, &probes)?;
-    let reports = ReportsSink::new(file.clone(), output, options.analysis, options.top);
-    trace(
-        &options,
-        vec![Box::new(capture), Box::new(reports)],
-        Some(file),
-    )
-    .await
+    let (analysis, top) = (options.analysis, options.top);
+    let plan = Plan::into_sinks(Box::new(move |start_ns| {
+        let (capture, file) = CaptureSink::create(output.as_ref(), start_ns, &probes)?;
+        let reports = ReportsSink::new(file.clone(), output, analysis, top);
+        Ok(Sinks {
+            sinks: vec![Box::new(capture), Box::new(reports)],
+            capture: Some(file),
+        })
+    }));
+    trace(&options, plan).await
 }
 
-/// One recording into `sinks`, until a signal, the duration, the end of
-/// every target, the `capture`'s size limit, or a sink asks to stop.
-pub async fn trace(
-    options: &RecordOptions,
-    sinks: Vec<Box<dyn Sink>>,
-    capture: Option<CaptureFile>,
-) -> Result<()> {
+/// One recording into the sinks `plan` makes, until a signal, the
+/// duration, the end of every target, the capture's size limit, or a sink
+/// asks to stop.
+pub async fn trace(options: &RecordOptions, plan: Plan) -> Result<()> {
     host::check()?;
     // Taken first: one that comes while the programs load or processes
     // are adopted stops the recording as soon as it starts, with reports.
-    let mut stops = Stops::new()?;
+    let mut stops = Stops::new(plan.hangup_stops)?;
     // Checked before anything is loaded: a bad --user fails at once.
     let launch = if options.command.is_empty() {
         None
@@ -109,15 +148,20 @@ pub async fn trace(
         links: options.links,
     })?;
     info!("probes: {}", options.links);
-    let (targets, exits) = Targets::new(options.all);
+    let (mut targets, exits) = Targets::new(options.all);
+    if let Some(re) = plan.matching {
+        targets.only_matching(re);
+    }
+    let mut model = Model::default();
+    model.cap_heap(plan.heap_cap);
     let mut rec = Recording {
         probes,
         collector: Collector::new(options.sampling),
-        model: Model::default(),
+        model,
         targets,
         pending: Pending::default(),
-        sinks,
-        capture,
+        sinks: Vec::new(),
+        capture: None,
         walks: options.types.then(Walks::new),
         guard: None,
         armed: Vec::new(),
@@ -128,6 +172,11 @@ pub async fn trace(
     if options.all {
         rec.targets.adopt_running(&mut rec.probes, &mut rec.model);
     }
+    let start_ns = monotonic_ns();
+    let made = (plan.sinks)(start_ns)?;
+    rec.sinks = made.sinks;
+    rec.capture = made.capture;
+    (plan.on_ready)();
     // The baseline of the types' growth.
     if let Some(walks) = &rec.walks {
         for pid in rec.targets.running() {
@@ -138,34 +187,49 @@ pub async fn trace(
     if let Ok(stop) = &stop {
         debug!("recording stopped: {stop}");
     }
+    (plan.on_stop)();
     // Whatever ended it, no process stays held.
     let finished = rec.finish();
     stop.and(finished)
 }
 
 /// What stops a recording from outside: Ctrl-C, SIGTERM, and SIGHUP (the
-/// terminal or ssh session went away), each with the reports made.
+/// terminal or ssh session went away; not for the daemon, which reloads on
+/// it), each with the reports made.
 struct Stops {
     interrupt: Signal,
     terminate: Signal,
-    hangup: Signal,
+    hangup: Option<Signal>,
 }
 
 impl Stops {
-    fn new() -> Result<Self> {
+    fn new(hangup_stops: bool) -> Result<Self> {
         Ok(Self {
             interrupt: signal(SignalKind::interrupt())?,
             terminate: signal(SignalKind::terminate())?,
-            hangup: signal(SignalKind::hangup())?,
+            hangup: hangup_stops
+                .then(|| signal(SignalKind::hangup()))
+                .transpose()?,
         })
     }
 
     /// Waits for one; says which.
     async fn next(&mut self) -> &'static str {
+        let Self {
+            interrupt,
+            terminate,
+            hangup,
+        } = self;
+        let hangup = async {
+            match hangup {
+                Some(h) => h.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            _ = self.interrupt.recv() => "interrupted",
-            _ = self.terminate.recv() => "terminated",
-            _ = self.hangup.recv() => "hung up",
+            _ = interrupt.recv() => "interrupted",
+            _ = terminate.recv() => "terminated",
+            _ = hangup => "hung up",
         }
     }
 }

@@ -17,7 +17,9 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod fuzz;
 mod interpreters;
+mod pyroscope;
 mod soak;
+mod soak_record;
 mod validators;
 mod web;
 
@@ -37,9 +39,11 @@ const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// tracer's exports with chromium, protoc and python3-protobuf (pprof),
 /// golang-go (`go tool pprof`), python3-jsonschema (speedscope), and npm
 /// fetches speedscope's schema; python3.11-venv holds the Flask and
-/// gunicorn server of the pre-fork tests, which wrk loads; `tracer top`'s
-/// test drives it in tmux.
-const DEBIAN_PACKAGES: [(&str, &str); 13] = [
+/// gunicorn server of the pre-fork tests, which wrk loads, and of the
+/// pyroscope-io clients; `tracer top`'s test drives it in tmux;
+/// `systemd-analyze verify` checks the daemon's unit (minimal images and
+/// containers ship without systemd).
+const DEBIAN_PACKAGES: [(&str, &str); 14] = [
     ("bpftool", "/usr/sbin/bpftool"),
     ("gcc", "/usr/bin/gcc"),
     ("patchelf", "/usr/bin/patchelf"),
@@ -62,6 +66,7 @@ const DEBIAN_PACKAGES: [(&str, &str); 13] = [
     ),
     ("wrk", "/usr/bin/wrk"),
     ("tmux", "/usr/bin/tmux"),
+    ("systemd", "/usr/bin/systemd-analyze"),
 ];
 
 #[derive(Parser)]
@@ -106,10 +111,24 @@ enum Task {
         /// flask).
         workloads: Vec<String>,
     },
+    /// Run `tracer daemon --all` for 30 minutes (as root) against Python
+    /// services that come and go, pushing every 5 s to the test ingestion
+    /// server; check that its memory, descriptors and spool stay flat.
+    /// Not part of `test`.
+    Soak {
+        /// Minutes to run (default 30).
+        #[arg(long, default_value_t = 30)]
+        minutes: u64,
+        /// Trace only the CPython processes whose command line matches
+        /// (tracer's `--match`) instead of every one: on a machine shared
+        /// with other work, the soak's own services (`soak_service`).
+        #[arg(long, value_name = "REGEX")]
+        r#match: Option<String>,
+    },
     /// `tracer record --all` on a steady workload with churn (as root),
     /// tracer's RSS and descriptors sampled every minute: after 5 minutes
     /// they must stay within 10%. Not part of `test`.
-    Soak {
+    SoakRecord {
         /// How long to record.
         #[arg(long, default_value_t = 30)]
         minutes: u64,
@@ -136,6 +155,7 @@ fn run(task: Task) -> Result<()> {
                 interpreters::ensure(&root.join(TEST_CACHE))?;
                 validators::ensure(&root.join(TEST_CACHE))?;
                 web::ensure(&root.join(TEST_CACHE))?;
+                pyroscope::ensure(&root.join(TEST_CACHE))?;
             }
             Ok(())
         }
@@ -166,6 +186,17 @@ fn run(task: Task) -> Result<()> {
             setup()?;
             test(&root, &args)
         }
+        Task::Soak { minutes, r#match } => {
+            if !is_root() {
+                bail!(
+                    "the soak loads eBPF programs and needs root: run `sudo -E env PATH=\"$PATH\" cargo xtask soak`"
+                );
+            }
+            setup()?;
+            validators::ensure(&root.join(TEST_CACHE))?;
+            build()?;
+            soak::run(&root, minutes, r#match.as_deref())
+        }
         Task::Bench {
             quick,
             rounds,
@@ -186,15 +217,15 @@ fn run(task: Task) -> Result<()> {
                 },
             )
         }
-        Task::Soak { minutes } => {
+        Task::SoakRecord { minutes } => {
             if !is_root() {
                 bail!(
-                    "the soak loads eBPF programs and needs root: run `sudo -E env PATH=\"$PATH\" cargo xtask soak`"
+                    "the soak loads eBPF programs and needs root: run `sudo -E env PATH=\"$PATH\" cargo xtask soak-record`"
                 );
             }
             setup()?;
             build()?;
-            soak::run(&root, minutes)
+            soak_record::run(&root, minutes)
         }
     }
 }
@@ -332,6 +363,7 @@ fn test(root: &Path, harness_args: &[OsString]) -> Result<()> {
     interpreters::ensure(&root.join(TEST_CACHE))?;
     validators::ensure(&root.join(TEST_CACHE))?;
     web::ensure(&root.join(TEST_CACHE))?;
+    pyroscope::ensure(&root.join(TEST_CACHE))?;
     check(Command::new("cargo").args(["fmt", "--all", "--check"]))?;
     check(Command::new("cargo").args([
         "clippy",

@@ -1,181 +1,314 @@
-//! `cargo xtask soak`: `tracer record --all` for a long time (30 minutes by
-//! default) on a steady workload with churn (a long-running Python service,
-//! and a short Python run and a short non-Python program every 0.35 s), with
-//! tracer's resident set and open descriptors sampled every minute. After
-//! the warm-up (5 minutes, or half a shorter run) every sample must stay
-//! within 10% of the first one after it: a table to stay bounded for weeks
-//! grows by less than that in a run. Not part of `test`: it takes the
-//! machine for the whole run.
+//! `cargo xtask soak`: `tracer daemon --all` (or `--match`) for 30 minutes
+//! against Python services, with short-lived jobs started and ending every
+//! 10 seconds, pushing every 5 s to the tests' ingestion server (Pyroscope
+//! and Parca at once, a spool directory, a local rotating capture). Every
+//! 30 s it
+//! samples tracer's resident memory and descriptors (/proc) and its
+//! /metrics; at the end it prints the table, writes target/soak/results.json,
+//! and fails if memory, descriptors or the spool grew after the first 5
+//! minutes.
 
 use std::{
     fs,
-    io::{BufRead as _, BufReader},
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{TcpListener, TcpStream},
     path::Path,
     process::{Child, Command, Stdio},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-        mpsc,
-    },
-    thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
 
 const PYTHON: &str = "/usr/bin/python3.11";
-const CHURN_EVERY: Duration = Duration::from_millis(350);
-const SAMPLE_EVERY: Duration = Duration::from_secs(60);
-const WARM_UP_MINUTES: u64 = 5;
-const TOLERANCE_PERCENT: u64 = 10;
+const SERVICES: usize = 3;
+const JOB_EVERY: Duration = Duration::from_secs(10);
+const SAMPLE_EVERY: Duration = Duration::from_secs(30);
+const WARM_UP: Duration = Duration::from_secs(300);
+/// Growth after the warm-up that still counts as flat: the allocator's
+/// and the stack table's slack.
+const RSS_SLACK: f64 = 0.10;
 
-struct Sample {
-    minute: u64,
+struct Killed(Vec<Child>);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn get(port: u16, path: &str) -> String {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(-1.0)
+}
+
+fn status_kib(pid: u32, field: &str) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        total += if p.is_dir() {
+            dir_bytes(&p)
+        } else {
+            e.metadata().map_or(0, |m| m.len())
+        };
+    }
+    total
+}
+
+#[derive(Clone, Copy)]
+struct Row {
+    minute: f64,
     rss_kib: u64,
     fds: u64,
+    spool_bytes: u64,
+    capture_bytes: u64,
+    pushed: f64,
+    refused: f64,
+    processes: f64,
+    tracked: f64,
+    lost: f64,
+    cpu_s: f64,
 }
 
-pub fn run(root: &Path, minutes: u64) -> Result<()> {
-    if minutes < 2 {
-        bail!("--minutes must be at least 2 (one sample to warm up, one to compare)");
-    }
+pub fn run(root: &Path, minutes: u64, matching: Option<&str>) -> Result<()> {
     let out = root.join("target/soak");
-    // Outputs are created new: a previous soak's are removed first.
-    if out.exists() {
-        fs::remove_dir_all(&out).with_context(|| format!("removing {}", out.display()))?;
+    let _ = fs::remove_dir_all(&out);
+    fs::create_dir_all(&out)?;
+    let mut children = Killed(Vec::new());
+    let server_port = free_port()?;
+    let mut server = Command::new(PYTHON)
+        .arg(root.join("tests/validators/ingest_server.py"))
+        .arg("--proto-dir")
+        .arg(root.join("tests/cache/pprof"))
+        .args(["--port", &server_port.to_string(), "--log"])
+        .arg(out.join("requests.jsonl"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting the ingestion server")?;
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().context("server stdout")?).read_line(&mut line)?;
+    children.0.push(server);
+    let service = root.join("tests/workloads/soak_service.py");
+    for _ in 0..SERVICES {
+        children.0.push(
+            Command::new(PYTHON)
+                .arg(&service)
+                .stdout(Stdio::null())
+                .spawn()?,
+        );
     }
-    let mut tracer = Command::new(root.join("target/release/tracer"))
-        .args(["record", "--all", "-o"])
-        .arg(&out)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting tracer")?;
-    wait_until_recording(&mut tracer)?;
-    thread::sleep(Duration::from_secs(2));
-
-    let rounds = (minutes * 60 + 60) * 50;
-    let mut service = Command::new(PYTHON)
-        .arg(root.join("tests/workloads/steady.py"))
-        .arg(rounds.to_string())
-        .stdout(Stdio::null())
-        .spawn()
-        .context("starting the steady workload")?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let runs = Arc::new(AtomicU64::new(0));
-    let churn = {
-        let (stop, runs) = (stop.clone(), runs.clone());
-        thread::spawn(move || churn(&stop, &runs))
+    let metrics = free_port()?;
+    let url = format!("http://127.0.0.1:{server_port}");
+    let mut tracer = Command::new(root.join("target/release/tracer"));
+    tracer.arg("daemon");
+    match matching {
+        Some(regex) => tracer.args(["--match", regex]),
+        None => tracer.arg("--all"),
     };
-
-    let result = sample(tracer.id(), minutes, &runs);
-    stop.store(true, Ordering::Relaxed);
-    let _ = churn.join();
-    end(&mut service);
-    // SAFETY: kill has no memory effects; the pid is our child's.
-    unsafe { libc::kill(tracer.id() as libc::pid_t, libc::SIGINT) };
-    let status = tracer.wait().context("waiting for tracer")?;
-    let samples = result?;
-    if !status.success() {
-        bail!("tracer {status}");
-    }
-    check(&samples, minutes)
-}
-
-/// Waits for tracer's "recording" line (its stderr is passed on, line by
-/// line, from then on).
-fn wait_until_recording(tracer: &mut Child) -> Result<()> {
-    let stderr = tracer.stderr.take().context("tracer's stderr")?;
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("{line}");
-            if line.starts_with("tracer: recording") {
-                let _ = tx.send(());
-            }
+    let tracer = tracer
+        .args(["--interval", "5", "--pyroscope", &url, "--parca", &url])
+        .arg("--spool-dir")
+        .arg(out.join("spool"))
+        .arg("-o")
+        .arg(out.join("capture"))
+        .args(["--max-capture-mb", "64", "--metrics", &metrics.to_string()])
+        .stderr(fs::File::create(out.join("tracer.log"))?)
+        .spawn()
+        .context("starting tracer daemon")?;
+    let pid = tracer.id();
+    children.0.push(tracer);
+    let started = Instant::now();
+    let end = started + Duration::from_secs(minutes * 60);
+    let mut next_job = started;
+    let mut next_sample = started + SAMPLE_EVERY;
+    let mut jobs = 0;
+    let mut rows: Vec<Row> = Vec::new();
+    eprintln!(
+        "xtask: soak for {minutes} minutes of {}; tracer pid {pid}, log in {}",
+        matching.map_or("every CPython process".to_owned(), |r| format!(
+            "the processes matching {r:?}"
+        )),
+        out.display()
+    );
+    while Instant::now() < end {
+        let now = Instant::now();
+        if now >= next_job {
+            // A short job: it starts, allocates for 3 s and exits.
+            children
+                .0
+                .retain_mut(|c| c.try_wait().ok().flatten().is_none());
+            children.0.push(
+                Command::new(PYTHON)
+                    .arg(&service)
+                    .arg("3")
+                    .stdout(Stdio::null())
+                    .spawn()?,
+            );
+            jobs += 1;
+            next_job += JOB_EVERY;
         }
-    });
-    rx.recv_timeout(Duration::from_secs(60))
-        .context("tracer did not start recording within 60 s")
-}
-
-/// A short Python run and a short program, every `CHURN_EVERY`.
-fn churn(stop: &AtomicBool, runs: &AtomicU64) {
-    while !stop.load(Ordering::Relaxed) {
-        let _ = Command::new(PYTHON)
-            .args(["-c", "x = [bytearray(1000) for _ in range(1000)]"])
-            .status();
-        let _ = Command::new("/bin/true").status();
-        runs.fetch_add(1, Ordering::Relaxed);
-        thread::sleep(CHURN_EVERY);
+        if now >= next_sample {
+            let text = get(metrics, "/metrics");
+            let row = Row {
+                minute: started.elapsed().as_secs_f64() / 60.0,
+                rss_kib: status_kib(pid, "VmRSS:"),
+                fds: fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count() as u64),
+                spool_bytes: dir_bytes(&out.join("spool")),
+                capture_bytes: dir_bytes(&out.join("capture")),
+                pushed: metric(
+                    &text,
+                    "tracer_push_windows_pushed_total{sink=\"pyroscope\"}",
+                ),
+                refused: metric(
+                    &text,
+                    "tracer_push_windows_failed_total{sink=\"pyroscope\"}",
+                ),
+                processes: metric(&text, "tracer_traced_processes"),
+                tracked: metric(&text, "tracer_tracked_allocations"),
+                lost: metric(&text, "tracer_lost_events_total"),
+                cpu_s: metric(&text, "process_cpu_seconds_total"),
+            };
+            eprintln!(
+                "xtask: soak {:5.1} min: rss {} KiB, fds {}, spool {} B, capture {} B, pushed {}, processes {}",
+                row.minute,
+                row.rss_kib,
+                row.fds,
+                row.spool_bytes,
+                row.capture_bytes,
+                row.pushed,
+                row.processes
+            );
+            rows.push(row);
+            next_sample += SAMPLE_EVERY;
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
-}
-
-fn end(child: &mut Child) {
-    if child.try_wait().ok().flatten().is_none() {
-        let _ = child.kill();
-        let _ = child.wait();
+    // SAFETY: kill sends SIGTERM to the tracer this task started.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let stopped = Instant::now();
+    if let Some(t) = children.0.iter_mut().find(|c| c.id() == pid) {
+        let status = t.wait()?;
+        if !status.success() {
+            bail!(
+                "tracer daemon ended with {status}: see {}",
+                out.join("tracer.log").display()
+            );
+        }
     }
-}
-
-fn sample(pid: u32, minutes: u64, runs: &AtomicU64) -> Result<Vec<Sample>> {
-    let start = Instant::now();
-    let mut samples = Vec::new();
-    for minute in 1..=minutes {
-        let at = start + SAMPLE_EVERY * minute as u32;
-        thread::sleep(at.saturating_duration_since(Instant::now()));
-        let status = fs::read_to_string(format!("/proc/{pid}/status"))
-            .context("tracer exited during the soak")?;
-        let rss_kib = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .context("no VmRSS in tracer's status")?;
-        let fds = fs::read_dir(format!("/proc/{pid}/fd"))?.count() as u64;
+    let stop_s = stopped.elapsed().as_secs_f64();
+    println!(
+        "| minute | RSS (KiB) | fds | spool (B) | capture (B) | windows pushed | refused | processes | tracked | lost events | CPU (s) |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for r in &rows {
         println!(
-            "minute {minute:>3}: rss {rss_kib} KiB, {fds} fds, {} short runs so far",
-            runs.load(Ordering::Relaxed)
+            "| {:.1} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} |",
+            r.minute,
+            r.rss_kib,
+            r.fds,
+            r.spool_bytes,
+            r.capture_bytes,
+            r.pushed,
+            r.refused,
+            r.processes,
+            r.tracked,
+            r.lost,
+            r.cpu_s
         );
-        samples.push(Sample {
-            minute,
-            rss_kib,
-            fds,
-        });
     }
-    Ok(samples)
-}
-
-fn check(samples: &[Sample], minutes: u64) -> Result<()> {
-    let warm = WARM_UP_MINUTES.min(minutes / 2).max(1);
-    let base = samples
+    println!("short-lived jobs started: {jobs}; SIGTERM answered in {stop_s:.1} s");
+    let json = serde_json::json!({
+        "minutes": minutes,
+        "match": matching,
+        "jobs": jobs,
+        "sigterm_s": stop_s,
+        "rows": rows.iter().map(|r| serde_json::json!({
+            "minute": r.minute, "rss_kib": r.rss_kib, "fds": r.fds,
+            "spool_bytes": r.spool_bytes, "capture_bytes": r.capture_bytes,
+            "pushed": r.pushed, "refused": r.refused, "processes": r.processes,
+            "tracked": r.tracked, "lost_events": r.lost, "cpu_s": r.cpu_s,
+        })).collect::<Vec<_>>(),
+    });
+    fs::write(out.join("results.json"), serde_json::to_vec_pretty(&json)?)?;
+    let warm = rows
         .iter()
-        .find(|s| s.minute == warm)
-        .context("no sample at the end of the warm-up")?;
-    println!("\n| minute | RSS (KiB) | descriptors |\n|---|---|---|");
-    for s in samples {
-        println!("| {} | {} | {} |", s.minute, s.rss_kib, s.fds);
-    }
-    let within = |v: u64, b: u64| {
-        v * 100 <= b * (100 + TOLERANCE_PERCENT) && v * 100 >= b * (100 - TOLERANCE_PERCENT)
+        .filter(|r| r.minute * 60.0 >= WARM_UP.as_secs_f64())
+        .copied()
+        .collect::<Vec<_>>();
+    let Some(first) = warm.first() else {
+        bail!("the soak was shorter than its 5-minute warm-up: no verdict");
     };
-    let off: Vec<&Sample> = samples
-        .iter()
-        .filter(|s| s.minute > warm)
-        .filter(|s| !within(s.rss_kib, base.rss_kib) || !within(s.fds, base.fds))
-        .collect();
-    if let Some(s) = off.first() {
-        bail!(
-            "at minute {}: rss {} KiB and {} fds, against {} KiB and {} fds at minute {warm}: beyond {TOLERANCE_PERCENT}%",
-            s.minute,
-            s.rss_kib,
-            s.fds,
-            base.rss_kib,
-            base.fds
-        );
+    let max_rss = warm.iter().map(|r| r.rss_kib).max().unwrap_or(0);
+    let (min_fds, max_fds) = (
+        warm.iter().map(|r| r.fds).min().unwrap_or(0),
+        warm.iter().map(|r| r.fds).max().unwrap_or(0),
+    );
+    let max_spool = warm.iter().map(|r| r.spool_bytes).max().unwrap_or(0);
+    let mut failures = Vec::new();
+    if max_rss as f64 > first.rss_kib as f64 * (1.0 + RSS_SLACK) {
+        failures.push(format!(
+            "RSS grew from {} to {} KiB after the warm-up",
+            first.rss_kib, max_rss
+        ));
+    }
+    if max_fds > min_fds + 2 {
+        failures.push(format!("descriptors went from {min_fds} to {max_fds}"));
+    }
+    if max_spool > 0 {
+        failures.push(format!(
+            "the spool held {max_spool} bytes with the server up"
+        ));
+    }
+    if warm.last().is_some_and(|r| r.refused > 0.0) {
+        failures.push("windows were refused".to_owned());
+    }
+    if stop_s > 15.0 {
+        failures.push(format!("SIGTERM took {stop_s:.1} s"));
+    }
+    if !failures.is_empty() {
+        bail!("soak: {}", failures.join("; "));
     }
     println!(
-        "soak: RSS and descriptors within {TOLERANCE_PERCENT}% of minute {warm} for {} more minutes",
-        minutes - warm
+        "soak: flat after the warm-up (RSS {} -> max {} KiB, fds {min_fds}..{max_fds}, spool 0)",
+        first.rss_kib, max_rss
     );
     Ok(())
 }

@@ -9,12 +9,14 @@
 //! them; readers resolve them at the end. See docs/captures.md.
 
 pub mod background;
+mod directory;
 mod limits;
 mod reader;
 mod writer;
 
 use serde::{Deserialize, Serialize};
 
+pub use directory::{capture_files, segment_number};
 pub use reader::{Contents, Events, FileRead, read};
 pub use writer::Writer;
 

@@ -57,6 +57,8 @@ pub enum Events {
     /// Read through the descriptor the capture was opened (or written)
     /// with, never by its name again.
     File(Arc<File>),
+    /// The segments of a rotating capture, in order.
+    Segments(Vec<Arc<File>>),
 }
 
 impl Default for Events {
@@ -84,13 +86,28 @@ impl Events {
                     _ => Ok(true),
                 });
             }
+            Events::Segments(files) => {
+                let mut more = true;
+                for file in files {
+                    let _ = read_each(FromStart::from(file), &mut |record| match record {
+                        Record::Event(e) => {
+                            more = f(&e);
+                            Ok(more)
+                        }
+                        _ => Ok(true),
+                    });
+                    if !more {
+                        break;
+                    }
+                }
+            }
         }
     }
 }
 
 /// Reads a file from its start through positional reads, so that several
 /// passes (and the writer, which appends) never share an offset.
-struct FromStart<'a> {
+pub(super) struct FromStart<'a> {
     file: &'a File,
     at: u64,
 }
@@ -155,7 +172,7 @@ impl Contents {
         }
     }
 
-    fn finish(mut self, last_ts: u64) -> Self {
+    pub(super) fn finish(mut self, last_ts: u64) -> Self {
         if self.end_ns == 0 {
             self.end_ns = last_ts;
         }
@@ -163,7 +180,7 @@ impl Contents {
     }
 
     /// Takes in every record but the events themselves.
-    fn add(&mut self, record: Record, last_ts: &mut u64) {
+    pub(super) fn add(&mut self, record: Record, last_ts: &mut u64) {
         match record {
             Record::Start { start_ns, probes } => {
                 self.start_ns = start_ns;
@@ -223,7 +240,7 @@ pub fn read(input: impl Read) -> (Vec<Record>, Option<CaptureError>) {
 
 /// Hands each record of a capture to `each`, in order, until it returns
 /// false, or why it cannot take it (then the capture is corrupt there).
-fn read_each(
+pub(super) fn read_each(
     mut input: impl Read,
     each: &mut dyn FnMut(Record) -> Result<bool, String>,
 ) -> Result<(), CaptureError> {

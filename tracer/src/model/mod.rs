@@ -89,6 +89,11 @@ impl Model {
             .max(self.stacks.processes())
     }
 
+    /// Tracks at most `cap` live heap blocks (`HeapModel::with_cap`).
+    pub fn cap_heap(&mut self, cap: Option<u64>) {
+        self.heap = std::mem::take(&mut self.heap).with_cap(cap);
+    }
+
     pub fn heap(&self) -> &HeapModel {
         &self.heap
     }

@@ -133,6 +133,12 @@ impl Modules {
         }
     }
 
+    /// Files opened so far.
+    #[cfg(test)]
+    pub(super) fn opened(&self) -> usize {
+        self.list.len()
+    }
+
     /// Whether the instruction before `file_offset` in `module` is a call
     /// of the length that ends exactly there: whether a walked frame is a
     /// return address.

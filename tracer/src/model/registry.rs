@@ -89,9 +89,15 @@ impl Registry {
     }
 
     /// `pid` replaced its image: its earlier map and interpreter mean
-    /// nothing now.
+    /// nothing now. With `--all` every exec on the host is reported; one of
+    /// a process tracer knows nothing of has nothing to replace, and opening
+    /// its files would keep every program the host ever ran open (adopting
+    /// it reads its map then).
     pub fn exec(&mut self, pid: Pid) {
-        let known = self.processes.entry(pid).or_default();
+        let Some(known) = self.processes.get_mut(&pid) else {
+            self.python.forget(pid);
+            return;
+        };
         known.generation += 1;
         known.maps = None;
         self.python.forget(pid);
@@ -191,5 +197,32 @@ impl Registry {
             } => self.modules.follows_call(module, file_offset),
             NativeFrame::Unmapped { .. } => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_exec_of_an_unknown_process_opens_nothing() {
+        let me = std::process::id();
+        let mut r = Registry::default();
+        r.exec(me);
+        assert_eq!(r.generation(me), 0);
+        assert!(r.processes.is_empty());
+        assert_eq!(
+            r.modules.opened(),
+            0,
+            "files of a process tracer does not know"
+        );
+        // A known one is read again, and its generation counts the exec.
+        r.refresh_maps(me);
+        let opened = r.modules.opened();
+        assert!(opened > 0, "this test's own executable files");
+        r.exec(me);
+        assert_eq!(r.generation(me), 1);
+        assert!(r.processes[&me].maps.is_some());
+        assert_eq!(r.modules.opened(), opened, "each file is opened once");
     }
 }

@@ -58,12 +58,12 @@ pub struct ProcessTypes {
     pub types: Vec<TypeCount>,
     pub coverage: Coverage,
     pub notes: Vec<String>,
-    pub growth: Option<Growth>,
+    pub growth: Option<TypesGrowth>,
 }
 
 /// How types grew between two walks.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Growth {
+pub struct TypesGrowth {
     /// When the earlier walk was made, seconds after recording began.
     pub since_s: f64,
     /// The most grown bytes first.
@@ -155,6 +155,54 @@ pub struct History {
     pub temporary: Vec<Entry>,
     pub temporary_rule: String,
     pub timeline: Vec<TimelinePoint>,
+    /// Each stack's live bytes window by window, ranked by growth.
+    pub growth: Growth,
+}
+
+/// Stacks ranked by sustained growth over the last windows
+/// (`analysis::growth`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Growth {
+    /// Seconds per window.
+    pub window_s: f64,
+    /// Windows in the capture.
+    pub windows: u64,
+    /// The last windows the trend test looked at.
+    pub tested: usize,
+    /// Growing first (fastest first), then plateaued, then steady.
+    pub entries: Vec<GrowthEntry>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GrowthStatus {
+    /// Still growing over the last windows and their second half: a leak
+    /// suspect.
+    Growing,
+    /// Grew since first seen, flat over the second half of the last
+    /// windows: a cache that filled.
+    Plateaued,
+    Steady,
+}
+
+impl GrowthStatus {
+    pub fn name(self) -> &'static str {
+        match self {
+            GrowthStatus::Growing => "growing",
+            GrowthStatus::Plateaued => "plateaued",
+            GrowthStatus::Steady => "steady",
+        }
+    }
+}
+
+/// One stack of one process: live now (`entry.bytes`, `entry.count`), its
+/// trend, and its live bytes in each window tested, oldest first.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GrowthEntry {
+    pub entry: Entry,
+    pub status: GrowthStatus,
+    pub bytes_per_hour: f64,
+    pub series: Vec<u64>,
 }
 
 /// Memory of one process at one moment.

@@ -103,14 +103,7 @@ impl CaptureSink {
     }
 
     fn process_record(&self, info: &ProcessInfo) -> Record {
-        Record::Process(ProcessRecord {
-            pid: self.key(info.pid),
-            command: clip_command(&info.command),
-            python: info.python.clone(),
-            notes: info.notes.clone(),
-            explicit: info.explicit,
-            parent: info.parent.map(|p| self.key(p)),
-        })
+        process_record(info, |pid| self.key(pid))
     }
 }
 
@@ -134,6 +127,19 @@ fn unnamed_file() -> io::Result<File> {
         .mode(0o600)
         .custom_flags(libc::O_TMPFILE)
         .open(std::env::temp_dir())
+}
+
+/// A process's record, named in the capture by `key` of its pid (the
+/// instance of a reused pid).
+pub(super) fn process_record(info: &ProcessInfo, key: impl Fn(Pid) -> Pid) -> Record {
+    Record::Process(ProcessRecord {
+        pid: key(info.pid),
+        command: clip_command(&info.command),
+        python: info.python.clone(),
+        notes: info.notes.clone(),
+        explicit: info.explicit,
+        parent: info.parent.map(key),
+    })
 }
 
 /// Stack `id` of the model, with what symbolizing it needs.

@@ -1,10 +1,17 @@
 //! Where a recording goes: every sink is fed the same stream of events, as
 //! they are applied to the model, and a snapshot of the model and the
 //! targets every `--sample-ms` and at the end. The capture writer and the
-//! end-of-run reports are the first two.
+//! end-of-run reports are `record`'s; the windows (pushed by the export
+//! and push threads) and the rotating capture are the daemon's.
 
 pub mod capture;
+pub mod export;
+pub mod push;
 pub mod reports;
+pub mod segments;
+pub mod stats;
+pub mod window;
+pub mod window_pprof;
 
 use anyhow::Result;
 

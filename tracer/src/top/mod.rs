@@ -52,7 +52,13 @@ pub async fn run(options: TopOptions) -> Result<()> {
                 screen::interactive(messages, view_shared, state)
             }
         })?;
-    let recorded = record::trace(&options.record, vec![Box::new(sink)], None).await;
+    let plan = record::Plan::into_sinks(Box::new(move |_| {
+        Ok(record::Sinks {
+            sinks: vec![Box::new(sink)],
+            capture: None,
+        })
+    }));
+    let recorded = record::trace(&options.record, plan).await;
     let viewed = view
         .join()
         .map_err(|_| anyhow!("the view's thread panicked"))?;

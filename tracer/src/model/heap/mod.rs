@@ -151,6 +151,12 @@ struct Options {
 pub struct HeapModel {
     processes: BTreeMap<Pid, ProcessHeap>,
     options: Options,
+    /// At most this many live heap blocks are tracked (`--max-tracked`).
+    cap: Option<u64>,
+    /// Live heap blocks tracked now, every process.
+    tracked: u64,
+    /// Blocks forgotten to stay under `cap`.
+    evicted: u64,
 }
 
 impl HeapModel {
@@ -163,6 +169,7 @@ impl HeapModel {
                 peak_stacks: true,
                 ..Options::default()
             },
+            ..Self::default()
         }
     }
 
@@ -173,6 +180,20 @@ impl HeapModel {
         self
     }
 
+    /// Tracks at most `cap` live heap blocks: past it, each new one makes
+    /// the process that allocated it forget another (counted), so that a
+    /// recording of weeks has a bounded heap model. The memory per block
+    /// is about 50 bytes.
+    pub fn with_cap(mut self, cap: Option<u64>) -> Self {
+        self.cap = cap;
+        self
+    }
+
+    /// Blocks forgotten so far to stay under the cap.
+    pub fn evicted(&self) -> u64 {
+        self.evicted
+    }
+
     pub fn apply(&mut self, event: &HeapEvent) {
         let options = self.options;
         if let EventKind::Fork { parent } = event.kind {
@@ -180,18 +201,40 @@ impl HeapModel {
                 Some(p) => p.forked(event),
                 None => ProcessHeap::new(options),
             };
-            self.processes.insert(event.pid, child);
+            self.tracked += child.blocks();
+            if let Some(old) = self.processes.insert(event.pid, child) {
+                self.tracked = self.tracked.saturating_sub(old.blocks());
+            }
             return;
         }
-        self.processes
+        // With `--all` every exec on the host is reported: one of a process
+        // with no heap here has nothing to reset, and an empty heap per
+        // program ever run would grow for as long as tracer runs.
+        if event.kind == EventKind::Exec && !self.processes.contains_key(&event.pid) {
+            return;
+        }
+        let process = self
+            .processes
             .entry(event.pid)
-            .or_insert_with(|| ProcessHeap::new(options))
-            .apply(event);
+            .or_insert_with(|| ProcessHeap::new(options));
+        let before = process.blocks();
+        process.apply(event);
+        let after = process.blocks();
+        self.tracked = (self.tracked + after).saturating_sub(before);
+        if let Some(cap) = self.cap {
+            while self.tracked > cap && process.evict_one() {
+                self.tracked -= 1;
+                self.evicted += 1;
+            }
+        }
     }
 
-    /// Drops what was recorded of `pid` (it turned out not to be a target).
+    /// Drops what was recorded of `pid` (it turned out not to be a target,
+    /// or it exited and its last window is out).
     pub fn forget(&mut self, pid: Pid) {
-        self.processes.remove(&pid);
+        if let Some(old) = self.processes.remove(&pid) {
+            self.tracked = self.tracked.saturating_sub(old.blocks());
+        }
     }
 
     pub fn process(&self, pid: Pid) -> Option<&ProcessHeap> {

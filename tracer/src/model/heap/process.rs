@@ -99,6 +99,24 @@ impl ProcessHeap {
         &self.totals
     }
 
+    /// Live heap blocks tracked.
+    pub(super) fn blocks(&self) -> u64 {
+        self.live.len() as u64
+    }
+
+    /// Forgets one live block (whichever the table yields first), as if it
+    /// had never been seen: its free, if it comes, is unmatched. Returns
+    /// whether there was one.
+    pub(super) fn evict_one(&mut self) -> bool {
+        let Some(addr) = self.live.keys().next().copied() else {
+            return false;
+        };
+        if let Some(a) = self.live.remove(&addr) {
+            self.remove_live(&a);
+        }
+        true
+    }
+
     pub fn stacks(&self) -> &HashMap<StackId, StackStats> {
         &self.stacks
     }

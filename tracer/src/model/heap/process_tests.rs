@@ -425,3 +425,16 @@ fn a_forked_child_frees_what_it_inherited_and_leaks_only_its_own() {
     assert_eq!(child.totals().live_bytes, 0);
     assert!(child.leak_set().is_empty());
 }
+
+#[test]
+fn an_exec_of_a_process_without_a_heap_makes_none() {
+    // `--all` reports every exec on the host: most are of programs that
+    // are never traced.
+    let mut m = model(&[on(PID, 1, EventKind::Exec)]);
+    assert!(m.process(PID).is_none());
+    assert_eq!(m.processes().count(), 0);
+    // One of a traced process still empties its heap.
+    m.apply(&alloc(0x1000, 100, S1, 2));
+    m.apply(&on(PID, 3, EventKind::Exec));
+    assert_eq!(m.process(PID).expect("process").totals().live_bytes, 0);
+}

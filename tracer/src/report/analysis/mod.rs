@@ -3,6 +3,7 @@
 //! temporaries gathered in the same pass, then leaks, hotspots, peak,
 //! summary and timeline read off the result.
 
+pub mod growth;
 pub mod lines;
 pub mod summary;
 pub mod temporary;
@@ -20,6 +21,7 @@ use crate::{
     model::heap::{Allocation, Amount, HeapModel},
 };
 
+pub use growth::GrowthOptions;
 pub use temporary::Temporary;
 
 /// How a report is made: which frames it shows, how old a leak must be,
@@ -44,20 +46,36 @@ pub struct Group {
 /// Every report of a capture. Stacks the capture does not define (cut
 /// short before they were written) say so.
 pub fn analyze(contents: &Contents, options: &Options) -> Report {
+    analyze_with(contents, options, &GrowthOptions::default())
+}
+
+/// `analyze`, with the growth report's windows as `growth` says.
+pub fn analyze_with(contents: &Contents, options: &Options, growth: &GrowthOptions) -> Report {
     let mut heap =
         HeapModel::with_peak_stacks().including_thread_stacks(options.include_thread_stacks);
     let mut temporaries = temporary::Temporaries::new(options.temporary);
+    let sampled: Vec<u64> = contents.samples.iter().map(|s| s.ts_ns).collect();
+    let ends = growth::boundaries(
+        contents.start_ns,
+        contents.end_ns,
+        growth.window_ns,
+        &sampled,
+    );
+    let window_s = growth::window_s(&ends);
+    let mut tracker = growth::Tracker::new(growth, ends);
     // A capture names every process it traced; events of others (`--all`
     // looked at them and let them go) are not reported. A capture cut
     // before it named any keeps them all.
     let named = |pid| contents.processes.is_empty() || contents.processes.contains_key(&pid);
     contents.events.each(&mut |e| {
         if named(e.pid) {
+            tracker.before(e.ts_ns, &heap);
             heap.apply(e);
             temporaries.apply(e);
         }
         true
     });
+    tracker.before(u64::MAX, &heap);
     let stack_of = |id: StackId| match contents.stacks.get(&id) {
         Some(def) => options.view.show(def),
         None => SymbolizedStack {
@@ -123,6 +141,7 @@ pub fn analyze(contents: &Contents, options: &Options) -> Report {
             peak: entries(&at_peaks(&heap), stack_of),
             temporary: entries(&temporaries.groups(), stack_of),
             temporary_rule: options.temporary.to_string(),
+            growth: tracker.report(window_s, stack_of),
             timeline: contents
                 .samples
                 .iter()

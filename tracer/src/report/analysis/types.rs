@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use crate::{
     census::{self, Census, Moment, TypeCount},
     event::{Pid, StackId},
-    report::{Growth, ProcessTypes},
+    report::{ProcessTypes, TypesGrowth},
 };
 
 /// The types of the leak set's allocations, per (process, stack).
@@ -51,7 +51,7 @@ pub fn process_types(censuses: &[Census], start_ns: u64) -> Vec<ProcessTypes> {
                 types: last.types.clone(),
                 coverage: last.coverage.clone(),
                 notes: last.notes.clone(),
-                growth: first.map(|f| Growth {
+                growth: first.map(|f| TypesGrowth {
                     since_s: since(f.ts_ns),
                     types: census::growth(&f.types, &last.types),
                 }),

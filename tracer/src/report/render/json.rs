@@ -10,7 +10,7 @@ use crate::{
     counters::{self, Counters},
     event::{ExitReason, os_pid, pid_instance},
     frame::{Frame, FrameKind},
-    report::{Entry, FunctionLines, ProcessSummary, Report, TimelinePoint},
+    report::{Entry, FunctionLines, GrowthStatus, ProcessSummary, Report, TimelinePoint},
 };
 
 pub const VERSION: u32 = 1;
@@ -45,6 +45,28 @@ struct JsonHistory<'a> {
     temporary: Vec<JsonEntry<'a>>,
     /// Memory over time, every process.
     timeline: &'a [TimelinePoint],
+    /// Stacks ranked by growth over the last windows.
+    growth: JsonGrowth<'a>,
+}
+
+#[derive(Serialize)]
+struct JsonGrowth<'a> {
+    window_s: f64,
+    windows: u64,
+    /// The last windows the trend test looked at.
+    tested: usize,
+    /// Growing first (fastest first), then plateaued, then steady.
+    entries: Vec<JsonGrowthEntry<'a>>,
+}
+
+#[derive(Serialize)]
+struct JsonGrowthEntry<'a> {
+    status: GrowthStatus,
+    bytes_per_hour: f64,
+    /// Live bytes in each window tested, oldest first.
+    series: &'a [u64],
+    #[serde(flatten)]
+    entry: JsonEntry<'a>,
 }
 
 /// Whether a process is the first with its pid in the recording.
@@ -171,17 +193,21 @@ fn entries<'a>(
     list.iter()
         .filter(|e| keep(e))
         .take(top)
-        .map(|e| JsonEntry {
-            bytes: e.bytes,
-            count: e.count,
-            pid: os_pid(e.pid),
-            pid_instance: pid_instance(e.pid),
-            command: report.command(e.pid),
-            truncated: e.truncated,
-            stack: e.stack.iter().map(JsonFrame::from).collect(),
-            types: &e.types,
-        })
+        .map(|e| json_entry(report, e))
         .collect()
+}
+
+fn json_entry<'a>(report: &'a Report, e: &'a Entry) -> JsonEntry<'a> {
+    JsonEntry {
+        bytes: e.bytes,
+        count: e.count,
+        pid: os_pid(e.pid),
+        pid_instance: pid_instance(e.pid),
+        command: report.command(e.pid),
+        truncated: e.truncated,
+        stack: e.stack.iter().map(JsonFrame::from).collect(),
+        types: &e.types,
+    }
 }
 
 pub fn render(report: &Report, options: &Options) -> io::Result<Vec<u8>> {
@@ -257,6 +283,24 @@ pub fn render(report: &Report, options: &Options) -> io::Result<Vec<u8>> {
             temporary_rule: &report.history.temporary_rule,
             temporary: entries(report, &report.history.temporary, top, |_| true),
             timeline: &report.history.timeline,
+            growth: JsonGrowth {
+                window_s: report.history.growth.window_s,
+                windows: report.history.growth.windows,
+                tested: report.history.growth.tested,
+                entries: report
+                    .history
+                    .growth
+                    .entries
+                    .iter()
+                    .take(top)
+                    .map(|g| JsonGrowthEntry {
+                        status: g.status,
+                        bytes_per_hour: g.bytes_per_hour,
+                        series: &g.series,
+                        entry: json_entry(report, &g.entry),
+                    })
+                    .collect(),
+            },
         },
         lines: &report.lines,
     };

@@ -46,6 +46,8 @@ pub enum Section {
     Types,
     /// The top leaking function, line by line.
     Lines,
+    /// Stacks ranked by growth over the last windows.
+    Growth,
 }
 
 /// Which entries a flamegraph, speedscope profile or folded file weighs.

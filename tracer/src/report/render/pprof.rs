@@ -33,6 +33,10 @@ pub struct Profile {
     pub time_nanos: i64,
     #[prost(int64, tag = "10")]
     pub duration_nanos: i64,
+    #[prost(message, optional, tag = "11")]
+    pub period_type: Option<ValueType>,
+    #[prost(int64, tag = "12")]
+    pub period: i64,
     #[prost(int64, tag = "14")]
     pub default_sample_type: i64,
 }
@@ -112,10 +116,10 @@ pub struct Function {
 }
 
 /// Builds the tables of a profile: strings, functions, locations and
-/// mappings are each stored once.
+/// mappings are each stored once. Also builds the daemon's windows.
 #[derive(Default)]
-struct Builder {
-    profile: Profile,
+pub struct Builder {
+    pub profile: Profile,
     strings: HashMap<String, i64>,
     functions: HashMap<(i64, i64), u64>,
     locations: HashMap<String, u64>,
@@ -123,7 +127,7 @@ struct Builder {
 }
 
 impl Builder {
-    fn string(&mut self, s: &str) -> i64 {
+    pub fn string(&mut self, s: &str) -> i64 {
         if let Some(i) = self.strings.get(s) {
             return *i;
         }
@@ -133,7 +137,7 @@ impl Builder {
         i
     }
 
-    fn location(&mut self, f: &Frame) -> u64 {
+    pub fn location(&mut self, f: &Frame) -> u64 {
         let key = f.place();
         if let Some(id) = self.locations.get(&key) {
             return *id;
@@ -235,8 +239,13 @@ pub fn render(report: &Report, _options: &Options) -> io::Result<Vec<u8>> {
             v[first + 1] += e.bytes as i64;
         }
     }
+    gzip(&b.profile)
+}
+
+/// `profile` encoded and gzipped, as profile.proto files are.
+pub fn gzip(profile: &Profile) -> io::Result<Vec<u8>> {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    gz.write_all(&b.profile.encode_to_vec())?;
+    gz.write_all(&profile.encode_to_vec())?;
     gz.finish()
 }
 

@@ -7,7 +7,7 @@ use crate::{
     escape,
     event::{ExitReason, pid_label},
     frame::Frame,
-    report::{Activity, Entry, ProcessSummary, Report},
+    report::{Activity, Entry, GrowthStatus, ProcessSummary, Report},
 };
 
 /// Bytes with a binary unit, e.g. `97.66 MiB`.
@@ -58,6 +58,11 @@ fn write_entry(out: &mut String, rank: usize, e: &Entry, what: &str) {
         human_bytes(e.bytes),
         grouped(e.count),
     );
+    write_stack(out, e);
+}
+
+/// An entry's frames, one a line.
+fn write_stack(out: &mut String, e: &Entry) {
     let functions: Vec<_> = e.stack.iter().map(|f| escape::text(&f.function)).collect();
     let width = functions
         .iter()
@@ -243,6 +248,7 @@ fn write_section(out: &mut String, report: &Report, pid: u32, section: Section, 
             }
             return;
         }
+        Section::Growth => return write_growth(out, report, pid, top),
     };
     let mine: Vec<&Entry> = list.iter().filter(|e| e.pid == pid).collect();
     let _ = writeln!(out, "Top {} {title}:", top.min(mine.len()));
@@ -251,6 +257,39 @@ fn write_section(out: &mut String, report: &Report, pid: u32, section: Section, 
     }
     for (i, e) in mine.iter().take(top).enumerate() {
         write_entry(out, i + 1, e, what);
+    }
+}
+
+/// The stacks of `pid` by growth: status and rate, live bytes now and in
+/// each window tested.
+fn write_growth(out: &mut String, report: &Report, pid: u32, top: usize) {
+    let g = &report.history.growth;
+    let mine: Vec<_> = g.entries.iter().filter(|e| e.entry.pid == pid).collect();
+    let _ = writeln!(
+        out,
+        "Growth of pid {pid}: {} windows of {:.1} s, trend over the last {}:",
+        grouped(g.windows),
+        g.window_s,
+        g.tested.min(g.windows as usize)
+    );
+    if mine.is_empty() {
+        let _ = writeln!(out, "  none");
+    }
+    for (i, e) in mine.iter().take(top).enumerate() {
+        let rate = match e.status {
+            GrowthStatus::Growing => format!(", {}/hour", human_bytes(e.bytes_per_hour as u64)),
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            out,
+            "  #{:<3} {} {} live now{rate}",
+            i + 1,
+            e.status.name(),
+            human_bytes(e.entry.bytes),
+        );
+        write_stack(out, &e.entry);
+        let series: Vec<String> = e.series.iter().map(|b| human_bytes(*b)).collect();
+        let _ = writeln!(out, "        windows: {}", series.join(" "));
     }
 }
 

@@ -101,7 +101,7 @@ mod tests {
     use super::*;
     use crate::{
         census::{Coverage, TypeGrowth},
-        report::Growth,
+        report::TypesGrowth,
     };
 
     #[test]
@@ -120,7 +120,7 @@ mod tests {
                 ..Coverage::default()
             },
             notes: vec!["a note".into()],
-            growth: Some(Growth {
+            growth: Some(TypesGrowth {
                 since_s: 0.1,
                 types: vec![TypeGrowth {
                     name: "bytes".into(),

@@ -63,7 +63,14 @@ impl Targets {
         probes: &mut Probes,
         model: &mut Model,
     ) -> Option<Found> {
-        if !procfs::maps_python(pid) {
+        // `--match`: a process found on the host is adopted only if its
+        // command line matches (one forked by a target always is).
+        let unmatched = origin == Origin::Found
+            && self
+                .matching
+                .as_ref()
+                .is_some_and(|re| !re.is_match(&procfs::command_line(pid)));
+        if unmatched || !procfs::maps_python(pid) {
             return None;
         }
         match find_interpreter(pid, probes, model) {

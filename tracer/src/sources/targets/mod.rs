@@ -142,6 +142,8 @@ pub struct Targets {
     exits: mpsc::UnboundedSender<Identity>,
     /// `--all`: new CPython processes are adopted as they appear.
     all: bool,
+    /// `--match`: only those whose command line matches.
+    matching: Option<regex::Regex>,
     last_rescan: Instant,
 }
 
@@ -155,9 +157,16 @@ impl Targets {
             until_exec: HashMap::new(),
             exits,
             all,
+            matching: None,
             last_rescan: Instant::now(),
         };
         (targets, exited)
+    }
+
+    /// With `--all`: adopts only the processes whose command line matches
+    /// `re` (and what they fork).
+    pub fn only_matching(&mut self, re: regex::Regex) {
+        self.matching = Some(re);
     }
 
     /// Whether `pid`'s events go to the sinks.

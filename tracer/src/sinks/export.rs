@@ -1,0 +1,262 @@
+//! The export thread: symbolizes the stacks the windows use (blazesym
+//! reads a library's DWARF the first time, up to a second), encodes each
+//! window as a pprof profile, hands it to every push destination's queue,
+//! and keeps each stack's live bytes window by window to log the growth
+//! ranking every N windows. The event loop hands it batches through a
+//! bounded channel and never waits: a batch that does not fit is dropped
+//! and counted.
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::Ordering::Relaxed,
+        mpsc::{self, Receiver, SyncSender, TrySendError},
+    },
+    thread::JoinHandle,
+};
+
+use log::warn;
+
+use super::{
+    push::{EncodedWindow, Pusher},
+    stats::Stats,
+    window_pprof,
+};
+use crate::{
+    capture::background::NewStack,
+    event::{Pid, StackId},
+    frame::{FrameKind, SymbolizedStack, View},
+    labels::Labels,
+    model::heap::Amount,
+    report::{
+        GrowthStatus,
+        analysis::growth::{self, Tracker},
+        render::text::human_bytes,
+    },
+    symbolize::Symbolizer,
+};
+
+/// Batches waiting for the export thread: a few intervals' worth.
+const QUEUE_BATCHES: usize = 8;
+/// Entries per process in the growth log.
+const GROWTH_LOG_TOP: usize = 5;
+
+/// What one stack of one process did in a window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WindowRow {
+    pub stack: StackId,
+    /// Allocated during the window.
+    pub allocated: Amount,
+    /// Live at its end.
+    pub live: Amount,
+}
+
+/// One process's window.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProcessWindow {
+    pub pid: Pid,
+    pub labels: Labels,
+    pub start_unix_ns: u64,
+    pub end_unix_ns: u64,
+    pub rows: Vec<WindowRow>,
+}
+
+/// Every process's window of one interval, and the stacks first seen in it.
+pub struct Batch {
+    pub windows: Vec<ProcessWindow>,
+    pub new_stacks: Vec<NewStack>,
+    pub debug_dirs: Vec<PathBuf>,
+    /// Stacks known when it was made.
+    pub stacks_known: usize,
+    /// When it ends (CLOCK_MONOTONIC ns).
+    pub ends_ns: u64,
+}
+
+/// How the export thread encodes and ranks.
+#[derive(Clone, Copy, Debug)]
+pub struct ExportSettings {
+    /// pprof's `period`: the mean bytes between samples (1: every allocation).
+    pub period: u64,
+    pub window_s: f64,
+    /// Log the growth ranking every this many windows (0: never).
+    pub growth_every: u64,
+    pub growth_windows: usize,
+}
+
+pub struct Exporter {
+    batches: Option<SyncSender<Batch>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Exporter {
+    pub fn start(
+        settings: ExportSettings,
+        pushers: Vec<Pusher>,
+        stats: Arc<Stats>,
+    ) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::sync_channel(QUEUE_BATCHES);
+        let thread = std::thread::Builder::new()
+            .name("export".into())
+            .spawn(move || run(rx, settings, pushers, &stats))?;
+        Ok(Self {
+            batches: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Hands `batch` over without waiting; false if it had to be dropped.
+    pub fn send(&self, batch: Batch) -> bool {
+        match &self.batches {
+            Some(tx) => match tx.try_send(batch) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_)) => {
+                    warn!("the export thread is behind: a window was dropped");
+                    false
+                }
+                Err(TrySendError::Disconnected(_)) => false,
+            },
+            None => false,
+        }
+    }
+
+    /// Encodes what is queued, then lets every push destination flush
+    /// (within its deadline) and spool what it could not send.
+    pub fn finish(&mut self) {
+        self.batches = None;
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            warn!("the export thread panicked");
+        }
+    }
+}
+
+fn run(rx: Receiver<Batch>, settings: ExportSettings, pushers: Vec<Pusher>, stats: &Stats) {
+    let mut symbolizer: Option<Symbolizer> = None;
+    let mut stacks: HashMap<StackId, SymbolizedStack> = HashMap::new();
+    let mut tracker = Tracker::new(
+        &growth::GrowthOptions {
+            windows: settings.growth_windows,
+            window_ns: None,
+        },
+        Vec::new(),
+    );
+    let mut names: HashMap<Pid, String> = HashMap::new();
+    for batch in rx {
+        if !batch.new_stacks.is_empty() {
+            let symbolizer = symbolizer.get_or_insert_with(|| Symbolizer::new(&batch.debug_dirs));
+            for NewStack { id, stack } in batch.new_stacks {
+                let def = symbolizer.symbolize(&stack);
+                stacks.insert(id, View::Mixed.show(&def));
+            }
+        }
+        let mut live = HashMap::new();
+        for w in &batch.windows {
+            names.insert(
+                w.pid,
+                w.labels.get("service_name").cloned().unwrap_or_default(),
+            );
+            for row in &w.rows {
+                if row.live.bytes > 0 {
+                    live.insert((w.pid, row.stack), row.live.bytes);
+                }
+            }
+            match window_pprof::encode(w, &stacks, settings.period) {
+                Ok(body) => {
+                    let encoded = Arc::new(EncodedWindow {
+                        labels: w.labels.clone(),
+                        start_unix_ns: w.start_unix_ns,
+                        end_unix_ns: w.end_unix_ns,
+                        body,
+                    });
+                    for p in &pushers {
+                        p.send(encoded.clone());
+                    }
+                }
+                Err(err) => {
+                    warn!("pid {}: cannot encode a window: {err}", w.pid);
+                    stats.windows_dropped.fetch_add(1, Relaxed);
+                }
+            }
+        }
+        tracker.window(live);
+        names.retain(|pid, _| batch.windows.iter().any(|w| w.pid == *pid));
+        if settings.growth_every > 0 && tracker.windows.is_multiple_of(settings.growth_every) {
+            log_growth(&tracker, &stacks, &names, settings.window_s);
+        }
+    }
+    for p in pushers {
+        p.finish();
+    }
+}
+
+/// The innermost Python frame of a stack as `file:line (function)`, else
+/// its innermost named frame.
+fn place(stack: &SymbolizedStack) -> String {
+    let python = stack.frames.iter().find(|f| f.kind == FrameKind::Python);
+    match python.or(stack.frames.first()) {
+        Some(f) => match (&f.file, f.line) {
+            (Some(file), Some(line)) => {
+                let file = file.rsplit('/').next().unwrap_or(file);
+                format!("{file}:{line} ({})", f.function)
+            }
+            _ => f.function.clone(),
+        },
+        None => "(no frames)".to_owned(),
+    }
+}
+
+/// Logs each traced process's growing and plateaued stacks.
+fn log_growth(
+    tracker: &Tracker,
+    stacks: &HashMap<StackId, SymbolizedStack>,
+    names: &HashMap<Pid, String>,
+    window_s: f64,
+) {
+    let report = tracker.report(window_s, |id| {
+        stacks.get(&id).cloned().unwrap_or(SymbolizedStack {
+            frames: Vec::new(),
+            truncated: true,
+        })
+    });
+    let mut pids: Vec<Pid> = names.keys().copied().collect();
+    pids.sort_unstable();
+    for pid in pids {
+        let mine: Vec<_> = report
+            .entries
+            .iter()
+            .filter(|e| e.entry.pid == pid && e.status != GrowthStatus::Steady)
+            .take(GROWTH_LOG_TOP)
+            .collect();
+        eprintln!(
+            "tracer: growth of pid {pid} ({}) after {} windows, trend over the last {}: {}",
+            names.get(&pid).map_or("", String::as_str),
+            report.windows,
+            report.tested.min(report.windows as usize),
+            if mine.is_empty() {
+                "no growing or plateaued stack"
+            } else {
+                "suspects first"
+            }
+        );
+        for (i, e) in mine.iter().enumerate() {
+            let rate = if e.status == GrowthStatus::Growing {
+                format!(" at {}/hour", human_bytes(e.bytes_per_hour.max(0.0) as u64))
+            } else {
+                String::new()
+            };
+            eprintln!(
+                "tracer:   #{} {}{rate}, {} live: {}",
+                i + 1,
+                e.status.name(),
+                human_bytes(e.entry.bytes),
+                place(&SymbolizedStack {
+                    frames: e.entry.stack.clone(),
+                    truncated: e.entry.truncated,
+                }),
+            );
+        }
+    }
+}

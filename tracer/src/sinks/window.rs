@@ -1,0 +1,235 @@
+//! The daemon's windows: every `--interval`, for each traced process, what
+//! each stack allocated since the last window (from the heap model's
+//! running totals, so that the windows add up to the whole recording
+//! exactly) and what it holds live now. The rows and the stacks first seen
+//! go to the export thread, which symbolizes, encodes and pushes: nothing
+//! here waits for symbols or the network.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, RwLock, atomic::Ordering::Relaxed},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::Result;
+
+use super::{
+    Ending, Sink, Snapshot,
+    capture::unsymbolized,
+    export::{Batch, Exporter, ProcessWindow, WindowRow},
+    stats::Stats,
+};
+use crate::{
+    capture::background::NewStack,
+    clock::monotonic_ns,
+    event::{HeapEvent, Pid, StackId},
+    labels::{self, Cgroup, Labels},
+    model::heap::Amount,
+    process::ProcessInfo,
+};
+
+/// What labels every window carries besides each process's own; replaced
+/// when the configuration is read again (SIGHUP).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LabelSettings {
+    pub fixed: Labels,
+    pub pid: bool,
+}
+
+/// What is known of a process across windows.
+struct Known {
+    cgroup: Cgroup,
+    /// Each stack's running allocated totals at the last window's end.
+    allocated: HashMap<StackId, Amount>,
+}
+
+pub struct WindowSink {
+    interval_ns: u64,
+    /// When the current window began (CLOCK_MONOTONIC ns).
+    start_ns: u64,
+    known: HashMap<Pid, Known>,
+    /// Stacks 0 to `stacks_sent - 1` went to the export thread.
+    stacks_sent: usize,
+    host: String,
+    settings: Arc<RwLock<LabelSettings>>,
+    /// A window computed at a snapshot before its end was due: the last
+    /// one goes out when the recording finishes.
+    pending: Option<Batch>,
+    exporter: Exporter,
+    stats: Arc<Stats>,
+}
+
+impl WindowSink {
+    pub fn new(
+        interval_ns: u64,
+        start_ns: u64,
+        settings: Arc<RwLock<LabelSettings>>,
+        exporter: Exporter,
+        stats: Arc<Stats>,
+    ) -> Self {
+        Self {
+            interval_ns,
+            start_ns,
+            known: HashMap::new(),
+            stacks_sent: 0,
+            host: labels::host_name(),
+            settings,
+            pending: None,
+            exporter,
+            stats,
+        }
+    }
+
+    /// The window from `start_ns` to the snapshot, without changing what
+    /// the next one counts from.
+    fn window(&mut self, s: &Snapshot<'_>) -> Batch {
+        let settings = self.settings.read().map(|g| g.clone()).unwrap_or_default();
+        let to_unix = unix_ns_of(s.ts_ns);
+        let mut windows = Vec::new();
+        for info in s.processes {
+            let Some(heap) = s.model.heap().process(info.pid) else {
+                continue;
+            };
+            let known = self.known.entry(info.pid).or_insert_with(|| Known {
+                cgroup: labels::cgroup_of(info.pid),
+                allocated: HashMap::new(),
+            });
+            let mut rows = Vec::new();
+            for (stack, stats) in heap.stacks() {
+                let before = known.allocated.get(stack).copied().unwrap_or_default();
+                let allocated = Amount {
+                    bytes: stats.allocated.bytes.saturating_sub(before.bytes),
+                    count: stats.allocated.count.saturating_sub(before.count),
+                };
+                if allocated.count > 0 || stats.live.bytes > 0 {
+                    rows.push(WindowRow {
+                        stack: *stack,
+                        allocated,
+                        live: stats.live,
+                    });
+                }
+            }
+            windows.push(ProcessWindow {
+                pid: info.pid,
+                labels: labels::of_process(
+                    info.pid,
+                    &info.command,
+                    &known.cgroup,
+                    &self.host,
+                    &settings.fixed,
+                    settings.pid,
+                ),
+                start_unix_ns: to_unix(self.start_ns),
+                end_unix_ns: to_unix(s.ts_ns),
+                rows,
+            });
+        }
+        let known = s.model.stacks().count();
+        let new_stacks = (self.stacks_sent..known)
+            .map(|i| {
+                let id = StackId(i as u32);
+                NewStack {
+                    id,
+                    stack: unsymbolized(s.model, id),
+                }
+            })
+            .collect();
+        Batch {
+            windows,
+            new_stacks,
+            debug_dirs: s.model.debug_dirs(),
+            stacks_known: known,
+            ends_ns: s.ts_ns,
+        }
+    }
+
+    /// Sends `batch` and counts from its end on; forgets the processes that
+    /// had exited (their last window is in it).
+    fn emit(&mut self, batch: Batch, s: Option<&Snapshot<'_>>) {
+        if let Some(s) = s {
+            for info in s.processes {
+                if let (Some(heap), Some(known)) = (
+                    s.model.heap().process(info.pid),
+                    self.known.get_mut(&info.pid),
+                ) {
+                    known.allocated = heap
+                        .stacks()
+                        .iter()
+                        .filter(|(_, st)| st.allocated.count > 0)
+                        .map(|(id, st)| (*id, st.allocated))
+                        .collect();
+                }
+                if exited(info) {
+                    self.known.remove(&info.pid);
+                }
+            }
+        }
+        self.start_ns = batch.ends_ns;
+        let made = batch.windows.len() as u64;
+        let known = batch.stacks_known;
+        if self.exporter.send(batch) {
+            self.stacks_sent = known;
+            self.stats.windows.fetch_add(made, Relaxed);
+        } else {
+            // The stacks first seen in a dropped batch go with the next one:
+            // later windows use them, and the export thread never saw them.
+            self.stats.windows_dropped.fetch_add(made, Relaxed);
+        }
+    }
+}
+
+fn exited(info: &ProcessInfo) -> bool {
+    info.exit_status.is_some()
+}
+
+/// A function from CLOCK_MONOTONIC ns to Unix time ns, as of now.
+fn unix_ns_of(now_mono: u64) -> impl Fn(u64) -> u64 {
+    let unix_now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mono_now = monotonic_ns().max(now_mono);
+    move |ts| unix_now.saturating_sub(mono_now.saturating_sub(ts))
+}
+
+impl Sink for WindowSink {
+    fn events(&mut self, events: &[HeapEvent]) -> Result<()> {
+        self.stats.events.fetch_add(events.len() as u64, Relaxed);
+        Ok(())
+    }
+
+    fn snapshot(&mut self, s: &Snapshot<'_>) -> Result<()> {
+        self.stats
+            .lost_events
+            .store(s.counters.get(tracer_common::counter::LOST_EVENTS), Relaxed);
+        let running = s.processes.iter().filter(|p| !exited(p)).count();
+        self.stats.processes.store(running as u64, Relaxed);
+        let tracked: u64 = s
+            .model
+            .heap()
+            .processes()
+            .map(|(_, h)| h.totals().live_count)
+            .sum();
+        self.stats.tracked.store(tracked, Relaxed);
+        self.stats.evicted.store(s.model.heap().evicted(), Relaxed);
+        let batch = self.window(s);
+        // The interval's tick may come a little early or late; the first
+        // snapshot comes right at the start.
+        if s.ts_ns.saturating_sub(self.start_ns) >= self.interval_ns / 2 {
+            self.pending = None;
+            self.emit(batch, Some(s));
+        } else {
+            self.pending = Some(batch);
+        }
+        Ok(())
+    }
+
+    fn finish(mut self: Box<Self>, _end: &Ending) -> Result<()> {
+        if let Some(batch) = self.pending.take()
+            && batch.ends_ns > self.start_ns
+        {
+            self.emit(batch, None);
+        }
+        self.exporter.finish();
+        Ok(())
+    }
+}
