@@ -17,7 +17,7 @@ const FLOOD_SECS: &str = "20";
 
 #[test]
 fn a_code_object_flood_leaves_an_honest_leak_exact() {
-    let tracer = spawn_record(&["-v", "--all", "--top", "50"]);
+    let tracer = spawn_record(&["-v", "--all", "--exact", "--top", "50"]);
     tracer.wait_for("tracer: recording", Duration::from_secs(60));
 
     let mut flood = Command::new(DEBIAN_PYTHON)

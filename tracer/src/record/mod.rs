@@ -9,7 +9,6 @@ use anyhow::{Result, anyhow};
 use aya::maps::{MapData, RingBuf};
 use log::{debug, info, warn};
 use tokio::{
-    signal::unix::{Signal, SignalKind, signal},
     sync::mpsc::UnboundedReceiver,
     time::{Instant, sleep_until},
 };
@@ -44,6 +43,12 @@ use crate::{
     user::User,
 };
 
+mod plan;
+mod stops;
+
+pub use plan::{Plan, Sinks};
+use stops::Stops;
+
 /// How often the ring buffer is drained without a wakeup from the kernel
 /// (it wakes tracer only when a quarter full: see `wakeup` in tracer-ebpf).
 const DRAIN_EVERY: Duration = Duration::from_millis(10);
@@ -53,47 +58,6 @@ async fn recv_census(walks: &mut Option<Walks>) -> Option<Census> {
     match walks {
         Some(w) => w.done.recv().await,
         None => std::future::pending().await,
-    }
-}
-
-/// What a recording does besides tracing what its options name: where the
-/// events go (`tracer record`'s capture and reports, `tracer top`'s view,
-/// the daemon's windows) and the daemon's bounds.
-pub struct Plan {
-    /// Makes the sinks, given when recording began (CLOCK_MONOTONIC ns).
-    pub sinks: SinksOf,
-    /// `--match`: only the CPython processes whose command line matches.
-    pub matching: Option<regex::Regex>,
-    /// `--max-tracked`.
-    pub heap_cap: Option<u64>,
-    /// Whether SIGHUP stops the recording (the daemon reloads on it).
-    pub hangup_stops: bool,
-    /// Called once the probes are in place (the daemon tells systemd).
-    pub on_ready: Box<dyn FnOnce()>,
-    /// Called when recording stops, before the sinks finish.
-    pub on_stop: Box<dyn FnOnce()>,
-}
-
-/// The sinks of a recording, and the capture file among them whose size
-/// `--max-capture-mb` bounds.
-pub struct Sinks {
-    pub sinks: Vec<Box<dyn Sink>>,
-    pub capture: Option<CaptureFile>,
-}
-
-pub type SinksOf = Box<dyn FnOnce(u64) -> Result<Sinks>>;
-
-impl Plan {
-    /// A recording into the sinks `sinks` makes, without the daemon's bounds.
-    pub fn into_sinks(sinks: SinksOf) -> Self {
-        Self {
-            sinks,
-            matching: None,
-            heap_cap: None,
-            hangup_stops: true,
-            on_ready: Box::new(|| {}),
-            on_stop: Box::new(|| {}),
-        }
     }
 }
 
@@ -191,47 +155,6 @@ pub async fn trace(options: &RecordOptions, plan: Plan) -> Result<()> {
     // Whatever ended it, no process stays held.
     let finished = rec.finish();
     stop.and(finished)
-}
-
-/// What stops a recording from outside: Ctrl-C, SIGTERM, and SIGHUP (the
-/// terminal or ssh session went away; not for the daemon, which reloads on
-/// it), each with the reports made.
-struct Stops {
-    interrupt: Signal,
-    terminate: Signal,
-    hangup: Option<Signal>,
-}
-
-impl Stops {
-    fn new(hangup_stops: bool) -> Result<Self> {
-        Ok(Self {
-            interrupt: signal(SignalKind::interrupt())?,
-            terminate: signal(SignalKind::terminate())?,
-            hangup: hangup_stops
-                .then(|| signal(SignalKind::hangup()))
-                .transpose()?,
-        })
-    }
-
-    /// Waits for one; says which.
-    async fn next(&mut self) -> &'static str {
-        let Self {
-            interrupt,
-            terminate,
-            hangup,
-        } = self;
-        let hangup = async {
-            match hangup {
-                Some(h) => h.recv().await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = interrupt.recv() => "interrupted",
-            _ = terminate.recv() => "terminated",
-            _ = hangup => "hung up",
-        }
-    }
 }
 
 /// The probes, the model and the sinks of one recording.
