@@ -17,6 +17,9 @@ const SLEEPER: &str = "import time; time.sleep(600)";
 /// The process tracer launched: tracer's child (pid, start time).
 fn launched(tracer_pid: u32) -> (u32, u64) {
     let deadline = Instant::now() + Duration::from_secs(10);
+    // tracer's other child, the guard of held processes, runs tracer's own
+    // executable: the command is the child that exec'd another.
+    let tracer_exe = fs::read_link(format!("/proc/{tracer_pid}/exe")).expect("tracer's exe");
     loop {
         for entry in fs::read_dir("/proc").expect("read /proc").flatten() {
             let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
@@ -24,6 +27,7 @@ fn launched(tracer_pid: u32) -> (u32, u64) {
             };
             if let Some((ppid, _, start)) = stat(pid)
                 && ppid == tracer_pid
+                && fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe != tracer_exe)
             {
                 return (pid, start);
             }

@@ -142,6 +142,20 @@ pub(super) fn process_record(info: &ProcessInfo, key: impl Fn(Pid) -> Pid) -> Re
     })
 }
 
+/// The model's stacks from the `from`th on (those interned since a sink
+/// last took them), with what symbolizing them needs.
+pub fn new_stacks(model: &Model, from: usize) -> Vec<NewStack> {
+    (from..model.stacks().count())
+        .map(|i| {
+            let id = StackId(i as u32);
+            NewStack {
+                id,
+                stack: unsymbolized(model, id),
+            }
+        })
+        .collect()
+}
+
 /// Stack `id` of the model, with what symbolizing it needs.
 pub fn unsymbolized(model: &Model, id: StackId) -> Unsymbolized {
     let stacks = model.stacks();
@@ -193,17 +207,8 @@ impl Sink for CaptureSink {
         }
         // A capture cut short still says what was lost until then.
         records.push(Record::Counters(s.counters));
-        let known = s.model.stacks().count();
-        let new: Vec<NewStack> = (self.stacks_written..known)
-            .map(|i| {
-                let id = StackId(i as u32);
-                NewStack {
-                    id,
-                    stack: unsymbolized(s.model, id),
-                }
-            })
-            .collect();
-        self.stacks_written = known;
+        let new = new_stacks(s.model, self.stacks_written);
+        self.stacks_written = s.model.stacks().count();
         self.writer
             .records(records)
             .map_err(|e| self.write_err(e))?;

@@ -17,22 +17,21 @@ use log::warn;
 
 use super::{
     Ending, Sink, Snapshot,
-    capture::{process_record, unsymbolized},
+    capture::{new_stacks, process_record},
 };
 use crate::{
-    capture::{
-        Record, Writer,
-        background::{Background, NewStack},
-        segment_number,
-    },
+    capture::{Record, Writer, background::Background, segment_number},
     clock::monotonic_ns,
-    event::{HeapEvent, Pid, StackId},
+    event::{HeapEvent, Pid},
 };
 
 /// Segments per capture cap: the most that one rotation deletes at once.
 const SEGMENTS: u64 = 8;
 /// A segment is at least this large (a small cap still rotates sensibly).
 const MIN_SEGMENT: u64 = 256 << 10;
+/// Events held before they are written within a window: about 100 KiB
+/// compressed, well under `MIN_SEGMENT`.
+const FLUSH_EVENTS: usize = 20_000;
 
 pub struct SegmentsSink {
     dir: PathBuf,
@@ -166,6 +165,16 @@ impl Sink for SegmentsSink {
     fn events(&mut self, events: &[HeapEvent]) -> Result<()> {
         self.events
             .extend(events.iter().copied().map(Record::Event));
+        // A busy window writes more than a segment: its events go out in
+        // parts, each followed by a rotation if the segment is full, so that
+        // the cap holds within a window too.
+        if self.events.len() >= FLUSH_EVENTS {
+            let records = std::mem::take(&mut self.events);
+            self.writer
+                .records(records)
+                .map_err(|e| self.write_err(e))?;
+            self.rotate_if_full()?;
+        }
         Ok(())
     }
 
@@ -178,17 +187,8 @@ impl Sink for SegmentsSink {
             }
         }
         records.push(Record::Counters(s.counters));
-        let known = s.model.stacks().count();
-        let new: Vec<NewStack> = (self.stacks_written..known)
-            .map(|i| {
-                let id = StackId(i as u32);
-                NewStack {
-                    id,
-                    stack: unsymbolized(s.model, id),
-                }
-            })
-            .collect();
-        self.stacks_written = known;
+        let new = new_stacks(s.model, self.stacks_written);
+        self.stacks_written = s.model.stacks().count();
         self.writer
             .records(records)
             .map_err(|e| self.write_err(e))?;

@@ -15,12 +15,11 @@ use anyhow::Result;
 
 use super::{
     Ending, Sink, Snapshot,
-    capture::unsymbolized,
+    capture::new_stacks,
     export::{Batch, Exporter, ProcessWindow, WindowRow},
     stats::Stats,
 };
 use crate::{
-    capture::background::NewStack,
     clock::monotonic_ns,
     event::{HeapEvent, Pid, StackId},
     labels::{self, Cgroup, Labels},
@@ -125,15 +124,7 @@ impl WindowSink {
             });
         }
         let known = s.model.stacks().count();
-        let new_stacks = (self.stacks_sent..known)
-            .map(|i| {
-                let id = StackId(i as u32);
-                NewStack {
-                    id,
-                    stack: unsymbolized(s.model, id),
-                }
-            })
-            .collect();
+        let new_stacks = new_stacks(s.model, self.stacks_sent);
         Batch {
             windows,
             new_stacks,

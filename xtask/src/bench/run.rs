@@ -72,19 +72,7 @@ fn attach(paths: &Paths, tool: Tool, pid: u32, out: &Path) -> Result<Option<Daem
     let daemon = match tool {
         Tool::Untraced | Tool::Memray { .. } => return Ok(None),
         Tool::Tracer(args) => {
-            let mut child = Command::new(paths.root.join("target/release/tracer"))
-                .args(["record", "--pid", &pid.to_string(), "-o"])
-                .arg(out.join("tracer"))
-                .args(args)
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .context("starting tracer")?;
-            let mut output = Lines::spawn(child.stderr.take().context("no stderr")?);
-            let child = Guard(child);
-            output.wait_for(Duration::from_secs(60), |l| {
-                l.starts_with("tracer: recording")
-            })?;
+            let (child, output) = start_tracer(paths, pid, args, out)?;
             Daemon {
                 child,
                 output,
@@ -137,6 +125,29 @@ fn attach(paths: &Paths, tool: Tool, pid: u32, out: &Path) -> Result<Option<Daem
         }
     };
     Ok(Some(daemon))
+}
+
+/// `tracer record --pid PID ARGS -o OUT/tracer`, once it records.
+pub(super) fn start_tracer(
+    paths: &Paths,
+    pid: u32,
+    args: &[&str],
+    out: &Path,
+) -> Result<(Guard, Lines)> {
+    let mut child = Command::new(paths.root.join("target/release/tracer"))
+        .args(["record", "--pid", &pid.to_string(), "-o"])
+        .arg(out.join("tracer"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting tracer")?;
+    let mut output = Lines::spawn(child.stderr.take().context("no stderr")?);
+    let child = Guard(child);
+    output.wait_for(Duration::from_secs(60), |l| {
+        l.starts_with("tracer: recording")
+    })?;
+    Ok((child, output))
 }
 
 /// The file the process maps as its libc.

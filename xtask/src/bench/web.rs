@@ -21,8 +21,9 @@ use serde_json::{Value, json};
 
 use super::{
     Paths,
-    children::{Guard, Lines, wait_for_no_probes},
+    children::{Guard, wait_for_no_probes},
     results::median,
+    run::start_tracer,
 };
 
 /// An interpreter the service runs on, with Flask and gunicorn importable.
@@ -203,21 +204,7 @@ fn run_once(paths: &Paths, python: &Python, tool: WebTool, secs: u64) -> Result<
     let master = server_master(server.0.id(), &tool)?;
     let workers = children_of(master);
     let tracer = match tool {
-        WebTool::Tracer(args) => {
-            let mut child = Command::new(paths.root.join("target/release/tracer"))
-                .args(["record", "--pid", &master.to_string(), "-o"])
-                .arg(out.join("tracer"))
-                .args(args)
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .context("starting tracer")?;
-            let mut output = Lines::spawn(child.stderr.take().context("no stderr")?);
-            output.wait_for(Duration::from_secs(60), |l| {
-                l.starts_with("tracer: recording")
-            })?;
-            Some((Guard(child), output))
-        }
+        WebTool::Tracer(args) => Some(start_tracer(paths, master, args, &out)?),
         _ => None,
     };
     let cpu_before = tracer.as_ref().map(|(t, _)| cpu_ticks(t.0.id()));
