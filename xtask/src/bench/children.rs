@@ -131,7 +131,7 @@ impl Drop for Guard {
 }
 
 /// `bpftool OBJECT list -j`, as JSON values (none if it fails).
-fn bpftool_list(object: &str) -> Vec<Value> {
+pub(super) fn bpftool_list(object: &str) -> Vec<Value> {
     let listed =
         crate::output(Command::new("bpftool").args([object, "list", "-j"])).unwrap_or_default();
     serde_json::from_str(&listed).unwrap_or_default()

@@ -235,5 +235,33 @@ fn web_markdown(rows: &[Value]) -> String {
             sum("lost").map_or_else(|| "–".to_owned(), |n| n.to_string()),
         ));
     }
+    s.push_str("\nWhat tracer's programs cost per request (bpf_stats over the load windows):\n\n");
+    for row in rows {
+        let Some(programs) = row["programs"].as_array().filter(|p| !p.is_empty()) else {
+            continue;
+        };
+        let listed: Vec<String> = programs
+            .iter()
+            .map(|p| {
+                format!(
+                    "{} {:.1} runs x {:.0} ns",
+                    p["name"].as_str().unwrap_or("?"),
+                    p["runs_per_request"].as_f64().unwrap_or(0.0),
+                    p["ns_per_run"].as_f64().unwrap_or(0.0)
+                )
+            })
+            .collect();
+        let total: f64 = programs
+            .iter()
+            .filter_map(|p| p["us_per_request"].as_f64())
+            .sum();
+        s.push_str(&format!(
+            "- {} / {}: {:.1} µs per request: {}\n",
+            row["python"].as_str().unwrap_or("?"),
+            row["mode"].as_str().unwrap_or("?"),
+            total,
+            listed.join(", ")
+        ));
+    }
     s
 }

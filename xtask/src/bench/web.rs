@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 
 use super::{
     Paths,
-    children::{Guard, wait_for_no_probes},
+    children::{Guard, bpftool_list, wait_for_no_probes},
     results::median,
     run::start_tracer,
 };
@@ -101,6 +101,51 @@ struct WebRun {
     events: Option<u64>,
     /// tracer: from SIGINT to no probe left in the workers' libc.
     detach_ms: Option<f64>,
+    /// tracer: what each of its programs cost over the load window.
+    programs: Vec<ProgramCost>,
+}
+
+/// One eBPF program of tracer's over the load window (bpf_stats).
+struct ProgramCost {
+    name: String,
+    runs: u64,
+    ns: u64,
+}
+
+/// Run counts and times of the programs loaded since `before` (ids),
+/// by id: tracer's own (the bench runs nothing else that loads any).
+fn program_stats(before: &[u64]) -> Vec<(u64, ProgramCost)> {
+    bpftool_list("prog")
+        .iter()
+        .filter_map(|p| {
+            let id = p["id"].as_u64()?;
+            (!before.contains(&id)).then(|| {
+                (
+                    id,
+                    ProgramCost {
+                        name: p["name"].as_str().unwrap_or("?").to_owned(),
+                        runs: p["run_cnt"].as_u64().unwrap_or(0),
+                        ns: p["run_time_ns"].as_u64().unwrap_or(0),
+                    },
+                )
+            })
+        })
+        .collect()
+}
+
+/// The programs' runs and time between two `program_stats`.
+fn program_costs(start: &[(u64, ProgramCost)], end: Vec<(u64, ProgramCost)>) -> Vec<ProgramCost> {
+    end.into_iter()
+        .filter_map(|(id, e)| {
+            let (_, s) = start.iter().find(|(i, _)| *i == id)?;
+            let runs = e.runs.saturating_sub(s.runs);
+            (runs > 0).then(|| ProgramCost {
+                name: e.name,
+                runs,
+                ns: e.ns.saturating_sub(s.ns),
+            })
+        })
+        .collect()
 }
 
 const PORT: u16 = 18_731;
@@ -110,6 +155,16 @@ const CONNECTIONS: &str = "16";
 /// Every interpreter's rows: `rounds` interleaved rounds of every mode,
 /// `secs` seconds of load each.
 pub(super) fn run(paths: &Paths, rounds: usize, secs: u64) -> Result<Vec<Value>> {
+    // Run counts and times of eBPF programs, as bpf_stats keeps them.
+    const STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+    let stats_were = fs::read_to_string(STATS).unwrap_or_default();
+    fs::write(STATS, "1").with_context(|| format!("enabling {STATS}"))?;
+    let rows = run_all(paths, rounds, secs);
+    let _ = fs::write(STATS, stats_were.trim());
+    rows
+}
+
+fn run_all(paths: &Paths, rounds: usize, secs: u64) -> Result<Vec<Value>> {
     let mut rows = Vec::new();
     for python in pythons(&paths.root) {
         let modes: Vec<&WebMode> = WEB_MODES
@@ -154,6 +209,7 @@ pub(super) fn run(paths: &Paths, rounds: usize, secs: u64) -> Result<Vec<Value>>
                 "p99_ms_median": median(these.iter().map(|r| r.p99_ms).collect()),
                 "tracer_cpu_share_median": opt(&|r| r.tracer_cpu_share),
                 "detach_ms_median": opt(&|r| r.detach_ms),
+                "programs": program_summary(these, secs),
                 "events": these.iter().map(|r| r.events).collect::<Vec<_>>(),
                 "lost": these.iter().map(|r| r.lost).collect::<Vec<_>>(),
             }));
@@ -202,13 +258,19 @@ fn run_once(paths: &Paths, python: &Python, tool: WebTool, secs: u64) -> Result<
     // Both workers booted and warm before anything is measured.
     wrk(2)?;
     let master = server_master(server.0.id(), &tool)?;
+    let loaded_before: Vec<u64> = bpftool_list("prog")
+        .iter()
+        .filter_map(|p| p["id"].as_u64())
+        .collect();
     let workers = children_of(master);
     let tracer = match tool {
         WebTool::Tracer(args) => Some(start_tracer(paths, master, args, &out)?),
         _ => None,
     };
     let cpu_before = tracer.as_ref().map(|(t, _)| cpu_ticks(t.0.id()));
+    let stats_before = program_stats(&loaded_before);
     let wrk_out = wrk(secs)?;
+    let costs = program_costs(&stats_before, program_stats(&loaded_before));
     let tracer_cpu_share = match (&tracer, cpu_before) {
         (Some((t, _)), Some(before)) => {
             let ticks = cpu_ticks(t.0.id()).saturating_sub(before);
@@ -218,6 +280,7 @@ fn run_once(paths: &Paths, python: &Python, tool: WebTool, secs: u64) -> Result<
     };
     let mut run = parse_wrk(&wrk_out)?;
     run.tracer_cpu_share = tracer_cpu_share;
+    run.programs = costs;
     if let Some((mut child, output)) = tracer {
         let interrupted = Instant::now();
         // SAFETY: signalling our own child.
@@ -294,6 +357,7 @@ fn parse_wrk(text: &str) -> Result<WebRun> {
         lost: None,
         events: None,
         detach_ms: None,
+        programs: Vec::new(),
     })
 }
 
@@ -393,6 +457,34 @@ fn probed_bytes(pid: u32) -> Result<usize> {
     mem.seek(SeekFrom::Start(start))?;
     mem.read_exact(&mut text)?;
     Ok(text.iter().zip(&file).filter(|(a, b)| a != b).count())
+}
+
+/// Each program's ns per run and runs per request, over every run of a
+/// mode.
+fn program_summary(runs: &[WebRun], secs: u64) -> Vec<Value> {
+    let requests: f64 = runs.iter().map(|r| r.requests_per_s * secs as f64).sum();
+    let mut by_name: Vec<(String, u64, u64)> = Vec::new();
+    for p in runs.iter().flat_map(|r| &r.programs) {
+        match by_name.iter_mut().find(|(n, _, _)| *n == p.name) {
+            Some(e) => {
+                e.1 += p.runs;
+                e.2 += p.ns;
+            }
+            None => by_name.push((p.name.clone(), p.runs, p.ns)),
+        }
+    }
+    by_name.sort_by_key(|p| std::cmp::Reverse(p.2));
+    by_name
+        .into_iter()
+        .map(|(name, runs, ns)| {
+            json!({
+                "name": name,
+                "ns_per_run": ns as f64 / runs.max(1) as f64,
+                "runs_per_request": runs as f64 / requests.max(1.0),
+                "us_per_request": ns as f64 / 1e3 / requests.max(1.0),
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
