@@ -13,6 +13,7 @@
 
 use std::{
     fs,
+    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
     sync::OnceLock,
@@ -606,6 +607,9 @@ fn reports_need_no_root() {
     let dir = tempfile::tempdir().expect("tempdir");
     let capture = dir.path().join("capture.tracer");
     fs::copy(r.capture(), &capture).expect("copy");
+    // tracer writes its outputs 0600 (root's): shared with another user,
+    // as an operator would.
+    fs::set_permissions(&capture, fs::Permissions::from_mode(0o644)).expect("chmod capture");
     let mut perms = fs::metadata(dir.path()).expect("stat").permissions();
     std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
     fs::set_permissions(dir.path(), perms).expect("chmod");
