@@ -281,29 +281,23 @@ pub struct Running {
 
 pub fn spawn_record(args: &[&str]) -> Running {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut child = tracer()
-        .arg("record")
-        .arg("-o")
-        .arg(dir.path())
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start tracer");
-    let stderr_lines = forward_lines(child.stderr.take().expect("stderr"));
-    Running {
-        child,
-        dir,
-        stderr_lines,
-    }
+    let mut cmd = tracer();
+    cmd.arg("record").arg("-o").arg(dir.path()).args(args);
+    run_in_background(cmd, dir)
 }
 
 /// Starts `tracer ARGS` in the background, its stdout piped, its stderr
 /// read line by line (`Running::wait_for`).
 pub fn spawn_tracer<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Running {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut child = tracer()
-        .args(args)
+    let mut cmd = tracer();
+    cmd.args(args);
+    run_in_background(cmd, tempfile::tempdir().expect("tempdir"))
+}
+
+/// Starts `cmd` (a tracer) with its stdout piped and its stderr read line
+/// by line; `dir` lives as long as it does.
+fn run_in_background(mut cmd: Command, dir: tempfile::TempDir) -> Running {
+    let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -79,20 +79,7 @@ pub fn encode(
         }
         rows.push((vec![other_frame()], other));
     }
-    let mut b = Builder::default();
-    b.string("");
-    for (kind, unit) in [
-        ("alloc_objects", "count"),
-        ("alloc_space", "bytes"),
-        ("inuse_objects", "count"),
-        ("inuse_space", "bytes"),
-    ] {
-        let vt = ValueType {
-            r#type: b.string(kind),
-            unit: b.string(unit),
-        };
-        b.profile.sample_type.push(vt);
-    }
+    let mut b = Builder::memory();
     b.profile.period_type = Some(ValueType {
         r#type: b.string("space"),
         unit: b.string("bytes"),

@@ -127,6 +127,27 @@ pub struct Builder {
 }
 
 impl Builder {
+    /// A memory profile's builder: the empty string first (pprof's rule),
+    /// then the four sample types every memory profile tracer writes has,
+    /// in the order of each sample's values.
+    pub fn memory() -> Self {
+        let mut b = Self::default();
+        b.string("");
+        for (kind, unit) in [
+            ("alloc_objects", "count"),
+            ("alloc_space", "bytes"),
+            ("inuse_objects", "count"),
+            ("inuse_space", "bytes"),
+        ] {
+            let vt = ValueType {
+                r#type: b.string(kind),
+                unit: b.string(unit),
+            };
+            b.profile.sample_type.push(vt);
+        }
+        b
+    }
+
     pub fn string(&mut self, s: &str) -> i64 {
         if let Some(i) = self.strings.get(s) {
             return *i;
@@ -194,20 +215,7 @@ impl Builder {
 pub fn render(report: &Report, _options: &Options) -> io::Result<Vec<u8>> {
     let (hotspots, leaks) = (&report.hotspots, &report.leaks);
     let duration_ns = (report.duration_s * 1e9) as i64;
-    let mut b = Builder::default();
-    b.string("");
-    for (kind, unit) in [
-        ("alloc_objects", "count"),
-        ("alloc_space", "bytes"),
-        ("inuse_objects", "count"),
-        ("inuse_space", "bytes"),
-    ] {
-        let vt = ValueType {
-            r#type: b.string(kind),
-            unit: b.string(unit),
-        };
-        b.profile.sample_type.push(vt);
-    }
+    let mut b = Builder::memory();
     b.profile.default_sample_type = b.string("inuse_space");
     b.profile.duration_nanos = duration_ns;
     let pid_key = b.string("pid");
