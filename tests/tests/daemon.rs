@@ -262,6 +262,7 @@ fn an_outage_is_retried_spooled_and_caught_up_and_a_400_is_not_retried() {
         1.0,
         Duration::from_secs(10),
     );
+    // The retry is counted once its window is on disk.
     let spooled = metric(&text, "tracer_spool_bytes{sink=\"pyroscope\"}").unwrap_or(0.0);
     assert!(spooled > 0.0, "a failed window is spooled:\n{text}");
     // Then the server answers 503, then recovers; Parca's next push is

@@ -387,7 +387,6 @@ impl Queue {
                 self.remove_head();
             }
             Outcome::Retry { after, why } => {
-                SinkStats::add(&self.stats().retried, 1);
                 debug!("{}: will retry: {why}", self.settings.backend.name());
                 if self.backoff == BACKOFF_FIRST {
                     warn!(
@@ -398,6 +397,10 @@ impl Queue {
                 if self.spool.is_some() && matches!(self.items.front(), Some(Item::Memory(_))) {
                     self.spool_at(0);
                 }
+                // Counted after the window is on disk and published, so that
+                // a reader of /metrics who sees the retry also sees the spool.
+                self.publish();
+                SinkStats::add(&self.stats().retried, 1);
                 let wait = after.unwrap_or_else(|| jittered(self.backoff));
                 self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
                 self.next_try = Instant::now() + wait;
