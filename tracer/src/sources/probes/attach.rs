@@ -316,22 +316,28 @@ fn attach_file(
         at: At::Entry,
     };
     let mut points = Vec::new();
+    let mut starts = FunctionStarts {
+        elf: &elf,
+        checked: !file.trusted(),
+        refused: Vec::new(),
+    };
     // A file that defines malloc and free is an allocator: libc, a static
     // executable, or a preloaded jemalloc/tcmalloc/mimalloc.
     if elf.function("malloc").is_some() && elf.function("free").is_some() {
-        points.extend(allocators(&elf, &mut done));
-        if let Some(exit) = elf.function("exit") {
+        points.extend(allocators(&elf, &mut starts, &mut done));
+        if let Some(exit) = starts.function("exit") {
             points.push(entry("exit_entry", exit.file_offset));
             done.libc_exit = true;
         }
     }
-    if let Some(finalize) = elf.function("Py_FinalizeEx") {
+    if let Some(finalize) = starts.function("Py_FinalizeEx") {
         points.push(entry("py_finalize_entry", finalize.file_offset));
         done.py_finalize = true;
         if pymalloc {
-            points.extend(pymalloc_functions(pid, &elf, mapping, &mut done));
+            points.extend(pymalloc_functions(pid, &mut starts, mapping, &mut done));
         }
     }
+    starts.warn(&file);
     if !points.is_empty() {
         programs.attach_all(&file, &points)?;
     }
@@ -341,10 +347,11 @@ fn attach_file(
 /// The probes of CPython's object allocator in `elf`.
 fn pymalloc_functions(
     pid: u32,
-    elf: &ElfFile,
+    starts: &mut FunctionStarts<'_>,
     mapping: &Mapping,
     done: &mut FileProbes,
 ) -> Vec<ProbePoint> {
+    let elf = starts.elf;
     let mut points = Vec::new();
     let debug = crate::elf::debug_file(pid, elf, mapping);
     let mut probed_addresses = Vec::new();
@@ -376,6 +383,9 @@ fn pymalloc_functions(
                 elf.path(),
                 found.address
             );
+            continue;
+        }
+        if !from_debug && !starts.allows(&name, found.address) {
             continue;
         }
         // A debug file's addresses are the binary's; its offsets are not.
@@ -432,13 +442,17 @@ fn call_points(program: &'static str, offset: u64, cookie: u64, returns: bool) -
 }
 
 /// The probes of the libc allocation family in `elf`.
-fn allocators(elf: &ElfFile, done: &mut FileProbes) -> Vec<ProbePoint> {
+fn allocators(
+    elf: &ElfFile,
+    starts: &mut FunctionStarts<'_>,
+    done: &mut FileProbes,
+) -> Vec<ProbePoint> {
     let mut points = Vec::new();
     // glibc gives aligned_alloc and memalign one address: probe it once.
     let mut by_address: HashMap<u64, &'static str> = HashMap::new();
     let mut single_stepped_hot = Vec::new();
     for f in &ALLOC_FUNCTIONS {
-        let Some(func) = elf.function(f.symbol) else {
+        let Some(func) = starts.function(f.symbol) else {
             debug!("{}: no {}", elf.path(), f.symbol);
             continue;
         };
@@ -472,9 +486,66 @@ fn allocators(elf: &ElfFile, done: &mut FileProbes) -> Vec<ProbePoint> {
     points
 }
 
+/// Where a file's symbols may put a probe. A symbol is only a name for an
+/// address: a crafted file can name the middle of an instruction, and a
+/// uprobe's `int3` there corrupts that instruction for every process that
+/// maps the file. So in a file someone other than root can change, a
+/// function is probed only where the file's own unwind table does not say
+/// otherwise (`.eh_frame_hdr` lists every function start). A file without
+/// a readable table is probed: nothing in it contradicts its symbols, and
+/// its probes reach only the processes that map that very inode.
+struct FunctionStarts<'a> {
+    elf: &'a ElfFile,
+    /// Not root's own file: its symbols are checked.
+    checked: bool,
+    /// Symbols refused, for one warning per file.
+    refused: Vec<String>,
+}
+
+impl FunctionStarts<'_> {
+    /// `name`, if it may be probed.
+    fn function(&mut self, name: &str) -> Option<crate::elf::Function> {
+        let f = self.elf.function(name)?;
+        self.allows(name, f.address).then_some(f)
+    }
+
+    fn allows(&mut self, name: &str, address: u64) -> bool {
+        if self.checked && self.elf.is_function_start(address) == Some(false) {
+            self.refused.push(format!("{name} ({address:#x})"));
+            return false;
+        }
+        true
+    }
+
+    fn warn(&self, file: &TargetFile) {
+        if !self.refused.is_empty() {
+            warn!(
+                "{}: its symbols put {} where its own unwind table starts no function (inside an instruction?): not probed",
+                file.shown(),
+                self.refused.join(", ")
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_real_glibc_starts_a_function_at_every_symbol_probed() {
+        // What keeps the check of FunctionStarts from refusing an honest
+        // libc in a container (not root's own file on the host).
+        let elf = ElfFile::open(std::path::Path::new("/lib/x86_64-linux-gnu/libc.so.6"))
+            .expect("system libc");
+        let names = ALLOC_FUNCTIONS.iter().map(|f| f.symbol).chain(["exit"]);
+        for name in names {
+            let Some(f) = elf.function(name) else {
+                continue;
+            };
+            assert_eq!(elf.is_function_start(f.address), Some(true), "{name}");
+        }
+    }
 
     #[test]
     fn lto_copies_match() {
