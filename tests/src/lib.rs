@@ -392,6 +392,30 @@ pub fn finish(mut running: Running) -> Recorded {
     }
 }
 
+/// Ctrl-C to a background tracer, and its report: it must end within a
+/// minute (a watchdog kills it otherwise, and the test fails saying so).
+pub fn interrupt(running: Running) -> Recorded {
+    let pid = running.child.id() as i32;
+    // SAFETY: kill has no memory effects.
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    let (done, watched) = mpsc::channel::<()>();
+    let watchdog = thread::spawn(move || {
+        let hung = watched.recv_timeout(Duration::from_secs(60)).is_err();
+        if hung {
+            // SAFETY: as above; the pid is still our unreaped child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        hung
+    });
+    let recorded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| finish(running)));
+    let _ = done.send(());
+    assert!(
+        !watchdog.join().unwrap_or(true),
+        "tracer did not end within 60 s of Ctrl-C"
+    );
+    recorded.unwrap_or_else(|e| std::panic::resume_unwind(e))
+}
+
 /// Whether any frame of `entry` is `function`.
 pub fn has_function(entry: &Value, function: &str) -> bool {
     frames(entry).iter().any(|f| f["function"] == function)

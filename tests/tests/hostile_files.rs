@@ -12,11 +12,11 @@ use std::{
     os::unix::fs::PermissionsExt as _,
     path::Path,
     process::{Child, ChildStdout, Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use serde_json::Value;
-use tests::{DEBIAN_PYTHON, Recorded, finish, spawn_record, uprobes::uprobe_links, workload};
+use tests::{DEBIAN_PYTHON, interrupt, spawn_record, uprobes::uprobe_links, workload};
 
 const HOST_LIBC: &str = "/usr/lib/x86_64-linux-gnu/libc.so.6";
 const LEAKED: u64 = 2_000;
@@ -121,23 +121,10 @@ fn honest_probes() -> BTreeMap<String, BTreeSet<u64>> {
     let tracer = spawn_record(&["--pid", &sleeper.id().to_string()]);
     tracer.wait_for("tracer: recording", Duration::from_secs(60));
     let probes = probed(tracer.child.id());
-    stop(tracer);
+    interrupt(tracer);
     let _ = sleeper.kill();
     let _ = sleeper.wait();
     probes
-}
-
-/// Ctrl-C, and tracer's report: it must end on its own, promptly.
-fn stop(tracer: tests::Running) -> Recorded {
-    // SAFETY: kill has no memory effects.
-    unsafe { libc::kill(tracer.child.id() as i32, libc::SIGINT) };
-    let mut tracer = tracer;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while tracer.child.try_wait().expect("wait").is_none() {
-        assert!(Instant::now() < deadline, "tracer hung after Ctrl-C");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    finish(tracer)
 }
 
 /// The function starts of `library` by its own symbol table, as file
@@ -187,7 +174,7 @@ fn a_hostile_libc_gets_no_probe_inside_an_instruction_nor_outside_its_own_file()
     hostile.expect("leaked");
     let probes = probed(tracer.child.id());
     // Stopped while the process runs: its buffers are still live.
-    let r = stop(tracer);
+    let r = interrupt(tracer);
     hostile.say("stop");
     let stderr = seen.join("\n") + "\n" + &r.stderr();
 

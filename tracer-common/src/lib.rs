@@ -267,6 +267,10 @@ pub struct PyConfig {
 }
 
 /// Longest string (bytes) a [`CodeRecord`] carries.
+/// Longest `str` or `bytes` object of a code object read from a process
+/// (characters or bytes): a longer one is not a real name, file name or
+/// line table, but a lie or not the object it should be.
+pub const MAX_PY_OBJECT_LEN: i64 = 1 << 20;
 pub const MAX_CODE_STR: usize = 256;
 /// Longest line table a [`CodeRecord`] carries.
 pub const MAX_CODE_TABLE: usize = 4096;

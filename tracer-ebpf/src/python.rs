@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 use tracer_common::{
     AllocRecord, CodeBudget, CodeKey, CodeRecord, MAX_CODE_STR, MAX_CODE_TABLE, MAX_PY_DEPTH,
-    MAX_STACK_DEPTH, PyConfig, PyFrame, counter, flags, kind, py_config,
+    MAX_PY_OBJECT_LEN, MAX_STACK_DEPTH, PyConfig, PyFrame, counter, flags, kind, py_config,
 };
 
 use crate::{
@@ -94,6 +94,11 @@ fn read_str(cfg: &PyConfig, obj: u64, dst: &mut [u8; MAX_CODE_STR]) -> (u32, u32
     let (Some(length), Some(state)) = (user::<i64>(obj + 16), user::<u32>(obj + 32)) else {
         return (0, 0);
     };
+    // A length no string has: the copy is refused, not filled with
+    // whatever follows the object.
+    if !(0..=MAX_PY_OBJECT_LEN).contains(&length) {
+        return (0, 0);
+    }
     let kind = (state >> 2) & 7;
     let ascii = state & (1 << 6) != 0;
     let data = obj

@@ -46,6 +46,12 @@ impl Model {
         self.registry.refresh_maps(pid);
     }
 
+    /// Whether `pid`'s map was read: a process tracer adopted, not one
+    /// the kernel traces while tracer decides (`--all`, `--match`).
+    pub fn has_maps(&self, pid: Pid) -> bool {
+        self.registry.has_maps(pid)
+    }
+
     /// `child` was forked from `parent` (its heap follows from the fork
     /// event): what is known of its address space is the parent's.
     pub fn fork(&mut self, child: Pid, parent: Pid) {

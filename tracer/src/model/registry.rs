@@ -88,6 +88,12 @@ impl Registry {
         }
     }
 
+    /// Whether `pid`'s map was read (it was adopted, or forked from a
+    /// process that was).
+    pub fn has_maps(&self, pid: Pid) -> bool {
+        self.processes.get(&pid).is_some_and(|k| k.maps.is_some())
+    }
+
     /// `pid` replaced its image: its earlier map and interpreter mean
     /// nothing now. With `--all` every exec on the host is reported; one of
     /// a process tracer knows nothing of has nothing to replace, and opening

@@ -7,9 +7,7 @@ use super::{
     memory::Memory,
 };
 
-/// Longest string or line table read from a process: a larger one is not a
-/// real file name or table.
-const MAX_OBJECT_BYTES: i64 = 1 << 20;
+use tracer_common::MAX_PY_OBJECT_LEN;
 /// Characters of a name or file name kept: a longer one is cut (the
 /// kernel's copies keep 256 bytes).
 const MAX_NAME_CHARS: i64 = 1024;
@@ -136,7 +134,7 @@ fn read_str(memory: &Memory, layout: &CodeLayout, addr: u64) -> Result<String, S
     let kind = (state >> 2) & 7;
     let compact = state & (1 << 5) != 0;
     let ascii = state & (1 << 6) != 0;
-    if !compact || !(0..=MAX_OBJECT_BYTES).contains(&length) || !matches!(kind, 1 | 2 | 4) {
+    if !compact || !(0..=MAX_PY_OBJECT_LEN).contains(&length) || !matches!(kind, 1 | 2 | 4) {
         return Err(format!("{addr:#x} is not a compact string"));
     }
     let data = addr
@@ -154,7 +152,7 @@ fn read_str(memory: &Memory, layout: &CodeLayout, addr: u64) -> Result<String, S
 fn read_bytes(memory: &Memory, addr: u64) -> Result<Vec<u8>, String> {
     let e = |err: super::memory::ReadError| err.to_string();
     let size = memory.i64(addr + 16).map_err(e)?;
-    if !(0..=MAX_OBJECT_BYTES).contains(&size) {
+    if !(0..=MAX_PY_OBJECT_LEN).contains(&size) {
         return Err(format!("{addr:#x} is not a bytes object"));
     }
     memory.read(addr + 32, size as usize).map_err(e)

@@ -248,6 +248,12 @@ impl Resolver {
         let Some(p) = self.processes.get_mut(&pid) else {
             return;
         };
+        // A name the kernel could not copy (kind 0: unreadable, or a length
+        // no string has): the process is read instead, or the frame is
+        // unknown, rather than named with bytes that are no name.
+        if rec.name_kind == 0 || rec.filename_kind == 0 {
+            return;
+        }
         let key = (rec.code, rec.firstlineno);
         let code = CodeObject::from_record(rec);
         if rec.table_full == 0 {

@@ -100,8 +100,13 @@ impl Collector {
                 } else {
                     ExitReason::LibcExit
                 };
-                // Its libraries may be unmapped soon: keep its map as it is now.
-                model.refresh_maps(pid);
+                // Its libraries may be unmapped soon: keep its map as it is
+                // now. Not for a process never adopted (under `--match`,
+                // every Python program on the host that does not match):
+                // its files would be opened for nothing.
+                if model.has_maps(pid) {
+                    model.refresh_maps(pid);
+                }
                 self.record(model, &header, EventKind::Exiting { reason });
                 return Some(Notice::Exiting(pid));
             }
