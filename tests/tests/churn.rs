@@ -1,7 +1,8 @@
 //! `--all` on a host that starts processes without end: short Python runs
 //! and distinct non-Python programs, hundreds of each. tracer's open
 //! descriptors and resident set stay flat once warm (every per-process
-//! table is dropped at exit, execs of untraced programs touch nothing).
+//! table is dropped at exit, execs of untraced programs touch nothing);
+//! and a pid used again is a new process each time.
 
 use std::{
     fs,
@@ -11,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use tests::{DEBIAN_PYTHON, finish, spawn_record};
+use tests::{DEBIAN_PYTHON, finish, interrupt, spawn_record};
 
 /// Rounds of one short Python run and one distinct program each.
 const WARM_ROUNDS: usize = 100;
@@ -116,5 +117,67 @@ fn descriptors_and_memory_stay_flat_under_exec_churn() {
         traced >= (WARM_ROUNDS + ROUNDS) / 2,
         "only {traced} of {} Python runs traced",
         WARM_ROUNDS + ROUNDS
+    );
+}
+
+/// Python runs one after another under one pid.
+const SAME_PID_RUNS: usize = 8;
+
+/// A pid no process has now.
+fn free_pid() -> u32 {
+    (20_000..30_000)
+        .find(|p| !Path::new(&format!("/proc/{p}")).exists())
+        .expect("a free pid")
+}
+
+/// Runs started one after another under the same pid, as on a busy host
+/// or with a small pid_max: each is its own process in the report, with
+/// its own instance. The kernel's next pid is set through ns_last_pid
+/// (rather than shrinking pid_max, which would starve every other process
+/// on the host of pids while the test runs).
+#[test]
+fn a_reused_pid_is_a_new_process_each_time() {
+    let tracer = spawn_record(&["--all", "--exact"]);
+    tracer.wait_for("tracer: recording", Duration::from_secs(60));
+    let pid = free_pid();
+    let mut under_pid = 0;
+    for run in 0..SAME_PID_RUNS {
+        fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string())
+            .expect("set the next pid (ns_last_pid)");
+        let script = format!(
+            "import time; x = [bytearray(1000) for _ in range(1000)]; time.sleep(0.5)  # run {run}"
+        );
+        let mut python = Command::new(DEBIAN_PYTHON)
+            .args(["-c", &script])
+            .spawn()
+            .expect("run python");
+        // Another process on the host may take the pid first.
+        if python.id() == pid {
+            under_pid += 1;
+        }
+        assert!(python.wait().expect("wait").success());
+    }
+    assert!(
+        under_pid >= SAME_PID_RUNS / 2,
+        "only {under_pid} of {SAME_PID_RUNS} runs got pid {pid}"
+    );
+    let r = interrupt(tracer);
+    let instances: Vec<u64> = r.report["processes"]
+        .as_array()
+        .expect("processes")
+        .iter()
+        .filter(|p| p["pid"].as_u64() == Some(u64::from(pid)))
+        .filter(|p| {
+            p["command"]
+                .as_str()
+                .is_some_and(|c| c.contains("bytearray(1000)"))
+        })
+        .map(|p| p["pid_instance"].as_u64().unwrap_or(0))
+        .collect();
+    let distinct: std::collections::BTreeSet<u64> = instances.iter().copied().collect();
+    assert_eq!(
+        (instances.len(), distinct.len()),
+        (under_pid, under_pid),
+        "{under_pid} runs under pid {pid}, reported as instances {instances:?}"
     );
 }
