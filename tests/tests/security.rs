@@ -129,6 +129,60 @@ fn outputs_are_never_written_through_links_or_into_foreign_directories() {
     assert!(outputs >= 4, "only {outputs} outputs written");
 }
 
+#[test]
+fn the_daemon_writes_its_capture_and_spool_only_into_directories_of_its_own() {
+    let root = tempfile::tempdir().expect("tempdir");
+    fs::set_permissions(root.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    let foreign = root.path().join("foreign");
+    fs::create_dir(&foreign).expect("mkdir");
+    chown(&foreign, NOBODY);
+    let mut sleeper = Command::new(DEBIAN_PYTHON)
+        .args(["-c", "import time; time.sleep(60)"])
+        .spawn()
+        .expect("start python");
+    let pid = sleeper.id().to_string();
+    let daemon = |extra: &[&std::ffi::OsStr]| {
+        tracer()
+            .args(["daemon", "--pid", &pid, "--duration", "2"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run tracer daemon")
+    };
+    let foreign_arg = foreign.as_os_str();
+    assert_refused(
+        &daemon(&["-o".as_ref(), foreign_arg]),
+        "belongs to uid 65534",
+    );
+    assert_refused(
+        &daemon(&[
+            "--pyroscope".as_ref(),
+            "http://127.0.0.1:9".as_ref(),
+            "--spool-dir".as_ref(),
+            foreign_arg,
+        ]),
+        "belongs to uid 65534",
+    );
+    // And a directory it makes is 0700, its segments 0600.
+    let own = root.path().join("own");
+    let out = daemon(&["-o".as_ref(), own.as_os_str()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(fs::metadata(&own).expect("stat").mode() & 0o7777, 0o700);
+    let mut segments = 0;
+    for entry in fs::read_dir(&own).expect("read_dir").flatten() {
+        assert_eq!(entry.metadata().expect("stat").mode() & 0o7777, 0o600);
+        segments += 1;
+    }
+    assert!(segments >= 1, "no segment written");
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    assert!(fs::read_dir(&foreign).expect("read_dir").next().is_none());
+}
+
 /// A stack of `frames` frames whose strings are each `len` bytes: a few
 /// hundred compressed bytes, megabytes once read.
 fn huge_stack(id: u32, frames: usize, len: usize) -> Record {

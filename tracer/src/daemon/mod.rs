@@ -81,6 +81,11 @@ fn pusher(
 ) -> Result<Pusher> {
     let stats = Arc::new(SinkStats::new(backend.name()));
     sinks.push(stats.clone());
+    // The spool's own directory is checked as `-o` is (not a link, not
+    // another user's), not only the sink's subdirectory tracer makes in it.
+    if let Some(dir) = &options.spool_dir {
+        crate::outputs::OutputDir::create(dir)?;
+    }
     Pusher::start(PushSettings {
         backend,
         endpoint: endpoint.clone(),

@@ -6,8 +6,7 @@
 
 use std::{
     collections::HashSet,
-    fs::{self, File, OpenOptions},
-    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
+    fs::{self, File},
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -23,6 +22,7 @@ use crate::{
     capture::{Record, Writer, background::Background, segment_number},
     clock::monotonic_ns,
     event::{HeapEvent, Pid},
+    outputs::OutputDir,
 };
 
 /// Segments per capture cap: the most that one rotation deletes at once.
@@ -34,6 +34,9 @@ const MIN_SEGMENT: u64 = 256 << 10;
 const FLUSH_EVENTS: usize = 20_000;
 
 pub struct SegmentsSink {
+    /// Checked as `record -o` checks its directory (outputs.rs): segments
+    /// are created in it through its descriptor.
+    out: OutputDir,
     dir: PathBuf,
     max_bytes: u64,
     segment_bytes: u64,
@@ -49,17 +52,9 @@ pub struct SegmentsSink {
     probes: String,
 }
 
-fn open_segment(dir: &Path, seq: u64) -> Result<(File, PathBuf)> {
-    let path = dir.join(format!("capture-{seq:06}.tracer"));
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    Ok((file, path))
+fn open_segment(out: &OutputDir, seq: u64) -> Result<(File, PathBuf)> {
+    let name = format!("capture-{seq:06}.tracer");
+    Ok((out.create_file(&name)?, out.path().join(name)))
 }
 
 /// The segments in `dir`, oldest first, with their sizes.
@@ -84,13 +79,9 @@ impl SegmentsSink {
     /// A rotating capture in `dir`, numbered after any segments already
     /// there (an earlier run's, kept).
     pub fn create(dir: &Path, max_bytes: u64, start_ns: u64, probes: &str) -> Result<Self> {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let out = OutputDir::create(dir)?;
         let seq = segments(dir).last().map_or(1, |(seq, _, _)| seq + 1);
-        let (file, path) = open_segment(dir, seq)?;
+        let (file, path) = open_segment(&out, seq)?;
         let current = Arc::new(file);
         let writer = current
             .try_clone()
@@ -98,6 +89,7 @@ impl SegmentsSink {
             .and_then(Background::start_segmented)
             .with_context(|| format!("cannot write {}", path.display()))?;
         Ok(Self {
+            out,
             dir: dir.to_path_buf(),
             max_bytes,
             segment_bytes: (max_bytes / SEGMENTS).max(MIN_SEGMENT),
@@ -125,7 +117,7 @@ impl SegmentsSink {
         if size < self.segment_bytes {
             return Ok(());
         }
-        let (file, path) = open_segment(&self.dir, self.seq + 1)?;
+        let (file, path) = open_segment(&self.out, self.seq + 1)?;
         let file = Arc::new(file);
         let next = file
             .try_clone()

@@ -9,7 +9,7 @@ use std::{
     collections::BTreeMap,
     fs::{self, File, OpenOptions},
     io::{self, Read as _, Write as _},
-    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
+    os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
 };
 
@@ -52,10 +52,9 @@ impl Spool {
     /// Opens (creating) `dir`; returns it with the windows already there,
     /// oldest first, and how many unreadable files were removed.
     pub fn open(dir: &Path, max_bytes: u64) -> io::Result<(Self, Vec<Spooled>, u64)> {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)?;
+        // Checked as `record -o` checks its directory: not a link, not
+        // another user's.
+        crate::outputs::OutputDir::create(dir).map_err(io::Error::other)?;
         let mut found = BTreeMap::new();
         let mut bad = 0;
         for entry in fs::read_dir(dir)? {
