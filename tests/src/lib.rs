@@ -14,6 +14,7 @@ use std::{
 use serde_json::Value;
 
 pub mod ingest;
+pub mod scripted;
 pub mod uprobes;
 
 /// The workspace root.

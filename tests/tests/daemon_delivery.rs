@@ -166,6 +166,26 @@ fn age(window: &Path, by: Duration) {
     fs::write(window, out).expect("write window");
 }
 
+/// Three seconds of the daemon on `pid`, pushing to `url` and spooling in
+/// `spool_dir`; its stderr.
+fn spool_run(pid: &str, url: &str, spool_dir: &str) -> String {
+    let d = spawn_tracer(&[
+        "daemon",
+        "--pid",
+        pid,
+        "--exact",
+        "--interval",
+        "1",
+        "--duration",
+        "3",
+        "--pyroscope",
+        url,
+        "--spool-dir",
+        spool_dir,
+    ]);
+    exits(d, Duration::from_secs(60))
+}
+
 #[test]
 fn windows_spooled_over_an_hour_ago_are_dropped_and_counted() {
     let w = start("daemon_exact.py");
@@ -174,21 +194,7 @@ fn windows_spooled_over_an_hour_ago_are_dropped_and_counted() {
     let spool_dir = spool.path().to_str().expect("utf-8");
     // Nothing listens: every window is spooled, and stays at exit.
     let down = format!("http://127.0.0.1:{}", free_port());
-    let d = spawn_tracer(&[
-        "daemon",
-        "--pid",
-        &pid,
-        "--exact",
-        "--interval",
-        "1",
-        "--duration",
-        "3",
-        "--pyroscope",
-        &down,
-        "--spool-dir",
-        spool_dir,
-    ]);
-    exits(d, Duration::from_secs(60));
+    spool_run(&pid, &down, spool_dir);
     let old = spooled(spool.path());
     assert!(!old.is_empty(), "nothing spooled while the server was down");
     for window in &old {
@@ -200,21 +206,7 @@ fn windows_spooled_over_an_hour_ago_are_dropped_and_counted() {
         .duration_since(UNIX_EPOCH)
         .expect("clock")
         .as_nanos() as u64;
-    let d = spawn_tracer(&[
-        "daemon",
-        "--pid",
-        &pid,
-        "--exact",
-        "--interval",
-        "1",
-        "--duration",
-        "3",
-        "--pyroscope",
-        &server.url(),
-        "--spool-dir",
-        spool_dir,
-    ]);
-    let stderr = exits(d, Duration::from_secs(60));
+    let stderr = spool_run(&pid, &server.url(), spool_dir);
     assert_eq!(
         exit_count(&stderr, "pyroscope", "dropped"),
         old.len() as u64,

@@ -3,14 +3,13 @@
 //! tracer must survive it with the memory an honest run of the same
 //! program takes, print clean text, and still count the leak exactly.
 
-use std::{
-    io::{BufRead as _, BufReader, Write as _},
-    process::{Child, ChildStdout, Command, Stdio},
-    time::Duration,
-};
+use std::{process::Command, time::Duration};
 
 use serde_json::Value;
-use tests::{DEBIAN_PYTHON, Recorded, interrupt, line_of, python_frames, spawn_record, workload};
+use tests::{
+    DEBIAN_PYTHON, Recorded, interrupt, line_of, python_frames, scripted::Scripted, spawn_record,
+    workload,
+};
 
 const LEAKED: u64 = 2_000;
 /// bytearray(10_000) asks for one more byte, its terminating NUL.
@@ -18,43 +17,11 @@ const LEAK_SIZE: u64 = 10_001;
 /// tracer-common's MAX_PY_DEPTH: the kernel's walk stops there.
 const MAX_PY_DEPTH: usize = 80;
 
-struct Workload {
-    child: Child,
-    out: BufReader<ChildStdout>,
-}
-
-impl Workload {
-    fn start(mode: &str) -> Self {
-        let mut child = Command::new(DEBIAN_PYTHON)
-            .arg(workload("fake_cpython.py"))
-            .args([mode, &LEAKED.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start python");
-        let out = BufReader::new(child.stdout.take().expect("stdout"));
-        let mut w = Self { child, out };
-        w.expect("ready");
-        w
-    }
-
-    fn expect(&mut self, what: &str) {
-        let mut line = String::new();
-        self.out.read_line(&mut line).expect("read");
-        assert_eq!(line.trim(), what, "the workload did not say {what}");
-    }
-
-    fn say(&mut self, what: &str) {
-        let stdin = self.child.stdin.as_mut().expect("stdin");
-        writeln!(stdin, "{what}").expect("write");
-    }
-}
-
-impl Drop for Workload {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn start(mode: &str) -> Scripted {
+    let mut cmd = Command::new(DEBIAN_PYTHON);
+    cmd.arg(workload("fake_cpython.py"))
+        .args([mode, &LEAKED.to_string()]);
+    Scripted::start(cmd, "ready")
 }
 
 /// A process's peak resident memory so far (VmHWM), in bytes.
@@ -76,8 +43,8 @@ struct Run {
 
 /// `tracer record --pid` of the workload in `mode` while it leaks.
 fn run(mode: &str) -> Run {
-    let mut w = Workload::start(mode);
-    let tracer = spawn_record(&["--pid", &w.child.id().to_string(), "--exact"]);
+    let mut w = start(mode);
+    let tracer = spawn_record(&["--pid", &w.pid().to_string(), "--exact"]);
     tracer.wait_for("tracer: recording", Duration::from_secs(60));
     w.say("go");
     w.expect("leaked");
@@ -87,7 +54,7 @@ fn run(mode: &str) -> Run {
     Run {
         report,
         peak_rss,
-        pid: u64::from(w.child.id()),
+        pid: u64::from(w.pid()),
     }
 }
 

@@ -8,15 +8,16 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
-    io::{BufRead as _, BufReader, Write as _},
     os::unix::fs::PermissionsExt as _,
     path::Path,
-    process::{Child, ChildStdout, Command, Stdio},
+    process::Command,
     time::Duration,
 };
 
 use serde_json::Value;
-use tests::{DEBIAN_PYTHON, interrupt, spawn_record, uprobes::uprobe_links, workload};
+use tests::{
+    DEBIAN_PYTHON, interrupt, scripted::Scripted, spawn_record, uprobes::uprobe_links, workload,
+};
 
 const HOST_LIBC: &str = "/usr/lib/x86_64-linux-gnu/libc.so.6";
 const LEAKED: u64 = 2_000;
@@ -58,48 +59,16 @@ fn hostile_tree(dir: &Path) {
     fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).expect("chmod");
 }
 
-struct Hostile {
-    child: Child,
-    out: BufReader<ChildStdout>,
-}
-
-impl Hostile {
-    fn start(dir: &Path) -> Self {
-        // setpriv execs python: the same pid, nobody's.
-        let mut child = Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(DEBIAN_PYTHON)
-            .arg(dir.join("hostile_files.py"))
-            .arg(dir)
-            .arg(LEAKED.to_string())
-            .current_dir(dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start the hostile process");
-        let out = BufReader::new(child.stdout.take().expect("stdout"));
-        let mut h = Self { child, out };
-        h.expect("ready");
-        h
-    }
-
-    fn expect(&mut self, what: &str) {
-        let mut line = String::new();
-        self.out.read_line(&mut line).expect("read");
-        assert_eq!(line.trim(), what, "the hostile process did not say {what}");
-    }
-
-    fn say(&mut self, what: &str) {
-        let stdin = self.child.stdin.as_mut().expect("stdin");
-        writeln!(stdin, "{what}").expect("write");
-    }
-}
-
-impl Drop for Hostile {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The hostile process, as nobody (setpriv execs python: the same pid).
+fn start_hostile(dir: &Path) -> Scripted {
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(DEBIAN_PYTHON)
+        .arg(dir.join("hostile_files.py"))
+        .arg(dir)
+        .arg(LEAKED.to_string())
+        .current_dir(dir);
+    Scripted::start(cmd, "ready")
 }
 
 /// Offsets by the kernel's path of each file tracer `pid` probes now.
@@ -161,11 +130,11 @@ fn a_hostile_libc_gets_no_probe_inside_an_instruction_nor_outside_its_own_file()
     hostile_tree(dir);
     let honest_starts = function_starts(&dir.join("link/libc.so.6"));
     assert!(honest_starts.len() >= 4, "{honest_starts:?}");
-    let mut hostile = Hostile::start(dir);
+    let mut hostile = start_hostile(dir);
 
     let tracer = spawn_record(&["-v", "--all", "--exact", "--top", "1000"]);
     // Found at start-up: said before or after "recording".
-    let adopted = format!("pid {}: CPython", hostile.child.id());
+    let adopted = format!("pid {}: CPython", hostile.pid());
     let mut seen = tracer.wait_for("tracer: recording", Duration::from_secs(60));
     if !seen.iter().any(|l| l.contains(&adopted)) {
         seen.extend(tracer.wait_for(&adopted, Duration::from_secs(30)));
@@ -214,7 +183,7 @@ fn a_hostile_libc_gets_no_probe_inside_an_instruction_nor_outside_its_own_file()
     assert!(!stderr.contains("panicked"), "{stderr}");
 
     // And the hostile process's own leak is still traced, exactly.
-    let pid = hostile.child.id() as u64;
+    let pid = hostile.pid() as u64;
     let leak: Vec<&Value> = r
         .entries("leaks")
         .iter()
