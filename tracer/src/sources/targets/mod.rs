@@ -423,9 +423,23 @@ impl Targets {
             return;
         }
         let traced = traced_by_name || descends;
+        // `--match`: a Python program whose command line does not match is
+        // let go at the next look, not watched for its CPython: the kernel
+        // traces it (by name) until then.
+        let unmatched = !descends
+            && self
+                .matching
+                .as_ref()
+                .is_some_and(|re| !re.is_match(&procfs::command_line(pid)));
         // --all: other processes' execs are looked at once, when their
         // loader is done: a busy host execs hundreds a second.
-        let wait = if traced { EXEC_RESCAN_FOR } else { EXEC_SETTLE };
+        let wait = if unmatched {
+            Duration::ZERO
+        } else if traced {
+            EXEC_RESCAN_FOR
+        } else {
+            EXEC_SETTLE
+        };
         self.candidates.insert(
             pid,
             Candidate {
