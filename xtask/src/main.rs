@@ -107,8 +107,8 @@ enum Task {
         /// Rounds of every mode (default 5; 1 with --quick).
         #[arg(long)]
         rounds: Option<usize>,
-        /// Only these workloads (churn, buffers, leak, threads, maxrate,
-        /// flask).
+        /// Only these workloads (churn, requests, buffers, leak, threads,
+        /// maxrate, flask).
         workloads: Vec<String>,
     },
     /// Run `tracer daemon --all` for 30 minutes (as root) against Python

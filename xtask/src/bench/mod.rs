@@ -46,7 +46,9 @@ const BENCH_PACKAGES: [(&str, &str); 3] = [
     ("linux-headers-amd64", "/usr/share/doc/linux-headers-amd64"),
 ];
 
-const WORKLOADS: [&str; 6] = ["churn", "buffers", "leak", "threads", "maxrate", "flask"];
+const WORKLOADS: [&str; 7] = [
+    "churn", "requests", "buffers", "leak", "threads", "maxrate", "flask",
+];
 
 /// Seconds of load per web service run.
 const WEB_SECS: u64 = 10;
