@@ -1,9 +1,11 @@
 //! The daemon's windows: every `--interval`, for each traced process, what
 //! each stack allocated since the last window (from the heap model's
 //! running totals, so that the windows add up to the whole recording
-//! exactly) and what it holds live now. The rows and the stacks first seen
-//! go to the export thread, which symbolizes, encodes and pushes: nothing
-//! here waits for symbols or the network.
+//! exactly) and what it holds live now; and the heap walks that ended
+//! since the last window, labelled as the process's windows are. The rows,
+//! the walks and the stacks first seen go to the export thread, which
+//! symbolizes, encodes and pushes: nothing here waits for symbols or the
+//! network.
 
 use std::{
     collections::HashMap,
@@ -13,13 +15,16 @@ use std::{
 
 use anyhow::Result;
 
+use log::debug;
+
 use super::{
     Ending, Sink, Snapshot,
     capture::new_stacks,
-    export::{Batch, Exporter, ProcessWindow, WindowRow},
+    export::{Batch, Exporter, ProcessWindow, TypesWindow, WindowRow},
     stats::Stats,
 };
 use crate::{
+    census::Census,
     clock::monotonic_ns,
     event::{HeapEvent, Pid, StackId},
     labels::{self, Cgroup, Labels},
@@ -38,6 +43,8 @@ pub struct LabelSettings {
 /// What is known of a process across windows.
 struct Known {
     cgroup: Cgroup,
+    /// Its labels at the last window, which its walks carry too.
+    labels: Labels,
     /// Each stack's running allocated totals at the last window's end.
     allocated: HashMap<StackId, Amount>,
 }
@@ -54,6 +61,9 @@ pub struct WindowSink {
     /// A window computed at a snapshot before its end was due: the last
     /// one goes out when the recording finishes.
     pending: Option<Batch>,
+    /// Walks that ended since the last window went out: the latest of
+    /// each process.
+    walks: Vec<Census>,
     exporter: Exporter,
     stats: Arc<Stats>,
 }
@@ -74,6 +84,7 @@ impl WindowSink {
             host: labels::host_name(),
             settings,
             pending: None,
+            walks: Vec::new(),
             exporter,
             stats,
         }
@@ -91,6 +102,7 @@ impl WindowSink {
             };
             let known = self.known.entry(info.pid).or_insert_with(|| Known {
                 cgroup: labels::cgroup_of(info.pid),
+                labels: Labels::new(),
                 allocated: HashMap::new(),
             });
             let mut rows = Vec::new();
@@ -108,16 +120,17 @@ impl WindowSink {
                     });
                 }
             }
+            known.labels = labels::of_process(
+                info.pid,
+                &info.command,
+                &known.cgroup,
+                &self.host,
+                &settings.fixed,
+                settings.pid,
+            );
             windows.push(ProcessWindow {
                 pid: info.pid,
-                labels: labels::of_process(
-                    info.pid,
-                    &info.command,
-                    &known.cgroup,
-                    &self.host,
-                    &settings.fixed,
-                    settings.pid,
-                ),
+                labels: known.labels.clone(),
                 start_unix_ns: to_unix(self.start_ns),
                 end_unix_ns: to_unix(s.ts_ns),
                 rows,
@@ -127,6 +140,7 @@ impl WindowSink {
         let new_stacks = new_stacks(s.model, self.stacks_sent);
         Batch {
             windows,
+            types: Vec::new(),
             new_stacks,
             debug_dirs: s.model.debug_dirs(),
             stacks_known: known,
@@ -134,9 +148,30 @@ impl WindowSink {
         }
     }
 
-    /// Sends `batch` and counts from its end on; forgets the processes that
-    /// had exited (their last window is in it).
-    fn emit(&mut self, batch: Batch, s: Option<&Snapshot<'_>>) {
+    /// The walks that ended, labelled as their processes' windows; those of
+    /// a process never in a window (it ended first) are dropped.
+    fn take_walks(&mut self) -> Vec<TypesWindow> {
+        let to_unix = unix_ns_of(monotonic_ns());
+        let mut out = Vec::new();
+        for census in std::mem::take(&mut self.walks) {
+            match self.known.get(&census.pid) {
+                Some(known) => out.push(TypesWindow {
+                    pid: census.pid,
+                    labels: known.labels.clone(),
+                    at_unix_ns: to_unix(census.ts_ns),
+                    types: census.types,
+                }),
+                None => debug!("pid {}: a walk of a process without windows", census.pid),
+            }
+        }
+        out
+    }
+
+    /// Sends `batch`, with the walks that ended, and counts from its end
+    /// on; forgets the processes that had exited (their last window is in
+    /// it).
+    fn emit(&mut self, mut batch: Batch, s: Option<&Snapshot<'_>>) {
+        batch.types = self.take_walks();
         if let Some(s) = s {
             for info in s.processes {
                 if let (Some(heap), Some(known)) = (
@@ -211,6 +246,12 @@ impl Sink for WindowSink {
         } else {
             self.pending = Some(batch);
         }
+        Ok(())
+    }
+
+    fn census(&mut self, census: &Census) -> Result<()> {
+        self.walks.retain(|c| c.pid != census.pid);
+        self.walks.push(census.clone());
         Ok(())
     }
 
