@@ -526,3 +526,63 @@ fn top_all_with_sample_bytes_finds_the_leak_as_an_estimate() {
         s.contains("TOP-EXITED 0")
     });
 }
+
+/// The pid of the process whose command line is exactly `args`.
+fn pid_of(args: &[String]) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        let got: Vec<String> = cmdline
+            .split(|&b| b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        (got == args).then_some(pid)
+    })
+}
+
+/// Whether `pid` is still a process that has not exited.
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit(')')
+            .next()
+            .is_some_and(|r| !r.trim_start().starts_with('Z'))
+    })
+}
+
+#[test]
+fn a_terminal_that_hangs_up_ends_top_and_its_probes() {
+    let script = workload("growing.py");
+    let leak = line_of(&script, "# LEAK");
+    let target = Workload(growing());
+    let before = loaded_tracer_program_ids();
+    let args = vec![
+        tests::tracer_bin().display().to_string(),
+        "top".to_owned(),
+        "--pid".to_owned(),
+        target.0.id().to_string(),
+    ];
+    let tmux = Tmux::start(&args.join(" "));
+    tmux.wait_for(
+        "leak row in the first three",
+        Duration::from_secs(30),
+        |s| leak_row(s, leak).is_some(),
+    );
+    let ours: BTreeSet<u32> = loaded_tracer_program_ids()
+        .difference(&before)
+        .copied()
+        .collect();
+    let top = pid_of(&args).expect("tracer top's pid");
+    // The tmux server goes, and the terminal with it (as an ssh session's).
+    drop(tmux);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while alive(top) {
+        if Instant::now() > deadline {
+            // SAFETY: killing the tracer this test started.
+            unsafe { libc::kill(top as i32, libc::SIGKILL) };
+            panic!("tracer top still running 20 s after its terminal hung up");
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    probes_gone(&ours, "the terminal hung up");
+}
