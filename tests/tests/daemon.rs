@@ -703,6 +703,13 @@ fn types_are_walked_pushed_as_their_own_profile_and_kept_in_the_capture() {
             "{kind}: {} types profiles",
             types.len()
         );
+        // The baseline, walked before the leak (the process had not
+        // allocated since the attach: it had no window yet), went too.
+        let baseline = type_values(&types[0], "Session").map_or(0, |(count, _)| count);
+        assert_eq!(
+            baseline, 0,
+            "{kind}: the first types profile is not the baseline"
+        );
         let last = types.last().expect("a types profile");
         let p = &last["profile"];
         assert_eq!(p["types"], json!(["type_objects/count", "types/bytes"]));

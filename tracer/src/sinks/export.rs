@@ -81,6 +81,8 @@ pub struct TypesWindow {
 pub struct Batch {
     pub windows: Vec<ProcessWindow>,
     pub types: Vec<TypesWindow>,
+    /// Processes that exited: their last window and walks are in it.
+    pub ended: Vec<Pid>,
     pub new_stacks: Vec<NewStack>,
     pub debug_dirs: Vec<PathBuf>,
     /// Stacks known when it was made.
@@ -218,7 +220,9 @@ fn run(rx: Receiver<Batch>, settings: ExportSettings, pushers: Vec<Pusher>, stat
         }
         tracker.window(live);
         names.retain(|pid, _| batch.windows.iter().any(|w| w.pid == *pid));
-        walks.retain(|pid, _| names.contains_key(pid));
+        // Not by the windows: a process that has not allocated since its
+        // baseline walk has none yet.
+        walks.retain(|pid, _| !batch.ended.contains(pid));
         if settings.growth_every > 0 && tracker.windows.is_multiple_of(settings.growth_every) {
             log_growth(&tracker, &stacks, &names, &walks, settings.window_s);
         }

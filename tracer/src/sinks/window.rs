@@ -32,6 +32,12 @@ use crate::{
     process::ProcessInfo,
 };
 
+/// Walks of one process held until the next window: a process is walked
+/// once at a time, so more than two come only when the loop fell behind
+/// (the baseline and the first periodic walk may come together: both are
+/// kept, the growth log compares them); the oldest go first.
+const WALKS_HELD: usize = 4;
+
 /// What labels every window carries besides each process's own; replaced
 /// when the configuration is read again (SIGHUP).
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -61,8 +67,8 @@ pub struct WindowSink {
     /// A window computed at a snapshot before its end was due: the last
     /// one goes out when the recording finishes.
     pending: Option<Batch>,
-    /// Walks that ended since the last window went out: the latest of
-    /// each process.
+    /// Walks that ended since the last window went out, in order, at most
+    /// `WALKS_HELD` of each process.
     walks: Vec<Census>,
     exporter: Exporter,
     stats: Arc<Stats>,
@@ -97,14 +103,27 @@ impl WindowSink {
         let to_unix = unix_ns_of(s.ts_ns);
         let mut windows = Vec::new();
         for info in s.processes {
-            let Some(heap) = s.model.heap().process(info.pid) else {
+            let heap = s.model.heap().process(info.pid);
+            // A process that has not allocated since tracing began has no
+            // heap and no window, but its labels already: its walks (the
+            // baseline first) carry them.
+            if heap.is_none() && exited(info) {
                 continue;
-            };
+            }
             let known = self.known.entry(info.pid).or_insert_with(|| Known {
                 cgroup: labels::cgroup_of(info.pid),
                 labels: Labels::new(),
                 allocated: HashMap::new(),
             });
+            known.labels = labels::of_process(
+                info.pid,
+                &info.command,
+                &known.cgroup,
+                &self.host,
+                &settings.fixed,
+                settings.pid,
+            );
+            let Some(heap) = heap else { continue };
             let mut rows = Vec::new();
             for (stack, stats) in heap.stacks() {
                 let before = known.allocated.get(stack).copied().unwrap_or_default();
@@ -120,14 +139,6 @@ impl WindowSink {
                     });
                 }
             }
-            known.labels = labels::of_process(
-                info.pid,
-                &info.command,
-                &known.cgroup,
-                &self.host,
-                &settings.fixed,
-                settings.pid,
-            );
             windows.push(ProcessWindow {
                 pid: info.pid,
                 labels: known.labels.clone(),
@@ -141,6 +152,7 @@ impl WindowSink {
         Batch {
             windows,
             types: Vec::new(),
+            ended: Vec::new(),
             new_stacks,
             debug_dirs: s.model.debug_dirs(),
             stacks_known: known,
@@ -185,8 +197,8 @@ impl WindowSink {
                         .map(|(id, st)| (*id, st.allocated))
                         .collect();
                 }
-                if exited(info) {
-                    self.known.remove(&info.pid);
+                if exited(info) && self.known.remove(&info.pid).is_some() {
+                    batch.ended.push(info.pid);
                 }
             }
         }
@@ -250,7 +262,12 @@ impl Sink for WindowSink {
     }
 
     fn census(&mut self, census: &Census) -> Result<()> {
-        self.walks.retain(|c| c.pid != census.pid);
+        let mine = || self.walks.iter().filter(|c| c.pid == census.pid);
+        if mine().count() >= WALKS_HELD
+            && let Some(i) = self.walks.iter().position(|c| c.pid == census.pid)
+        {
+            self.walks.remove(i);
+        }
         self.walks.push(census.clone());
         Ok(())
     }
