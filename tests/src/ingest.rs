@@ -182,6 +182,23 @@ pub fn accepted_profiles(requests: &[Value], kind: &str) -> Vec<Value> {
     out
 }
 
+/// A decoded profile's name as the backend keeps it: the `__name__`
+/// Pyroscope derives from its sample types, or the one sent to Parca.
+pub fn profile_name(p: &Value) -> &str {
+    p["labels"]["__name__"]
+        .as_str()
+        .or(p["name"].as_str())
+        .unwrap_or("")
+}
+
+/// The profiles named `name` ("memory", "types") of `profiles`.
+pub fn named(profiles: Vec<Value>, name: &str) -> Vec<Value> {
+    profiles
+        .into_iter()
+        .filter(|p| profile_name(p) == name)
+        .collect()
+}
+
 /// A profile's total of one sample type.
 pub fn total(p: &Value, sample_type: &str) -> i64 {
     p["profile"]["totals"][sample_type].as_i64().unwrap_or(0)

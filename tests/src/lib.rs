@@ -451,6 +451,31 @@ pub fn compile_c(source: &str, dir: &Path, flags: &[&str]) -> PathBuf {
     out
 }
 
+/// Starts `sessions.py COUNT --wait` under `python`, waiting for it to be
+/// ready: a line on its stdin makes it leak COUNT `Session` objects.
+pub fn waiting_sessions(python: &Path, count: u64) -> Child {
+    let mut child = Command::new(python)
+        .arg(workload("sessions.py"))
+        .arg(count.to_string())
+        .arg("--wait")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the workload");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("read");
+    assert_eq!(line.trim(), "ready");
+    // Keep reading its stdout: "leaked" comes later.
+    thread::spawn(move || {
+        let mut line = String::new();
+        while out.read_line(&mut line).is_ok_and(|n| n > 0) {
+            line.clear();
+        }
+    });
+    child
+}
+
 /// Percentage difference of `got` from `expected`.
 pub fn off_by_percent(got: u64, expected: u64) -> f64 {
     (got as f64 - expected as f64).abs() * 100.0 / expected as f64

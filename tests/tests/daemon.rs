@@ -14,7 +14,9 @@ use std::{
 use serde_json::{Value, json};
 use tests::{
     DEBIAN_PYTHON, Running,
-    ingest::{IngestServer, accepted_profiles, free_port, http, metric, total},
+    ingest::{
+        IngestServer, accepted_profiles, free_port, http, metric, named, profile_name, total,
+    },
     line_of, spawn_tracer, tracer, workload,
 };
 
@@ -133,7 +135,8 @@ fn pushed_windows_add_up_to_the_capture_exactly() {
         "a push was refused: {requests:#?}"
     );
     for kind in ["pyroscope-ingest", "parca"] {
-        let windows = accepted_profiles(&requests, kind);
+        // The heap walk at the start is a types profile of its own.
+        let windows = named(accepted_profiles(&requests, kind), "memory");
         // 6 s in windows of 1 s; the last one may be cut in two.
         assert!(
             (5..=7).contains(&windows.len()),
@@ -183,10 +186,13 @@ fn pushed_windows_add_up_to_the_capture_exactly() {
         }
     }
     let ingest = accepted_profiles(&requests, "pyroscope-ingest");
-    assert_eq!(ingest[0]["labels"]["__name__"], "memory");
+    // Memory windows, and the heap walk at the start as a types profile,
+    // both named so by Pyroscope from their sample types alone.
+    let names: std::collections::BTreeSet<&str> = ingest.iter().map(profile_name).collect();
+    assert_eq!(names, ["memory", "types"].into(), "profile names");
     assert_eq!(ingest[0]["spy"], "tracer");
-    let parca = accepted_profiles(&requests, "parca");
-    assert_eq!(parca[0]["name"], "memory");
+    let ingest = named(ingest, "memory");
+    let parca = named(accepted_profiles(&requests, "parca"), "memory");
     assert!(
         parca[0]["profile_types"]
             .as_array()
@@ -565,7 +571,7 @@ fn sigterm_flushes_the_last_window_and_sighup_reloads_labels() {
 
 #[test]
 fn bad_settings_are_one_line_errors() {
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 5] = [
         (
             &["daemon", "--all", "--pyroscope", "localhost:4040"],
             "http://",
@@ -576,6 +582,10 @@ fn bad_settings_are_one_line_errors() {
         ),
         (&["daemon", "--all", "--label", "team"], "KEY=VALUE"),
         (&["daemon", "--pid", "1", "--interval", "0"], "--interval"),
+        (
+            &["daemon", "--pid", "1", "--types-every", "100000"],
+            "--types-every",
+        ),
     ];
     for (args, says) in cases {
         let out = tracer().args(args).output().expect("run tracer");
@@ -625,4 +635,168 @@ fn the_capture_rotates_under_its_cap_and_reads_as_one() {
     assert!(total <= 2 << 20, "{total} bytes kept: {segments:?}");
     let report = capture_report(out.path());
     assert!(report["totals"]["allocs"].as_u64().expect("allocs") > 0);
+}
+
+/// A type's `[count, bytes]` in a decoded types profile: the sample whose
+/// one frame is named for it.
+fn type_values(p: &Value, name: &str) -> Option<(u64, u64)> {
+    let sample = p["profile"]["top"]
+        .as_array()?
+        .iter()
+        .find(|s| s["frames"][0]["function"] == name)?;
+    Some((sample["values"][0].as_u64()?, sample["values"][1].as_u64()?))
+}
+
+/// A type's count and bytes in a `{"type", "count", "bytes"}` list.
+fn listed(types: &Value, name: &str) -> Option<(u64, u64)> {
+    let t = types.as_array()?.iter().find(|t| t["type"] == name)?;
+    Some((t["count"].as_u64()?, t["bytes"].as_u64()?))
+}
+
+#[test]
+fn types_are_walked_pushed_as_their_own_profile_and_kept_in_the_capture() {
+    const SESSIONS: u64 = 5_000;
+    let server = IngestServer::start();
+    let mut child = tests::waiting_sessions(Path::new(DEBIAN_PYTHON), SESSIONS);
+    let pid = child.id();
+    let out = tempfile::tempdir().expect("tempdir");
+    let d = spawn_tracer(&[
+        "daemon",
+        "--pid",
+        &pid.to_string(),
+        // Objects outside CPython's arenas and GC lists (the 2 KiB bytes)
+        // are typed through the traced allocations: every one, not an
+        // estimate from samples.
+        "--exact",
+        "--interval",
+        "1",
+        "--types-every",
+        "3",
+        "--growth-every",
+        "1",
+        "--duration",
+        "12",
+        "--pyroscope",
+        &server.url(),
+        "--parca",
+        &server.url(),
+        "-o",
+        out.path().to_str().expect("utf-8"),
+    ]);
+    d.wait_for("baseline of live objects", Duration::from_secs(30));
+    // Leak now, between two walks.
+    std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), b"\n").expect("go");
+    let stderr = exits(d, Duration::from_secs(40));
+    drop(child.stdin.take());
+    let _ = child.wait();
+    let requests = server.requests();
+    assert!(
+        requests.iter().all(|r| r["status"] == 200),
+        "a push was refused: {requests:#?}"
+    );
+    for kind in ["pyroscope-ingest", "parca"] {
+        let profiles = accepted_profiles(&requests, kind);
+        let types = named(profiles.clone(), "types");
+        // The start's walk and one every 3 s of 12.
+        assert!(
+            (3..=6).contains(&types.len()),
+            "{kind}: {} types profiles",
+            types.len()
+        );
+        // The baseline, walked before the leak (the process had not
+        // allocated since the attach: it had no window yet), went too.
+        let baseline = type_values(&types[0], "Session").map_or(0, |(count, _)| count);
+        assert_eq!(
+            baseline, 0,
+            "{kind}: the first types profile is not the baseline"
+        );
+        let last = types.last().expect("a types profile");
+        let p = &last["profile"];
+        assert_eq!(p["types"], json!(["type_objects/count", "types/bytes"]));
+        assert_eq!(p["default"], "types");
+        assert_eq!(p["duration_nanos"], 0, "{kind}: a walk is an instant");
+        let (count, bytes) = type_values(last, "Session")
+            .unwrap_or_else(|| panic!("{kind}: no Session sample: {p:#}"));
+        assert!(
+            tests::off_by_percent(count, SESSIONS) <= 5.0,
+            "{kind}: {count} Session objects, not {SESSIONS} within 5%"
+        );
+        assert!(bytes >= count * 32, "{kind}: {bytes} bytes of Session");
+        // Each Session's 2 KiB payload, and the interpreter's own few.
+        let (payloads, payload_bytes) =
+            type_values(last, "bytes").unwrap_or_else(|| panic!("{kind}: no bytes: {p:#}"));
+        assert!(
+            (SESSIONS..=SESSIONS * 6 / 5).contains(&payloads),
+            "{kind}: {payloads} bytes objects for {SESSIONS} payloads"
+        );
+        assert!(
+            payload_bytes >= SESSIONS * 2048,
+            "{kind}: {payload_bytes} bytes in {payloads} bytes objects"
+        );
+        // Labelled as the process's memory windows are.
+        let memory = named(profiles, "memory");
+        let window = memory.last().expect("a memory window");
+        let without_name = |v: &Value| {
+            let mut l = v["labels"].clone();
+            if let Some(m) = l.as_object_mut() {
+                m.remove("__name__");
+            }
+            l
+        };
+        assert_eq!(without_name(last), without_name(window), "{kind}: labels");
+        assert_eq!(last["labels"]["service_name"], "sessions", "{kind}");
+    }
+    let parca = named(accepted_profiles(&requests, "parca"), "types");
+    assert_eq!(
+        parca[0]["profile_types"],
+        json!([
+            "types:type_objects:count:objects:count",
+            "types:types:bytes:objects:count"
+        ])
+    );
+    // The growth log names what grew between the two walks around the leak.
+    let grew = stderr
+        .lines()
+        .filter(|l| l.contains(&format!("types of pid {pid} grown most")))
+        .find_map(|l| {
+            let after = l.split("Session +").nth(1)?;
+            after.split(' ').next()?.parse::<u64>().ok()
+        })
+        .unwrap_or_else(|| panic!("no Session growth in the log:\n{stderr}"));
+    assert!(
+        tests::off_by_percent(grew, SESSIONS) <= 5.0,
+        "the log says Session grew by {grew}:\n{stderr}"
+    );
+    // The capture keeps the walks: `tracer report DIR types`.
+    let report = tracer()
+        .arg("report")
+        .arg(out.path())
+        .args(["types", "--format", "json"])
+        .output()
+        .expect("tracer report types");
+    assert!(
+        report.status.success(),
+        "{}",
+        String::from_utf8_lossy(&report.stderr)
+    );
+    let json: Value = serde_json::from_slice(&report.stdout).expect("JSON");
+    let process = &json["processes"][0];
+    let (count, _) = listed(&process["types"], "Session")
+        .unwrap_or_else(|| panic!("no Session in `report types`: {process:#}"));
+    assert!(
+        tests::off_by_percent(count, SESSIONS) <= 5.0,
+        "`report types`: {count} Session objects"
+    );
+    let (payloads, _) = listed(&process["types"], "bytes").expect("bytes");
+    assert!(
+        (SESSIONS..=SESSIONS * 6 / 5).contains(&payloads),
+        "`report types`: {payloads} bytes objects"
+    );
+    let walk = &process["types_walk"];
+    assert_eq!(walk["at"], "periodic", "{walk:#}");
+    let (grown, _) = listed(&walk["growth"], "Session").expect("growth since the start");
+    assert!(
+        tests::off_by_percent(grown, SESSIONS) <= 5.0,
+        "`report types`: Session grew by {grown}"
+    );
 }

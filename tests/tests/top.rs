@@ -344,3 +344,245 @@ fn once_prints_one_refresh_as_text() {
     plausible(&row);
     assert!(row.allocations >= 20 && row.last > 0.0, "{row:?}");
 }
+
+/// A workload killed when dropped, also when a test fails.
+struct Workload(Child);
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The header's process: its pid, its place and how many are traced, from
+/// "tracer top  pid PID (I/N)  COMMAND".
+fn shown_process(screen: &str) -> Option<(u32, usize, usize)> {
+    let rest = screen
+        .lines()
+        .find_map(|l| l.strip_prefix("tracer top  pid "))?;
+    let mut t = rest.split_whitespace();
+    let pid = t.next()?.parse().ok()?;
+    let (i, n) = t
+        .next()?
+        .strip_prefix('(')?
+        .strip_suffix(')')?
+        .split_once('/')?;
+    Some((pid, i.parse().ok()?, n.parse().ok()?))
+}
+
+/// The header's thread filter: "all", or a thread id.
+fn shown_thread(screen: &str) -> Option<&str> {
+    screen
+        .lines()
+        .find_map(|l| l.split("thread: ").nth(1))?
+        .split_whitespace()
+        .next()
+}
+
+/// The header's "live heap N UNIT".
+fn live_heap(screen: &str) -> Option<f64> {
+    let rest = screen.lines().find_map(|l| l.strip_prefix("live heap "))?;
+    let t: Vec<&str> = rest.split_whitespace().collect();
+    bytes(t.first()?, t.get(1)?)
+}
+
+/// Waits until no tracer program of `ours` is loaded any more.
+fn probes_gone(ours: &BTreeSet<u32>, after: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !loaded_tracer_program_ids().is_disjoint(ours) {
+        assert!(
+            Instant::now() < deadline,
+            "probes still loaded 20 s after {after}"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn top_keys_switch_process_and_thread_pause_and_esc_quits_clean() {
+    let script = workload("growing.py");
+    let leak = line_of(&script, "# LEAK");
+    let mut workloads = [Workload(growing()), Workload(growing())];
+    let pids = [workloads[0].0.id(), workloads[1].0.id()];
+    let before = loaded_tracer_program_ids();
+    let tmux = Tmux::start(&format!(
+        "{} top --pid {} --pid {}; echo TOP-EXITED $?; sleep 120",
+        tests::tracer_bin().display(),
+        pids[0],
+        pids[1]
+    ));
+    let screen = tmux.wait_for(
+        "two processes and the leak row",
+        Duration::from_secs(30),
+        |s| shown_process(s).is_some_and(|(_, _, n)| n == 2) && leak_row(s, leak).is_some(),
+    );
+    let ours: BTreeSet<u32> = loaded_tracer_program_ids()
+        .difference(&before)
+        .copied()
+        .collect();
+    let (shown, i, _) = shown_process(&screen).expect("found above");
+    assert!(pids.contains(&shown) && i == 1, "{screen}");
+    let other = if shown == pids[0] { pids[1] } else { pids[0] };
+
+    // p: the next process, with its own leak row; P: back.
+    tmux.keys("p");
+    tmux.wait_for("the other process", Duration::from_secs(5), |s| {
+        shown_process(s) == Some((other, 2, 2)) && leak_row(s, leak).is_some()
+    });
+    tmux.keys("P");
+    tmux.wait_for("the first process again", Duration::from_secs(5), |s| {
+        shown_process(s) == Some((shown, 1, 2)) && leak_row(s, leak).is_some()
+    });
+
+    // t: the process's one thread (its main thread, whose id is the pid),
+    // its leak row still there; t again: every thread.
+    tmux.keys("t");
+    let s = tmux.wait_for("one thread", Duration::from_secs(5), |s| {
+        shown_thread(s).is_some_and(|t| t != "all")
+    });
+    assert_eq!(shown_thread(&s), Some(shown.to_string().as_str()), "{s}");
+    assert!(leak_row(&s, leak).is_some(), "{s}");
+    tmux.keys("t");
+    tmux.wait_for("every thread", Duration::from_secs(5), |s| {
+        shown_thread(s) == Some("all")
+    });
+
+    // space: the view stops changing over several refreshes (1 s each),
+    // though the leak goes on; space again: it moves on.
+    tmux.keys("Space");
+    let paused = tmux.wait_for("paused", Duration::from_secs(5), |s| {
+        s.contains("[PAUSED]") && leak_row(s, leak).is_some()
+    });
+    let row = leak_row(&paused, leak).expect("found above");
+    let heap = live_heap(&paused).expect("live heap");
+    thread::sleep(Duration::from_millis(2_500));
+    let still = tmux.screen();
+    let again = leak_row(&still, leak).unwrap_or_else(|| panic!("leak row gone:\n{still}"));
+    assert!(still.contains("[PAUSED]"), "{still}");
+    assert_eq!(
+        (again.live, again.allocations, live_heap(&still)),
+        (row.live, row.allocations, Some(heap)),
+        "the paused view changed:\n{paused}\nthen\n{still}"
+    );
+    tmux.keys("Space");
+    tmux.wait_for("resumed and grown", Duration::from_secs(5), |s| {
+        !s.contains("[PAUSED]") && leak_row(s, leak).is_some_and(|r| r.live > row.live)
+    });
+
+    // Esc: tracer ends, its probes go, the workloads run on untouched.
+    tmux.keys("Escape");
+    tmux.wait_for("exit", Duration::from_secs(15), |s| {
+        s.contains("TOP-EXITED 0")
+    });
+    probes_gone(&ours, "Esc");
+    for w in &mut workloads {
+        assert!(w.0.try_wait().expect("wait").is_none(), "a workload ended");
+    }
+}
+
+#[test]
+fn top_all_with_sample_bytes_finds_the_leak_as_an_estimate() {
+    let script = workload("growing.py");
+    let leak = line_of(&script, "# LEAK");
+    let target = Workload(growing());
+    let pid = target.0.id();
+    let tmux = Tmux::start(&format!(
+        "{} top --all --sample-bytes 65536; echo TOP-EXITED $?; sleep 120",
+        tests::tracer_bin().display(),
+    ));
+    let started = Instant::now();
+    // Every CPython process of the host is traced: step to ours.
+    let mut screen = tmux.wait_for("a traced process", Duration::from_secs(30), |s| {
+        shown_process(s).is_some()
+    });
+    assert!(screen.contains("sampled 1/64.00 KiB"), "{screen}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while shown_process(&screen).is_none_or(|(p, _, _)| p != pid) {
+        assert!(
+            Instant::now() < deadline,
+            "pid {pid} never shown:\n{screen}"
+        );
+        tmux.keys("p");
+        thread::sleep(Duration::from_millis(300));
+        screen = tmux.screen();
+    }
+    let s = tmux.wait_for("the leak row", Duration::from_secs(20), |s| {
+        shown_process(s).is_some_and(|(p, _, _)| p == pid) && leak_row(s, leak).is_some()
+    });
+    let row = leak_row(&s, leak).expect("found above");
+    // Sampled allocations of one size are weighted alike: bytes per
+    // allocation are still the buffer's size.
+    plausible(&row);
+    // An estimate of at most what the leak kept since tracing began, with
+    // sampling's error (sqrt(64 KiB / 1 MiB) is 25% at 1 MiB).
+    let bound = MAX_LEAK_RATE * (started.elapsed().as_secs_f64() + 1.0) * 1.25;
+    assert!(
+        row.live > 0.0 && row.live <= bound,
+        "{row:?} (at most {bound})\n{s}"
+    );
+    tmux.keys("q");
+    tmux.wait_for("exit", Duration::from_secs(15), |s| {
+        s.contains("TOP-EXITED 0")
+    });
+}
+
+/// The pid of the process whose command line is exactly `args`.
+fn pid_of(args: &[String]) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        let got: Vec<String> = cmdline
+            .split(|&b| b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        (got == args).then_some(pid)
+    })
+}
+
+/// Whether `pid` is still a process that has not exited.
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit(')')
+            .next()
+            .is_some_and(|r| !r.trim_start().starts_with('Z'))
+    })
+}
+
+#[test]
+fn a_terminal_that_hangs_up_ends_top_and_its_probes() {
+    let script = workload("growing.py");
+    let leak = line_of(&script, "# LEAK");
+    let target = Workload(growing());
+    let before = loaded_tracer_program_ids();
+    let args = vec![
+        tests::tracer_bin().display().to_string(),
+        "top".to_owned(),
+        "--pid".to_owned(),
+        target.0.id().to_string(),
+    ];
+    let tmux = Tmux::start(&args.join(" "));
+    tmux.wait_for(
+        "leak row in the first three",
+        Duration::from_secs(30),
+        |s| leak_row(s, leak).is_some(),
+    );
+    let ours: BTreeSet<u32> = loaded_tracer_program_ids()
+        .difference(&before)
+        .copied()
+        .collect();
+    let top = pid_of(&args).expect("tracer top's pid");
+    // The tmux server goes, and the terminal with it (as an ssh session's).
+    drop(tmux);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while alive(top) {
+        if Instant::now() > deadline {
+            // SAFETY: killing the tracer this test started.
+            unsafe { libc::kill(top as i32, libc::SIGKILL) };
+            panic!("tracer top still running 20 s after its terminal hung up");
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    probes_gone(&ours, "the terminal hung up");
+}

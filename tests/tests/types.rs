@@ -116,30 +116,6 @@ fn sessions_typed_at_finalization_of_a_launched_command() {
     });
 }
 
-/// Starts `sessions.py N --wait` under `python`, waiting for it to be ready.
-fn waiting_sessions(python: &Interpreter) -> std::process::Child {
-    let mut child = Command::new(&python.path)
-        .arg(workload("sessions.py"))
-        .arg(SESSIONS.to_string())
-        .arg("--wait")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start the workload");
-    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    out.read_line(&mut line).expect("read");
-    assert_eq!(line.trim(), "ready");
-    // Keep reading its stdout: "leaked" comes later.
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        while out.read_line(&mut line).is_ok_and(|n| n > 0) {
-            line.clear();
-        }
-    });
-    child
-}
-
 #[test]
 fn sessions_typed_by_pid_with_their_growth() {
     // Debian's LTO build, pyenv's 3.8 and sid's 3.15: both object headers
@@ -149,7 +125,7 @@ fn sessions_typed_by_pid_with_their_growth() {
         .into_iter()
         .filter(|i| chosen.contains(&i.name))
         .filter_map(|python| {
-            let mut child = waiting_sessions(&python);
+            let mut child = tests::waiting_sessions(&python.path, SESSIONS);
             let pid = child.id().to_string();
             let running = spawn_record(&["--pid", &pid, "--top", "30"]);
             running.wait_for("Ctrl-C to stop", Duration::from_secs(60));

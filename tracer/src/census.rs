@@ -31,7 +31,8 @@ pub enum Moment {
     Finalize,
     /// At the end of the recording, the process still running.
     End,
-    /// A walk of `tracer top`'s types view.
+    /// A walk made periodically: `tracer top`'s types view, the
+    /// daemon's `--types-every`.
     Periodic,
 }
 

@@ -96,6 +96,12 @@ pub struct DaemonArgs {
     #[arg(long, value_name = "N")]
     pub growth_every: Option<u64>,
 
+    /// Walk each process's heap for its live objects by type every SECS
+    /// (default 60; 0: never), pushed as a `types` profile beside the
+    /// memory windows.
+    #[arg(long, value_name = "SECS")]
+    pub types_every: Option<u64>,
+
     /// Also probe CPython's object allocator (objects of 512 bytes or less).
     #[arg(long)]
     pub pymalloc: bool,

@@ -388,6 +388,10 @@ pub struct RecordOptions {
     pub top: usize,
     /// Walk the heaps for the types of live objects.
     pub types: bool,
+    /// Walk every target's heap this often too (the daemon's
+    /// `--types-every`); its last walk then stands for the end, which
+    /// walks no more.
+    pub types_every: Option<Duration>,
 }
 
 impl RecordArgs {
@@ -461,6 +465,7 @@ impl RecordArgs {
             },
             top: self.view.top,
             types: !self.no_types,
+            types_every: None,
         })
     }
 }

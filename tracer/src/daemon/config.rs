@@ -35,6 +35,11 @@ const DEFAULT_MAX_SPOOL_MB: u64 = 256;
 const DEFAULT_MAX_CAPTURE_MB: u64 = 1024;
 const DEFAULT_MAX_TRACKED: u64 = 1_000_000;
 const DEFAULT_GROWTH_EVERY: u64 = 20;
+/// A walk reads every arena of a process (tens of ms for a 100 MB heap,
+/// at most 2 s): once a minute is a small cost for the growth per type.
+const DEFAULT_TYPES_EVERY_S: u64 = 60;
+/// A day: less often than that, a walk says little about growth.
+const MAX_TYPES_EVERY_S: u64 = 86_400;
 const DEFAULT_RING_MB: u32 = 32;
 const MAX_RING_MB: u32 = 1024;
 
@@ -64,6 +69,7 @@ struct ConfigFile {
     exact: Option<bool>,
     max_tracked: Option<u64>,
     growth_every: Option<u64>,
+    types_every: Option<u64>,
     pymalloc: Option<bool>,
     duration: Option<f64>,
     ring_mb: Option<u32>,
@@ -107,6 +113,8 @@ pub struct DaemonOptions {
     pub sampling: Option<Sampling>,
     pub max_tracked: u64,
     pub growth_every: u64,
+    /// How often each process's heap is walked for its objects by type.
+    pub types_every: Option<Duration>,
     pub pymalloc: bool,
     pub duration: Option<Duration>,
     pub ring_bytes: u32,
@@ -335,6 +343,15 @@ pub fn resolve(args: &DaemonArgs) -> Result<DaemonOptions> {
         },
         None => None,
     };
+    let types_every = args
+        .types_every
+        .or(file.types_every)
+        .unwrap_or(DEFAULT_TYPES_EVERY_S);
+    if types_every > MAX_TYPES_EVERY_S {
+        bail!(
+            "--types-every must be from 1 to {MAX_TYPES_EVERY_S} seconds (a day), or 0 for no walks, not {types_every}"
+        );
+    }
     let ring_mb = args.ring_mb.or(file.ring_mb).unwrap_or(DEFAULT_RING_MB);
     if !ring_mb.is_power_of_two() || ring_mb > MAX_RING_MB {
         bail!("--ring-mb must be a power of two from 1 to {MAX_RING_MB}, not {ring_mb}");
@@ -370,6 +387,7 @@ pub fn resolve(args: &DaemonArgs) -> Result<DaemonOptions> {
             .growth_every
             .or(file.growth_every)
             .unwrap_or(DEFAULT_GROWTH_EVERY),
+        types_every: (types_every > 0).then(|| Duration::from_secs(types_every)),
         pymalloc: args.pymalloc || file.pymalloc.unwrap_or(false),
         duration,
         ring_bytes: ring_mb << 20,
@@ -404,6 +422,7 @@ pub fn needs_restart(old: &DaemonOptions, new: &DaemonOptions) -> Vec<&'static s
     check("sample_bytes", old.sampling != new.sampling);
     check("max_tracked", old.max_tracked != new.max_tracked);
     check("growth_every", old.growth_every != new.growth_every);
+    check("types_every", old.types_every != new.types_every);
     check("pymalloc", old.pymalloc != new.pymalloc);
     check("ring_mb", old.ring_bytes != new.ring_bytes);
     changed
@@ -511,6 +530,27 @@ mod tests {
             ..args()
         });
         assert!(e.contains("fixed labels"), "{e}");
+        let mut a = args();
+        let _f = with_config("types_every = 100000\n", &mut a);
+        let e = err(a);
+        assert!(e.contains("--types-every") && e.contains("100000"), "{e}");
+    }
+
+    #[test]
+    fn types_are_walked_every_minute_unless_told() {
+        let o = resolve(&args()).expect("resolve");
+        assert_eq!(o.types_every, Some(Duration::from_secs(60)));
+        let mut a = args();
+        let _f = with_config("types_every = 0\n", &mut a);
+        assert_eq!(resolve(&a).expect("off").types_every, None);
+        let cli = DaemonArgs {
+            types_every: Some(5),
+            ..a
+        };
+        assert_eq!(
+            resolve(&cli).expect("cli").types_every,
+            Some(Duration::from_secs(5))
+        );
     }
 
     #[test]

@@ -230,8 +230,8 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
             include_thread_stacks: false,
         },
         top: 10,
-        // Objects by type are not walked by the daemon (yet).
-        types: false,
+        types: options.types_every.is_some(),
+        types_every: options.types_every,
     };
     trace(&record, plan).await
 }

@@ -3,7 +3,7 @@
 //! the ring buffer, eBPF log lines, a target's exit, a drain or sample tick,
 //! a rescan of processes that exec'd, or a reason to stop.
 
-use std::time::Duration;
+use std::{collections::HashSet, time::Duration};
 
 use anyhow::{Result, anyhow};
 use aya::maps::{MapData, RingBuf};
@@ -57,6 +57,16 @@ const DRAIN_EVERY: Duration = Duration::from_millis(10);
 async fn recv_census(walks: &mut Option<Walks>) -> Option<Census> {
     match walks {
         Some(w) => w.done.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next periodic walk's tick, if walks are periodic.
+async fn next_tick(tick: &mut Option<tokio::time::Interval>) {
+    match tick {
+        Some(t) => {
+            t.tick().await;
+        }
         None => std::future::pending().await,
     }
 }
@@ -127,6 +137,7 @@ pub async fn trace(options: &RecordOptions, plan: Plan) -> Result<()> {
         sinks: Vec::new(),
         capture: None,
         walks: options.types.then(Walks::new),
+        walking: HashSet::new(),
         guard: None,
         armed: Vec::new(),
     };
@@ -142,10 +153,9 @@ pub async fn trace(options: &RecordOptions, plan: Plan) -> Result<()> {
     rec.capture = made.capture;
     (plan.on_ready)();
     // The baseline of the types' growth.
-    if let Some(walks) = &rec.walks {
-        for pid in rec.targets.running() {
-            walks.walk(&rec.model, pid, Moment::Start, None);
-        }
+    let running: Vec<Pid> = rec.targets.running().collect();
+    for pid in running {
+        rec.walk(pid, Moment::Start);
     }
     let stop = rec.run(options, launch.as_ref(), exits, &mut stops).await;
     if let Ok(stop) = &stop {
@@ -153,7 +163,7 @@ pub async fn trace(options: &RecordOptions, plan: Plan) -> Result<()> {
     }
     (plan.on_stop)();
     // Whatever ended it, no process stays held.
-    let finished = rec.finish();
+    let finished = rec.finish(options.types_every.is_some());
     stop.and(finished)
 }
 
@@ -170,6 +180,9 @@ struct Recording {
     capture: Option<CaptureFile>,
     /// Heap walks (types of live objects), unless `--no-types`.
     walks: Option<Walks>,
+    /// Processes with a walk queued or running: a periodic walk of one
+    /// waits for its previous walk to end.
+    walking: HashSet<Pid>,
     /// Continues held processes if tracer dies.
     guard: Option<Guard>,
     /// Launched commands to be held at their finalization, not yet held.
@@ -222,6 +235,13 @@ impl Recording {
         let mut sample_tick = tokio::time::interval(options.sample_every);
         // A late tick is one sample late, not a burst of samples of one moment.
         sample_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first periodic walk comes one period after the start's.
+        let walk_every = options.types_every.filter(|_| self.walks.is_some());
+        let mut walk_tick = walk_every.map(|every| {
+            let mut tick = tokio::time::interval_at(started + every, every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick
+        });
         let stop = loop {
             if self.targets.all_exited() {
                 break "every target exited";
@@ -238,6 +258,7 @@ impl Recording {
                     guard.clear_ready();
                 }
                 Some(census) = recv_census(&mut self.walks) => {
+                    self.walking.remove(&census.pid);
                     // Growth is counted from this walk, not from the
                     // attach: say when it is taken, and what it cost.
                     if census.moment == Moment::Start {
@@ -274,6 +295,14 @@ impl Recording {
                     self.drain(ring.get_mut())?;
                     if self.sinks.iter().any(|s| s.stop_requested()) {
                         break "quit";
+                    }
+                }
+                _ = next_tick(&mut walk_tick) => {
+                    let running: Vec<Pid> = self.targets.running().collect();
+                    for pid in running {
+                        if !self.walking.contains(&pid) {
+                            self.walk(pid, Moment::Periodic);
+                        }
                     }
                 }
                 _ = sample_tick.tick() => {
@@ -389,6 +418,15 @@ impl Recording {
         Ok(())
     }
 
+    /// Asks for a walk of `pid`, marked as walking until its census comes.
+    fn walk(&mut self, pid: Pid, moment: Moment) {
+        if let Some(walks) = &self.walks
+            && walks.walk(&self.model, pid, moment, None)
+        {
+            self.walking.insert(pid);
+        }
+    }
+
     /// `pid` entered `Py_FinalizeEx`: if it was to be held, the kernel
     /// stopped it; its walk continues it.
     fn finalizing(&mut self, pid: Pid) {
@@ -398,7 +436,9 @@ impl Recording {
         self.armed.swap_remove(i);
         let Some(walks) = &self.walks else { return };
         match Held::new(pid) {
-            Ok(held) => walks.walk(&self.model, pid, Moment::Finalize, Some(held)),
+            Ok(held) => {
+                walks.walk(&self.model, pid, Moment::Finalize, Some(held));
+            }
             Err(err) => warn!("not holding pid {pid} at its finalization: {err:#}"),
         }
     }
@@ -469,9 +509,11 @@ impl Recording {
     }
 
     /// The walks at the end: of a launched command stopped just now, and of
-    /// every target still running; then what every walk found goes to the
-    /// sinks, and no process is held any more.
-    fn last_walks(&mut self) -> Result<()> {
+    /// every target still running (unless walks are periodic: the last one
+    /// stands for the end, and a stopping daemon is not held up by a walk
+    /// of every process); then what every walk found goes to the sinks, and
+    /// no process is held any more.
+    fn last_walks(&mut self, periodic: bool) -> Result<()> {
         let Some(walks) = self.walks.take() else {
             return Ok(());
         };
@@ -491,7 +533,7 @@ impl Recording {
         };
         let running: Vec<Pid> = self.targets.running().collect();
         for pid in running {
-            if !hold::is_stopped(pid) {
+            if !periodic && !hold::is_stopped(pid) {
                 walks.walk(&self.model, pid, Moment::End, None);
             }
         }
@@ -551,7 +593,7 @@ impl Recording {
     /// last walks made, a last snapshot taken, then every sink finished in
     /// order; what remains of the probes is removed last (in the background
     /// for perf-event uprobes).
-    fn finish(mut self) -> Result<()> {
+    fn finish(mut self, periodic_walks: bool) -> Result<()> {
         // A launched command to be held at its finalization needs its probe
         // until then.
         if self.armed.is_empty() {
@@ -560,7 +602,7 @@ impl Recording {
         for pid in self.targets.finish(&mut self.model) {
             self.pending.drop_pid(pid);
         }
-        self.last_walks()?;
+        self.last_walks(periodic_walks)?;
         self.probes.remove_uprobes();
         self.snapshot()?;
         let ending = Ending {

@@ -1,9 +1,10 @@
 //! The export thread: symbolizes the stacks the windows use (blazesym
 //! reads a library's DWARF the first time, up to a second), encodes each
-//! window as a pprof profile, hands it to every push destination's queue,
-//! and keeps each stack's live bytes window by window to log the growth
-//! ranking every N windows. The event loop hands it batches through a
-//! bounded channel and never waits: a batch that does not fit is dropped
+//! window as a pprof profile and each heap walk as a types profile, hands
+//! them to every push destination's queue, and keeps each stack's live
+//! bytes window by window, and each process's last two walks, to log the
+//! growth ranking every N windows. The event loop hands it batches through
+//! a bounded channel and never waits: a batch that does not fit is dropped
 //! and counted.
 
 use std::{
@@ -20,12 +21,13 @@ use std::{
 use log::warn;
 
 use super::{
-    push::{EncodedWindow, Pusher},
+    push::{EncodedWindow, ProfileName, Pusher},
     stats::Stats,
-    window_pprof,
+    types_pprof, window_pprof,
 };
 use crate::{
     capture::background::NewStack,
+    census::{self, TypeCount},
     event::{Pid, StackId},
     frame::{FrameKind, SymbolizedStack, View},
     labels::Labels,
@@ -63,9 +65,24 @@ pub struct ProcessWindow {
     pub rows: Vec<WindowRow>,
 }
 
-/// Every process's window of one interval, and the stacks first seen in it.
+/// One walk of one process's heap, labelled as its windows are.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TypesWindow {
+    pub pid: Pid,
+    pub labels: Labels,
+    /// When the walk began.
+    pub at_unix_ns: u64,
+    /// Most bytes first.
+    pub types: Vec<TypeCount>,
+}
+
+/// Every process's window of one interval, the heap walks that ended in
+/// it, and the stacks first seen in it.
 pub struct Batch {
     pub windows: Vec<ProcessWindow>,
+    pub types: Vec<TypesWindow>,
+    /// Processes that exited: their last window and walks are in it.
+    pub ended: Vec<Pid>,
     pub new_stacks: Vec<NewStack>,
     pub debug_dirs: Vec<PathBuf>,
     /// Stacks known when it was made.
@@ -144,6 +161,7 @@ fn run(rx: Receiver<Batch>, settings: ExportSettings, pushers: Vec<Pusher>, stat
         Vec::new(),
     );
     let mut names: HashMap<Pid, String> = HashMap::new();
+    let mut walks: HashMap<Pid, Walks> = HashMap::new();
     for batch in rx {
         if !batch.new_stacks.is_empty() {
             let symbolizer = symbolizer.get_or_insert_with(|| Symbolizer::new(&batch.debug_dirs));
@@ -166,6 +184,7 @@ fn run(rx: Receiver<Batch>, settings: ExportSettings, pushers: Vec<Pusher>, stat
             match window_pprof::encode(w, &stacks, settings.period) {
                 Ok(body) => {
                     let encoded = Arc::new(EncodedWindow {
+                        profile: ProfileName::Memory,
                         labels: w.labels.clone(),
                         start_unix_ns: w.start_unix_ns,
                         end_unix_ns: w.end_unix_ns,
@@ -181,15 +200,79 @@ fn run(rx: Receiver<Batch>, settings: ExportSettings, pushers: Vec<Pusher>, stat
                 }
             }
         }
+        for t in batch.types {
+            match types_pprof::encode(&t.types, t.at_unix_ns) {
+                Ok(body) => {
+                    let encoded = Arc::new(EncodedWindow {
+                        profile: ProfileName::Types,
+                        labels: t.labels,
+                        start_unix_ns: t.at_unix_ns,
+                        end_unix_ns: t.at_unix_ns,
+                        body,
+                    });
+                    for p in &pushers {
+                        p.send(encoded.clone());
+                    }
+                }
+                Err(err) => warn!("pid {}: cannot encode its types: {err}", t.pid),
+            }
+            walks.entry(t.pid).or_default().add(t.at_unix_ns, t.types);
+        }
         tracker.window(live);
         names.retain(|pid, _| batch.windows.iter().any(|w| w.pid == *pid));
+        // Not by the windows: a process that has not allocated since its
+        // baseline walk has none yet.
+        walks.retain(|pid, _| !batch.ended.contains(pid));
         if settings.growth_every > 0 && tracker.windows.is_multiple_of(settings.growth_every) {
-            log_growth(&tracker, &stacks, &names, settings.window_s);
+            log_growth(&tracker, &stacks, &names, &walks, settings.window_s);
         }
     }
     for p in pushers {
         p.finish();
     }
+}
+
+/// A process's last two heap walks, for the growth per type between them.
+#[derive(Default)]
+struct Walks {
+    earlier: Option<(u64, Vec<TypeCount>)>,
+    later: Option<(u64, Vec<TypeCount>)>,
+}
+
+impl Walks {
+    fn add(&mut self, at_unix_ns: u64, types: Vec<TypeCount>) {
+        self.earlier = self.later.take();
+        self.later = Some((at_unix_ns, types));
+    }
+}
+
+/// The types that grew most between a process's last two walks
+/// (pympler's tracker diff), if it was walked twice, as a log line.
+fn types_growth(pid: Pid, walks: &Walks) -> Option<String> {
+    let ((from, earlier), (to, later)) = walks.earlier.as_ref().zip(walks.later.as_ref())?;
+    let grew: Vec<String> = census::growth(earlier, later)
+        .into_iter()
+        .filter(|g| g.bytes > 0)
+        .take(GROWTH_LOG_TOP)
+        .map(|g| {
+            format!(
+                "{} {:+} objects, +{} (now {})",
+                g.name,
+                g.count,
+                human_bytes(g.bytes.unsigned_abs()),
+                human_bytes(g.now_bytes)
+            )
+        })
+        .collect();
+    Some(format!(
+        "tracer:   types of pid {pid} grown most over the {:.0} s between its last two walks: {}",
+        to.saturating_sub(*from) as f64 / 1e9,
+        if grew.is_empty() {
+            "none".to_owned()
+        } else {
+            grew.join("; ")
+        }
+    ))
 }
 
 /// The innermost Python frame of a stack as `file:line (function)`, else
@@ -213,6 +296,7 @@ fn log_growth(
     tracker: &Tracker,
     stacks: &HashMap<StackId, SymbolizedStack>,
     names: &HashMap<Pid, String>,
+    walks: &HashMap<Pid, Walks>,
     window_s: f64,
 ) {
     let report = tracker.report(window_s, |id| {
@@ -258,5 +342,49 @@ fn log_growth(
                 }),
             );
         }
+        if let Some(line) = walks.get(&pid).and_then(|w| types_growth(pid, w)) {
+            eprintln!("{line}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(name: &str, count: u64, bytes: u64) -> TypeCount {
+        TypeCount {
+            name: name.into(),
+            count,
+            bytes,
+        }
+    }
+
+    #[test]
+    fn the_types_line_names_the_most_grown_between_the_last_two_walks() {
+        let mut walks = Walks::default();
+        walks.add(1_000_000_000, vec![t("dict", 10, 640), t("Session", 1, 56)]);
+        assert_eq!(types_growth(7, &walks), None, "one walk: no growth yet");
+        walks.add(
+            61_000_000_000,
+            vec![t("dict", 20, 1280), t("Session", 1, 56)],
+        );
+        walks.add(
+            121_000_000_000,
+            vec![
+                t("Session", 1001, 56_056),
+                t("dict", 20, 1280),
+                t("str", 5, 300),
+            ],
+        );
+        let line = types_growth(7, &walks).expect("two walks");
+        assert!(line.contains("pid 7") && line.contains("60 s"), "{line}");
+        // The last two walks only: dict did not grow between them.
+        assert!(line.contains("Session +1000 objects"), "{line}");
+        assert!(!line.contains("dict"), "{line}");
+        assert!(
+            line.find("Session").expect("Session") < line.find("str").expect("str"),
+            "{line}"
+        );
     }
 }

@@ -10,6 +10,7 @@ pub mod push;
 pub mod reports;
 pub mod segments;
 pub mod stats;
+pub mod types_pprof;
 pub mod window;
 pub mod window_pprof;
 

@@ -1,7 +1,8 @@
 //! The daemon's local capture: `DIR/capture-NNNNNN.tracer` segments, each a
 //! whole capture (its own start, the processes and stack definitions its
 //! events use, an end), a new one begun when the current one reaches an
-//! eighth of `--max-capture-mb`, the oldest deleted to stay under it.
+//! eighth of `--max-capture-mb`, the oldest deleted to stay under it; the
+//! heap walks (`--types-every`) are written as `tracer record` writes them.
 //! `tracer report DIR` reads the segments left, in order, as one capture.
 
 use std::{
@@ -20,6 +21,7 @@ use super::{
 };
 use crate::{
     capture::{Record, Writer, background::Background, segment_number},
+    census::Census,
     clock::monotonic_ns,
     event::{HeapEvent, Pid},
     outputs::OutputDir,
@@ -191,6 +193,11 @@ impl Sink for SegmentsSink {
         }
         self.writer.flush().map_err(|e| self.write_err(e))?;
         self.rotate_if_full()
+    }
+
+    fn census(&mut self, census: &Census) -> Result<()> {
+        self.events.push(Record::Census(census.clone()));
+        Ok(())
     }
 
     fn finish(self: Box<Self>, end: &Ending) -> Result<()> {

@@ -1,9 +1,11 @@
 //! The daemon's windows: every `--interval`, for each traced process, what
 //! each stack allocated since the last window (from the heap model's
 //! running totals, so that the windows add up to the whole recording
-//! exactly) and what it holds live now. The rows and the stacks first seen
-//! go to the export thread, which symbolizes, encodes and pushes: nothing
-//! here waits for symbols or the network.
+//! exactly) and what it holds live now; and the heap walks that ended
+//! since the last window, labelled as the process's windows are. The rows,
+//! the walks and the stacks first seen go to the export thread, which
+//! symbolizes, encodes and pushes: nothing here waits for symbols or the
+//! network.
 
 use std::{
     collections::HashMap,
@@ -13,19 +15,28 @@ use std::{
 
 use anyhow::Result;
 
+use log::debug;
+
 use super::{
     Ending, Sink, Snapshot,
     capture::new_stacks,
-    export::{Batch, Exporter, ProcessWindow, WindowRow},
+    export::{Batch, Exporter, ProcessWindow, TypesWindow, WindowRow},
     stats::Stats,
 };
 use crate::{
+    census::Census,
     clock::monotonic_ns,
     event::{HeapEvent, Pid, StackId},
     labels::{self, Cgroup, Labels},
     model::heap::Amount,
     process::ProcessInfo,
 };
+
+/// Walks of one process held until the next window: a process is walked
+/// once at a time, so more than two come only when the loop fell behind
+/// (the baseline and the first periodic walk may come together: both are
+/// kept, the growth log compares them); the oldest go first.
+const WALKS_HELD: usize = 4;
 
 /// What labels every window carries besides each process's own; replaced
 /// when the configuration is read again (SIGHUP).
@@ -38,6 +49,8 @@ pub struct LabelSettings {
 /// What is known of a process across windows.
 struct Known {
     cgroup: Cgroup,
+    /// Its labels at the last window, which its walks carry too.
+    labels: Labels,
     /// Each stack's running allocated totals at the last window's end.
     allocated: HashMap<StackId, Amount>,
 }
@@ -54,6 +67,9 @@ pub struct WindowSink {
     /// A window computed at a snapshot before its end was due: the last
     /// one goes out when the recording finishes.
     pending: Option<Batch>,
+    /// Walks that ended since the last window went out, in order, at most
+    /// `WALKS_HELD` of each process.
+    walks: Vec<Census>,
     exporter: Exporter,
     stats: Arc<Stats>,
 }
@@ -74,6 +90,7 @@ impl WindowSink {
             host: labels::host_name(),
             settings,
             pending: None,
+            walks: Vec::new(),
             exporter,
             stats,
         }
@@ -86,13 +103,27 @@ impl WindowSink {
         let to_unix = unix_ns_of(s.ts_ns);
         let mut windows = Vec::new();
         for info in s.processes {
-            let Some(heap) = s.model.heap().process(info.pid) else {
+            let heap = s.model.heap().process(info.pid);
+            // A process that has not allocated since tracing began has no
+            // heap and no window, but its labels already: its walks (the
+            // baseline first) carry them.
+            if heap.is_none() && exited(info) {
                 continue;
-            };
+            }
             let known = self.known.entry(info.pid).or_insert_with(|| Known {
                 cgroup: labels::cgroup_of(info.pid),
+                labels: Labels::new(),
                 allocated: HashMap::new(),
             });
+            known.labels = labels::of_process(
+                info.pid,
+                &info.command,
+                &known.cgroup,
+                &self.host,
+                &settings.fixed,
+                settings.pid,
+            );
+            let Some(heap) = heap else { continue };
             let mut rows = Vec::new();
             for (stack, stats) in heap.stacks() {
                 let before = known.allocated.get(stack).copied().unwrap_or_default();
@@ -110,14 +141,7 @@ impl WindowSink {
             }
             windows.push(ProcessWindow {
                 pid: info.pid,
-                labels: labels::of_process(
-                    info.pid,
-                    &info.command,
-                    &known.cgroup,
-                    &self.host,
-                    &settings.fixed,
-                    settings.pid,
-                ),
+                labels: known.labels.clone(),
                 start_unix_ns: to_unix(self.start_ns),
                 end_unix_ns: to_unix(s.ts_ns),
                 rows,
@@ -127,6 +151,8 @@ impl WindowSink {
         let new_stacks = new_stacks(s.model, self.stacks_sent);
         Batch {
             windows,
+            types: Vec::new(),
+            ended: Vec::new(),
             new_stacks,
             debug_dirs: s.model.debug_dirs(),
             stacks_known: known,
@@ -134,9 +160,30 @@ impl WindowSink {
         }
     }
 
-    /// Sends `batch` and counts from its end on; forgets the processes that
-    /// had exited (their last window is in it).
-    fn emit(&mut self, batch: Batch, s: Option<&Snapshot<'_>>) {
+    /// The walks that ended, labelled as their processes' windows; those of
+    /// a process never in a window (it ended first) are dropped.
+    fn take_walks(&mut self) -> Vec<TypesWindow> {
+        let to_unix = unix_ns_of(monotonic_ns());
+        let mut out = Vec::new();
+        for census in std::mem::take(&mut self.walks) {
+            match self.known.get(&census.pid) {
+                Some(known) => out.push(TypesWindow {
+                    pid: census.pid,
+                    labels: known.labels.clone(),
+                    at_unix_ns: to_unix(census.ts_ns),
+                    types: census.types,
+                }),
+                None => debug!("pid {}: a walk of a process without windows", census.pid),
+            }
+        }
+        out
+    }
+
+    /// Sends `batch`, with the walks that ended, and counts from its end
+    /// on; forgets the processes that had exited (their last window is in
+    /// it).
+    fn emit(&mut self, mut batch: Batch, s: Option<&Snapshot<'_>>) {
+        batch.types = self.take_walks();
         if let Some(s) = s {
             for info in s.processes {
                 if let (Some(heap), Some(known)) = (
@@ -150,8 +197,8 @@ impl WindowSink {
                         .map(|(id, st)| (*id, st.allocated))
                         .collect();
                 }
-                if exited(info) {
-                    self.known.remove(&info.pid);
+                if exited(info) && self.known.remove(&info.pid).is_some() {
+                    batch.ended.push(info.pid);
                 }
             }
         }
@@ -211,6 +258,17 @@ impl Sink for WindowSink {
         } else {
             self.pending = Some(batch);
         }
+        Ok(())
+    }
+
+    fn census(&mut self, census: &Census) -> Result<()> {
+        let mine = || self.walks.iter().filter(|c| c.pid == census.pid);
+        if mine().count() >= WALKS_HELD
+            && let Some(i) = self.walks.iter().position(|c| c.pid == census.pid)
+        {
+            self.walks.remove(i);
+        }
+        self.walks.push(census.clone());
         Ok(())
     }
 

@@ -1,11 +1,16 @@
 //! The heap walks of a recording (`python::heap`), on a thread of their
 //! own so that the event loop keeps draining while a process's memory is
 //! read: when tracing begins (the baseline for growth), at a held launched
-//! command's finalization (continued as soon as its walk ends), and at the
-//! end for the targets still running.
+//! command's finalization (continued as soon as its walk ends), every
+//! `--types-every` in the daemon, and at the end for the targets still
+//! running.
 
 use std::{
-    sync::mpsc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering::Relaxed},
+        mpsc,
+    },
     thread::{self, JoinHandle},
     time::{Duration, Instant},
 };
@@ -43,6 +48,9 @@ struct Job {
 pub struct Walks {
     jobs: Option<mpsc::Sender<Job>>,
     worker: Option<JoinHandle<()>>,
+    /// Periodic walks still queued are skipped: a recording that stops
+    /// does not wait for a round of walks of every process.
+    skip_periodic: Arc<AtomicBool>,
     /// Censuses as walks end.
     pub done: tokio_mpsc::UnboundedReceiver<Census>,
 }
@@ -57,10 +65,15 @@ impl Walks {
     pub fn new() -> Self {
         let (jobs, rx) = mpsc::channel::<Job>();
         let (tx, done) = tokio_mpsc::unbounded_channel();
+        let skip_periodic = Arc::new(AtomicBool::new(false));
+        let skip = skip_periodic.clone();
         let worker = thread::Builder::new()
             .name("tracer-walks".into())
             .spawn(move || {
                 for job in rx {
+                    if job.moment == Moment::Periodic && skip.load(Relaxed) {
+                        continue;
+                    }
                     let census = run(job);
                     if tx.send(census).is_err() {
                         break;
@@ -71,18 +84,20 @@ impl Walks {
         Self {
             jobs: Some(jobs),
             worker,
+            skip_periodic,
             done,
         }
     }
 
     /// Walks `pid` now, its traced live blocks typed too; continues it
-    /// afterwards if `held`.
-    pub fn walk(&self, model: &Model, pid: Pid, moment: Moment, held: Option<Held>) {
+    /// afterwards if `held`. False if no walk was queued (not a CPython
+    /// known to the model, or no walking thread): no census will come.
+    pub fn walk(&self, model: &Model, pid: Pid, moment: Moment, held: Option<Held>) -> bool {
         let Some(interp) = model.interpreter(pid) else {
             if let Some(h) = held {
                 h.resume();
             }
-            return;
+            return false;
         };
         let limit = match moment {
             Moment::Start | Moment::Periodic => START_LIMIT,
@@ -97,25 +112,26 @@ impl Walks {
             limits: Limits::within(limit),
             held: held.map(|h| (h, Instant::now())),
         };
-        match &self.jobs {
-            Some(jobs) => {
-                if let Err(mpsc::SendError(job)) = jobs.send(job) {
-                    // No worker: never leave a process held.
-                    if let Some((h, _)) = job.held {
-                        h.resume();
-                    }
-                }
-            }
-            None => {
+        let unsent = match &self.jobs {
+            Some(jobs) => jobs.send(job).err().map(|mpsc::SendError(job)| job),
+            None => Some(job),
+        };
+        match unsent {
+            None => true,
+            Some(job) => {
+                // No worker: never leave a process held.
                 if let Some((h, _)) = job.held {
                     h.resume();
                 }
+                false
             }
         }
     }
 
-    /// Waits for every walk asked for, and returns what they found.
+    /// Waits for every walk asked for, but the periodic ones not begun,
+    /// and returns what they found.
     pub fn finish(mut self) -> Vec<Census> {
+        self.skip_periodic.store(true, Relaxed);
         drop(self.jobs.take());
         if let Some(worker) = self.worker.take() {
             let _ = worker.join();

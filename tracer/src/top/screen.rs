@@ -3,12 +3,14 @@
 //! as text. Runs on its own thread; quitting tells the recording to end.
 
 use std::{
-    io::Write as _,
+    fs::File,
+    io::{self, Write as _},
+    os::fd::AsRawFd as _,
     sync::{Arc, atomic::Ordering, mpsc},
     time::Duration,
 };
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use ratatui::{
     DefaultTerminal,
     crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers},
@@ -30,6 +32,47 @@ const ONCE_ROWS: usize = 20;
 const SYMBOLS_WAIT: Duration = Duration::from_secs(5);
 /// Lines of the detail pane (a stack, the help) at most.
 const DETAIL_LINES: u16 = 12;
+/// How long the screen waits for a key before it looks for messages.
+const KEY_WAIT: Duration = Duration::from_millis(100);
+
+/// The terminal the keys come from, watched for a hang-up (an ssh session
+/// or a tmux server gone): crossterm 0.28 reads a hung-up terminal in a
+/// loop that never ends (a read of 0 bytes is no end to it), which left
+/// tracer at 100% of a core with its probes in place. So the screen waits
+/// on the terminal itself and asks crossterm only once there is input, or
+/// for what it already holds.
+struct Keys {
+    tty: File,
+}
+
+impl Keys {
+    fn open() -> Result<Self> {
+        let tty = File::open("/dev/tty").context("cannot open the terminal (/dev/tty)")?;
+        Ok(Self { tty })
+    }
+
+    /// Waits up to `timeout` for input; an error once the terminal hung up.
+    fn wait(&self, timeout: Duration) -> io::Result<()> {
+        let mut fd = libc::pollfd {
+            fd: self.tty.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: one valid pollfd, borrowed for the call only.
+        if unsafe { libc::poll(&mut fd, 1, ms) } < 0 {
+            let err = io::Error::last_os_error();
+            return match err.kind() {
+                io::ErrorKind::Interrupted => Ok(()),
+                _ => Err(err),
+            };
+        }
+        if fd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
+            return Err(io::Error::other("the terminal hung up"));
+        }
+        Ok(())
+    }
+}
 
 /// `--once`: waits for one refresh after the first (the first has no
 /// rates yet), prints it, and asks the recording to end.
@@ -87,8 +130,9 @@ pub fn interactive(
     shared: Arc<Shared>,
     state: State,
 ) -> Result<()> {
+    let keys = Keys::open();
     let mut terminal = ratatui::init();
-    let result = run(&mut terminal, &messages, &shared, state);
+    let result = keys.and_then(|keys| run(&mut terminal, &keys, &messages, &shared, state));
     ratatui::restore();
     shared.quit.store(true, Ordering::Relaxed);
     result
@@ -96,6 +140,7 @@ pub fn interactive(
 
 fn run(
     terminal: &mut DefaultTerminal,
+    keys: &Keys,
     messages: &mpsc::Receiver<Message>,
     shared: &Shared,
     mut state: State,
@@ -122,17 +167,19 @@ fn run(
             }
         }
         terminal.draw(|f| draw(f, &data, &state, &trend))?;
-        if !event::poll(Duration::from_millis(100))? {
-            continue;
-        }
-        match event::read()? {
-            Event::Key(key)
-                if key.kind == KeyEventKind::Press && !on_key(key, &mut state, &data, shared) =>
-            {
-                return Ok(());
+        keys.wait(KEY_WAIT)?;
+        // What came, and what crossterm read before (several keys at once).
+        while event::poll(Duration::ZERO)? {
+            match event::read()? {
+                Event::Key(key)
+                    if key.kind == KeyEventKind::Press
+                        && !on_key(key, &mut state, &data, shared) =>
+                {
+                    return Ok(());
+                }
+                Event::Resize(..) => terminal.clear()?,
+                _ => {}
             }
-            Event::Resize(..) => terminal.clear()?,
-            _ => {}
         }
     }
 }

@@ -342,7 +342,7 @@ pub struct Screen {
 
 const FOOTER: &str = "q quit  ? help  l/a/c/g sort  n native  t thread  p process  enter stack  space pause  o objects";
 
-const HELP: [&str; 10] = [
+const HELP: [&str; 11] = [
     "l  sort by live bytes          a  sort by bytes allocated in the last interval",
     "c  sort by allocations         g  sort by growth (live bytes rising, per second)",
     "n  Python frames / native frames (the allocation function's caller)",
@@ -353,6 +353,7 @@ const HELP: [&str; 10] = [
     "LIVE: live bytes now; %: of the process's live; ALLOCS: allocations made;",
     "LAST: bytes allocated in the last interval; GROWTH: live bytes rising steadily",
     "(over the last refreshes), with the rate.",
+    "sampled 1/N: one allocation recorded per N bytes; the numbers are estimates.",
 ];
 
 /// The screen for `state`, with at most `rows` table rows.
@@ -403,7 +404,9 @@ pub fn screen(data: &Data, state: &State, growth: &dyn GrowthAnalysis, rows: usi
             .map_or_else(|| "all".to_owned(), |t| t.to_string()),
         grouped(data.lost_events),
         data.sampling.map_or_else(String::new, |n| format!(
-            "  sampled 1/{} (estimates)",
+            // Said in full in the help: "(estimates)" would not fit 80
+            // columns.
+            "  sampled 1/{}",
             human_bytes(n)
         )),
         if state.paused { "  [PAUSED]" } else { "" }

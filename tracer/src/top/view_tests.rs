@@ -144,8 +144,19 @@ fn the_screen_and_its_text() {
     assert_eq!(s.header[0], "tracer top  pid 42 (1/1)  python3 service.py");
     assert!(s.header[1].starts_with("live heap 1.00 MiB  rss 8.00 MiB  alloc 2.00 KiB/s"));
     assert!(s.header[2].contains("lost events 3"), "{:?}", s.header);
-    // At 80 columns, nothing of the header is cut.
+    // At 80 columns, nothing of the header is cut, sampled or not.
     assert!(s.header.iter().all(|h| h.len() <= 80), "{:?}", s.header);
+    let mut sampled = update(vec![cell(1, 1, 4096, 4, 4096)]);
+    sampled.sampling = Some(262_144);
+    sampled.lost_events = 1_234;
+    let mut d = Data::default();
+    d.update(sampled);
+    let h = screen(&d, &state, &Trend::default(), 10).header;
+    assert!(
+        h[2].ends_with("lost events 1,234  sampled 1/256.00 KiB"),
+        "{h:?}"
+    );
+    assert!(h.iter().all(|l| l.len() <= 80), "{h:?}");
     assert_eq!(s.rows[0][5], "remember  service.py:22");
     assert_eq!(s.detail[1], "py  handle  service.py:28");
     let text = text(&s);

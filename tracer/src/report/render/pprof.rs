@@ -131,14 +131,19 @@ impl Builder {
     /// then the four sample types every memory profile tracer writes has,
     /// in the order of each sample's values.
     pub fn memory() -> Self {
-        let mut b = Self::default();
-        b.string("");
-        for (kind, unit) in [
+        Self::with_sample_types(&[
             ("alloc_objects", "count"),
             ("alloc_space", "bytes"),
             ("inuse_objects", "count"),
             ("inuse_space", "bytes"),
-        ] {
+        ])
+    }
+
+    /// A profile whose samples carry these values, as (type, unit).
+    pub fn with_sample_types(types: &[(&str, &str)]) -> Self {
+        let mut b = Self::default();
+        b.string("");
+        for (kind, unit) in types {
             let vt = ValueType {
                 r#type: b.string(kind),
                 unit: b.string(unit),

@@ -27,6 +27,7 @@ use std::{
 };
 
 use log::{debug, warn};
+use serde::{Deserialize, Serialize};
 
 use self::{
     http::{Outcome, REQUEST_TIMEOUT},
@@ -43,9 +44,32 @@ const MAX_AGE: Duration = Duration::from_secs(3600);
 const BACKOFF_FIRST: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
+/// Which profile a pushed window is: the backends keep each as its own
+/// profile type (Parca by the `__name__` sent, Pyroscope by the sample
+/// types: `window_pprof`, `types_pprof`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProfileName {
+    /// The allocations and live bytes of each stack.
+    #[default]
+    Memory,
+    /// Live objects by type, from a heap walk.
+    Types,
+}
+
+impl ProfileName {
+    pub fn name(self) -> &'static str {
+        match self {
+            ProfileName::Memory => "memory",
+            ProfileName::Types => "types",
+        }
+    }
+}
+
 /// A window encoded for pushing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EncodedWindow {
+    pub profile: ProfileName,
     pub labels: Labels,
     pub start_unix_ns: u64,
     pub end_unix_ns: u64,

@@ -1,9 +1,11 @@
 //! Parca's profile store, `WriteRaw`, through its HTTP gateway
 //! (grpc-gateway under `/api`): `POST /api/profiles/writeraw` with the
 //! JSON form of `WriteRawRequest` — a series of labels (`__name__`
-//! required: the profile's name, `memory`) and the profile.proto bytes in
-//! base64. Parca names what it stores `memory:alloc_space:bytes:space:bytes`
-//! (`:delta`, the window having a duration) and so on per sample type.
+//! required: the profile's name, `memory` or `types`) and the profile.proto
+//! bytes in base64. Parca names what it stores after `__name__` and each
+//! sample type: `memory:alloc_space:bytes:space:bytes:delta` (`:delta`, the
+//! window having a duration), `types:types:bytes:objects:count` (a walk is
+//! an instant).
 
 use base64::Engine as _;
 use serde::Serialize;
@@ -45,7 +47,7 @@ struct RawSample {
 pub fn request(window: &EncodedWindow, endpoint: &Endpoint) -> Request {
     let mut labels = vec![Label {
         name: "__name__",
-        value: "memory",
+        value: window.profile.name(),
     }];
     labels.extend(
         window
@@ -73,10 +75,12 @@ pub fn request(window: &EncodedWindow, endpoint: &Endpoint) -> Request {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sinks::push::ProfileName;
 
     #[test]
     fn the_request_is_write_raw_in_json() {
         let window = EncodedWindow {
+            profile: ProfileName::Memory,
             labels: crate::labels::Labels::from([("service_name".to_owned(), "app".to_owned())]),
             start_unix_ns: 0,
             end_unix_ns: 1,
@@ -95,5 +99,12 @@ mod tests {
         assert_eq!(series["labels"]["labels"][0]["value"], "memory");
         assert_eq!(series["labels"]["labels"][1]["name"], "service_name");
         assert_eq!(series["samples"][0]["raw_profile"], "H4s=");
+        let types = EncodedWindow {
+            profile: ProfileName::Types,
+            ..window
+        };
+        let json: serde_json::Value =
+            serde_json::from_slice(&request(&types, &endpoint).body).expect("json");
+        assert_eq!(json["series"][0]["labels"]["labels"][0]["value"], "types");
     }
 }

@@ -3,9 +3,13 @@
 //! APP{k=v,...}&from=S&until=S&format=pprof&spyName=...`, the body the raw
 //! (here gzipped) profile.proto. With `format=pprof` Pyroscope reads the
 //! body as the profile itself, not as a multipart form. It names the
-//! series `__name__=memory` because the sample types are alloc_* and
-//! inuse_*, and splits them into memory:alloc_space:bytes:space:bytes and
-//! the others; `service_name` comes from the labels.
+//! series from the sample types, never from a `__name__` in the query
+//! (labels starting with `__` are dropped): `memory` when one is alloc_*,
+//! inuse_*, `space` or `objects`, else the last sample type's name. So the
+//! windows are `memory` (memory:alloc_space:bytes:space:bytes and the
+//! others) and the types profile, whose last sample type is `types`, is
+//! `types` (types:types:bytes:objects:count). `service_name` comes from the
+//! labels.
 
 use super::{EncodedWindow, Endpoint, http::Request};
 use crate::labels;
@@ -62,6 +66,7 @@ mod tests {
     #[test]
     fn names_carry_the_labels_and_are_encoded() {
         let window = EncodedWindow {
+            profile: crate::sinks::push::ProfileName::Memory,
             labels: labels::Labels::from([
                 ("service_name".to_owned(), "billing api".to_owned()),
                 ("host".to_owned(), "h1".to_owned()),

@@ -16,7 +16,7 @@ use std::{
 use log::warn;
 use serde::{Deserialize, Serialize};
 
-use super::EncodedWindow;
+use super::{EncodedWindow, ProfileName};
 use crate::labels::Labels;
 
 const MAGIC: &[u8; 8] = b"TRWIN001";
@@ -28,6 +28,9 @@ const SUFFIX: &str = ".window";
 
 #[derive(Serialize, Deserialize)]
 struct Meta {
+    /// Windows spooled before there were types profiles are memory ones.
+    #[serde(default)]
+    profile: ProfileName,
     labels: Labels,
     start_unix_ns: u64,
     end_unix_ns: u64,
@@ -117,6 +120,7 @@ impl Spool {
     /// Writes `window`; the caller made room for it.
     pub fn write(&mut self, window: &EncodedWindow) -> io::Result<Spooled> {
         let meta = serde_json::to_vec(&Meta {
+            profile: window.profile,
             labels: window.labels.clone(),
             start_unix_ns: window.start_unix_ns,
             end_unix_ns: window.end_unix_ns,
@@ -159,6 +163,7 @@ impl Spool {
     pub fn read(&self, s: &Spooled) -> io::Result<EncodedWindow> {
         let (meta, body) = read_file(&s.path)?;
         Ok(EncodedWindow {
+            profile: meta.profile,
             labels: meta.labels,
             start_unix_ns: meta.start_unix_ns,
             end_unix_ns: meta.end_unix_ns,
@@ -230,6 +235,7 @@ mod tests {
 
     fn window(end: u64) -> EncodedWindow {
         EncodedWindow {
+            profile: ProfileName::Types,
             labels: Labels::from([("service_name".to_owned(), "app".to_owned())]),
             start_unix_ns: end - 10,
             end_unix_ns: end,
@@ -254,7 +260,17 @@ mod tests {
         assert_eq!(read.end_unix_ns, 100);
         assert_eq!(read.body, vec![7; 100]);
         assert_eq!(read.labels["service_name"], "app");
+        assert_eq!(read.profile, ProfileName::Types);
         spool.remove(&a);
         assert!(!a.path.exists());
+    }
+
+    #[test]
+    fn windows_spooled_before_profile_names_read_as_memory() {
+        let meta: Meta = serde_json::from_str(
+            r#"{"labels":{"service_name":"app"},"start_unix_ns":1,"end_unix_ns":2}"#,
+        )
+        .expect("old metadata");
+        assert_eq!(meta.profile, ProfileName::Memory);
     }
 }
