@@ -21,6 +21,16 @@ pub struct TypeCount {
     pub bytes: u64,
 }
 
+impl TypeCount {
+    pub fn new(name: &str, count: u64, bytes: u64) -> Self {
+        Self {
+            name: name.to_owned(),
+            count,
+            bytes,
+        }
+    }
+}
+
 /// When a walk was made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -156,11 +166,7 @@ mod tests {
     use super::*;
 
     fn t(name: &str, count: u64, bytes: u64) -> TypeCount {
-        TypeCount {
-            name: name.into(),
-            count,
-            bytes,
-        }
+        TypeCount::new(name, count, bytes)
     }
 
     #[test]

@@ -46,6 +46,21 @@ pub fn clip(mut s: String) -> String {
 impl Frame {
     pub const UNKNOWN_FUNCTION: &str = "[unknown]";
 
+    /// A frame that is only a name: no module, file or line (a type in a
+    /// types profile, a frame in a test).
+    pub fn named(kind: FrameKind, function: String) -> Self {
+        Frame {
+            kind,
+            function,
+            module: String::new(),
+            file: None,
+            line: None,
+            offset: None,
+            inlined: false,
+            unknown: None,
+        }
+    }
+
     /// A native frame that could not be named, and why.
     pub fn unknown(module: String, offset: u64, why: String) -> Self {
         Frame {
@@ -191,16 +206,7 @@ mod tests {
     use super::*;
 
     fn frame(kind: FrameKind, function: &str) -> Frame {
-        Frame {
-            kind,
-            function: function.into(),
-            module: String::new(),
-            file: None,
-            line: None,
-            offset: None,
-            inlined: false,
-            unknown: None,
-        }
+        Frame::named(kind, function.into())
     }
 
     fn names(frames: &[Frame]) -> Vec<&str> {

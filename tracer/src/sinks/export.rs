@@ -353,11 +353,7 @@ mod tests {
     use super::*;
 
     fn t(name: &str, count: u64, bytes: u64) -> TypeCount {
-        TypeCount {
-            name: name.into(),
-            count,
-            bytes,
-        }
+        TypeCount::new(name, count, bytes)
     }
 
     #[test]

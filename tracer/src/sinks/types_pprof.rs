@@ -23,16 +23,7 @@ use crate::{
 pub const SAMPLE_TYPES: [(&str, &str); 2] = [("type_objects", "count"), ("types", "bytes")];
 
 fn type_frame(name: &str) -> Frame {
-    Frame {
-        kind: FrameKind::Python,
-        function: clip(name.to_owned()),
-        module: String::new(),
-        file: None,
-        line: None,
-        offset: None,
-        inlined: false,
-        unknown: None,
-    }
+    Frame::named(FrameKind::Python, clip(name.to_owned()))
 }
 
 /// `types` (most bytes first, as a census lists them) walked at
@@ -87,11 +78,7 @@ mod tests {
     }
 
     fn t(name: &str, count: u64, bytes: u64) -> TypeCount {
-        TypeCount {
-            name: name.into(),
-            count,
-            bytes,
-        }
+        TypeCount::new(name, count, bytes)
     }
 
     /// The function name of a sample's one frame.
