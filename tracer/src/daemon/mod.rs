@@ -81,11 +81,6 @@ fn pusher(
 ) -> Result<Pusher> {
     let stats = Arc::new(SinkStats::new(backend.name()));
     sinks.push(stats.clone());
-    // The spool's own directory is checked as `-o` is (not a link, not
-    // another user's), not only the sink's subdirectory tracer makes in it.
-    if let Some(dir) = &options.spool_dir {
-        crate::outputs::OutputDir::create(dir)?;
-    }
     Pusher::start(PushSettings {
         backend,
         endpoint: endpoint.clone(),
@@ -112,6 +107,13 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
     }
     let backends = usize::from(live.pyroscope.is_some()) + usize::from(live.parca.is_some());
     let share = options.max_spool_bytes / backends.max(1) as u64;
+    // The spool's own directory is checked as `-o` is (not a link, not
+    // another user's), once, not only each backend's subdirectory in it.
+    if let Some(dir) = &options.spool_dir
+        && backends > 0
+    {
+        crate::outputs::OutputDir::create(dir)?;
+    }
     let mut sink_stats = Vec::new();
     let mut pushers = Vec::new();
     if let Some(e) = &live.pyroscope {

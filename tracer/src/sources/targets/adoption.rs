@@ -26,6 +26,13 @@ impl Targets {
             .is_some_and(|t| t.identity.is_none_or(|i| i.is_running()))
     }
 
+    /// `--match` is given and `pid`'s command line does not match it.
+    pub(super) fn unmatched(&self, pid: Pid) -> bool {
+        self.matching
+            .as_ref()
+            .is_some_and(|re| !re.is_match(&procfs::command_line(pid)))
+    }
+
     /// A target whose pid is another process's now (its exit was missed)
     /// is ended.
     pub(super) fn end_replaced(&mut self, pid: Pid, model: &Model) -> Option<ProcessInfo> {
@@ -65,11 +72,7 @@ impl Targets {
     ) -> Option<Found> {
         // `--match`: a process found on the host is adopted only if its
         // command line matches (one forked by a target always is).
-        let unmatched = origin == Origin::Found
-            && self
-                .matching
-                .as_ref()
-                .is_some_and(|re| !re.is_match(&procfs::command_line(pid)));
+        let unmatched = origin == Origin::Found && self.unmatched(pid);
         if unmatched || !procfs::maps_python(pid) {
             return None;
         }

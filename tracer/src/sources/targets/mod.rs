@@ -423,14 +423,12 @@ impl Targets {
             return;
         }
         let traced = traced_by_name || descends;
-        // `--match`: a Python program whose command line does not match is
-        // let go at the next look, not watched for its CPython: the kernel
-        // traces it (by name) until then.
-        let unmatched = !descends
-            && self
-                .matching
-                .as_ref()
-                .is_some_and(|re| !re.is_match(&procfs::command_line(pid)));
+        // `--match`: a Python program the kernel traces by name whose
+        // command line does not match is let go at the next look, not
+        // watched for its CPython. (Other programs are not traced while
+        // they wait, and are not worth a read of their command line: a busy
+        // host execs hundreds a second.)
+        let unmatched = traced_by_name && !descends && self.unmatched(pid);
         // --all: other processes' execs are looked at once, when their
         // loader is done: a busy host execs hundreds a second.
         let wait = if unmatched {
