@@ -83,6 +83,19 @@ pub static TASK_MM_OFFSET: Global<u64> = Global::new(0);
 #[map]
 pub static CODE_SEEN: LruHashMap<CodeKey, u8> = LruHashMap::with_max_entries(MAX_CODE_OBJECTS, 0);
 
+/// Slots of `CODE_RECENT`: a power of two, so that a slot is found with a
+/// mask the verifier follows. A service's hot frames run a few hundred code
+/// objects; 1,024 slots of 16 bytes are 16 KiB per CPU.
+pub const CODE_RECENT_SLOTS: u32 = 1024;
+
+/// The code objects this CPU last found in `CODE_SEEN`, one per slot
+/// (direct-mapped by address): a walk checks each frame's code object, and
+/// an array slot costs a few ns where the LRU hash lookup costs ~60
+/// (docs/python-frames.md, "What a walk costs"). A slot only ever holds a
+/// key that was copied, so a hit skips nothing that was not sent.
+#[map]
+pub static CODE_RECENT: PerCpuArray<CodeKey> = PerCpuArray::with_max_entries(CODE_RECENT_SLOTS, 0);
+
 /// Code object copies one process may make at once, and how often it gets
 /// one more: a copy is up to 4.7 KB of ring buffer, and a process that runs
 /// new code objects without end (a frame chain of its own making) would

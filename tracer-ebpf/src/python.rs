@@ -17,7 +17,10 @@ use tracer_common::{
 };
 
 use crate::{
-    maps::{CODE_BUDGET, CODE_BURST, CODE_NS_PER_COPY, CODE_SEEN, EVENTS, FSBASE_OFFSET, OUT},
+    maps::{
+        CODE_BUDGET, CODE_BURST, CODE_NS_PER_COPY, CODE_RECENT, CODE_RECENT_SLOTS, CODE_SEEN,
+        EVENTS, FSBASE_OFFSET, OUT,
+    },
     probe::user,
     ring::{count, header, wakeup},
 };
@@ -32,6 +35,8 @@ pub struct Walk {
     n: u64,
     /// Where the Python frames start in `OUT` (after the native ones).
     head: u64,
+    /// The traced process (read once per walk, not per frame).
+    pid: u64,
     /// The process's layout, copied once per walk rather than looked up
     /// per frame.
     cfg: PyConfig,
@@ -166,8 +171,20 @@ fn copy_code(cfg: &PyConfig, pid: u32, code: u64, firstlineno: i32) {
         firstlineno,
         code,
     };
+    // Code objects are 16-byte aligned heap objects: the bits above the
+    // alignment spread them over the slots.
+    let slot = ((code >> 4) ^ (code >> 14) ^ u64::from(pid)) as u32 & (CODE_RECENT_SLOTS - 1);
+    let Some(recent) = CODE_RECENT.get_ptr_mut(slot) else {
+        return;
+    };
+    // SAFETY: this CPU's slot, valid while this program runs.
+    let recent = unsafe { &mut *recent };
+    if *recent == key {
+        return;
+    }
     // SAFETY: presence test only.
     if unsafe { CODE_SEEN.get(key) }.is_some() {
+        *recent = key;
         return;
     }
     if !take_copy(pid) {
@@ -206,7 +223,9 @@ fn copy_code(cfg: &PyConfig, pid: u32, code: u64, firstlineno: i32) {
     rec.table_full = u32::from(size > n);
     entry.submit(wakeup());
     count(counter::EVENTS);
-    let _ = CODE_SEEN.insert(key, 0, 0);
+    if CODE_SEEN.insert(key, 0, 0).is_ok() {
+        *recent = key;
+    }
 }
 
 /// Where the Python frames of the current thread start: its frame chain,
@@ -280,10 +299,9 @@ extern "C" fn walk_step(_index: u64, _ctx: *mut core::ffi::c_void) -> i64 {
     let (Some(walk), Some(out)) = (WALK.get_ptr_mut(0), OUT.get_ptr_mut(0)) else {
         return 1;
     };
-    let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // SAFETY: per-CPU state of this program run.
     let walk = unsafe { &mut *walk };
-    let cfg = &walk.cfg;
+    let (cfg, pid) = (&walk.cfg, walk.pid as u32);
     let (frame, n, head) = (walk.frame, walk.n as usize, walk.head as usize);
     if frame == 0 || n >= MAX_PY_DEPTH || head > AllocRecord::wire_len(MAX_STACK_DEPTH, 0) {
         return 1;
@@ -342,6 +360,7 @@ pub fn walk_python(cfg: &PyConfig, head: usize) -> (u32, u32) {
         walk.frame = frame;
         walk.n = 0;
         walk.head = head as u64;
+        walk.pid = bpf_get_current_pid_tgid() >> 32;
         walk.cfg = *cfg;
         // A frame may be a shim that is skipped: allow for some of those.
         bpf_loop(

@@ -109,6 +109,36 @@ fn main() {
     let pid = std::process::id();
     let (bytes, lens) = records(pid);
 
+    // Memory per live allocation: a million of them, never freed. Measured
+    // first: once the throughput run's model is dropped, the allocator
+    // keeps its pages resident and a second model fills them without
+    // moving the resident size.
+    let before = resident_bytes();
+    let mut live = Collector::new(None);
+    let mut live_model = Model::default();
+    let mut at = 0;
+    let mut allocs = 0u64;
+    for len in &lens {
+        let record = &bytes[at..at + len];
+        at += len;
+        if record.len() > size_of::<FreeRecord>() {
+            live.apply(record, &mut live_model);
+            // The sinks would take them; the model is what is measured.
+            live.take_events();
+            allocs += 1;
+            if allocs == 1_000_000 {
+                break;
+            }
+        }
+    }
+    let per_live = (resident_bytes().saturating_sub(before)) as f64 / allocs as f64;
+    let live_total = live_model
+        .heap()
+        .process(pid)
+        .map_or(0, |p| p.totals().live_count);
+
+    drop((live, live_model));
+
     // Decoding and applying, with the events the sinks get handed over in
     // batches as the event loop does.
     let mut collector = Collector::new(None);
@@ -138,34 +168,6 @@ fn main() {
     }
     writer.finish().expect("finish");
     let capture_s = start.elapsed().as_secs_f64();
-    drop(journal);
-    drop((collector, model));
-
-    // Memory per live allocation: a million of them, never freed.
-    let before = resident_bytes();
-    let mut live = Collector::new(None);
-    let mut live_model = Model::default();
-    let mut at = 0;
-    let mut allocs = 0u64;
-    for len in &lens {
-        let record = &bytes[at..at + len];
-        at += len;
-        if record.len() > size_of::<FreeRecord>() {
-            live.apply(record, &mut live_model);
-            // The sinks would take them; the model is what is measured.
-            live.take_events();
-            allocs += 1;
-            if allocs == 1_000_000 {
-                break;
-            }
-        }
-    }
-    let per_live = (resident_bytes().saturating_sub(before)) as f64 / allocs as f64;
-    let live_total = live_model
-        .heap()
-        .process(pid)
-        .map_or(0, |p| p.totals().live_count);
-
     println!(
         "{}",
         serde_json::json!({

@@ -10,14 +10,14 @@
 //! return address — inside an executable mapping, right after a call
 //! instruction — or the stack is cut there and marked truncated.
 
-use std::{
-    collections::HashMap,
-    hash::{BuildHasher as _, Hash as _, Hasher as _},
-};
+use std::{collections::HashMap, hash::BuildHasher as _};
 
 use tracer_common::PyFrame;
 
-use super::registry::{Certainty, NativeFrame, Registry};
+use super::{
+    FastMap,
+    registry::{Certainty, NativeFrame, Registry},
+};
 use crate::{
     event::{Pid, StackId},
     python::PyLocation,
@@ -94,8 +94,8 @@ fn python_words(frames: &[PyFrame]) -> impl Iterator<Item = u64> + '_ {
         .flat_map(|f| [f.code, f.instr, f.firstlineno as u32 as u64])
 }
 
-/// A raw stack's key (`KEY_HEAD` words of pid, function, exec generation,
-/// caller and flags, then the frames) and its id.
+/// A raw stack's key (4 words of pid, function, exec generation, caller
+/// and flags, then the frames) and its id.
 struct RawKey {
     key: Box<[u64]>,
     id: StackId,
@@ -103,7 +103,6 @@ struct RawKey {
 
 /// The raw stacks sharing one hash.
 type RawKeys = Vec<RawKey>;
-const KEY_HEAD: usize = 4;
 
 /// Interns stacks: equal raw stacks of a process map to one id without
 /// being checked again, and equal checked stacks share one id. What is kept
@@ -112,7 +111,10 @@ const KEY_HEAD: usize = 4;
 pub struct StackTable {
     ids: HashMap<Stack, StackId>,
     stacks: Vec<Stack>,
-    hasher: std::hash::RandomState,
+    hasher: foldhash::quality::RandomState,
+    /// The raw key of the stack being interned, built here rather than in
+    /// a new vector per event.
+    key: Vec<u64>,
     py_ids: HashMap<PyLocation, PyLocId>,
     py_locations: Vec<PyLocation>,
     processes: HashMap<Pid, ProcessStacks>,
@@ -124,10 +126,10 @@ pub struct StackTable {
 #[derive(Default)]
 struct ProcessStacks {
     /// Hash of a raw stack -> the raw stacks with that hash.
-    raw: HashMap<u64, RawKeys>,
+    raw: FastMap<u64, RawKeys>,
     raw_count: usize,
     /// Python frames already resolved, by what the kernel read.
-    py_frames: HashMap<PyFrameKey, Option<PyLocId>>,
+    py_frames: FastMap<PyFrameKey, Option<PyLocId>>,
     /// Distinct stacks and locations it added to the table.
     new_stacks: u32,
     new_locations: u32,
@@ -191,27 +193,20 @@ impl StackTable {
             raw.caller.unwrap_or(0),
             flags | (raw.frames.len() as u64) << 8,
         ];
-        let mut h = self.hasher.build_hasher();
-        key_head.hash(&mut h);
-        raw.frames.hash(&mut h);
-        python_words(raw.python).for_each(|w| w.hash(&mut h));
-        let hash = h.finish();
-        let native_end = KEY_HEAD + raw.frames.len();
+        self.key.clear();
+        self.key.extend_from_slice(&key_head);
+        self.key.extend_from_slice(raw.frames);
+        self.key.extend(python_words(raw.python));
+        // One pass over the whole key: hashing it word by word cost more
+        // than the rest of the event.
+        let hash = self.hasher.hash_one(self.key.as_slice());
         let process = self.processes.entry(pid).or_default();
-        if let Some(bucket) = process.raw.get(&hash) {
-            for known in bucket {
-                let key = &known.key;
-                if key.len() == native_end + raw.python.len() * 3
-                    && key[..KEY_HEAD] == key_head
-                    && key[KEY_HEAD..native_end] == *raw.frames
-                    && key[native_end..]
-                        .iter()
-                        .copied()
-                        .eq(python_words(raw.python))
-                {
-                    return known.id;
-                }
-            }
+        if let Some(known) = process
+            .raw
+            .get(&hash)
+            .and_then(|bucket| bucket.iter().find(|k| *k.key == *self.key))
+        {
+            return known.id;
         }
         let mut certainty = Certainty::Certain;
         let stack = self.check(registry, pid, raw, &mut certainty);
@@ -224,12 +219,7 @@ impl StackTable {
                 process.raw.clear();
                 process.raw_count = 0;
             }
-            let key: Box<[u64]> = key_head
-                .iter()
-                .chain(raw.frames)
-                .copied()
-                .chain(python_words(raw.python))
-                .collect();
+            let key: Box<[u64]> = self.key.as_slice().into();
             process
                 .raw
                 .entry(hash)

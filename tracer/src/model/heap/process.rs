@@ -1,7 +1,7 @@
 //! One process's heap: its live blocks and mappings, and what they add up
 //! to per stack, per thread and in all.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use super::{
     Allocation, Amount, ExitSnapshot, Options, Peak, StackStats, ThreadStacks, ThreadTotals,
@@ -9,24 +9,27 @@ use super::{
     peak::PeakStacks,
     regions::{Region, Regions},
 };
-use crate::event::{Block, EventKind, HeapEvent, StackId, Tid};
+use crate::{
+    event::{Block, EventKind, HeapEvent, StackId, Tid},
+    model::FastMap,
+};
 
 pub struct ProcessHeap {
-    live: HashMap<u64, Allocation>,
+    live: FastMap<u64, Allocation>,
     /// Anonymous mappings, thread stacks included.
     regions: Regions,
     /// Thread stacks mapped now, in the heap or not.
     thread_stacks: ThreadStacks,
     /// Count thread stacks in the heap like any mapping.
     thread_stacks_in_heap: bool,
-    stacks: HashMap<StackId, StackStats>,
+    stacks: FastMap<StackId, StackStats>,
     totals: Totals,
     threads: BTreeMap<Tid, ThreadTotals>,
     peak: Peak,
     peak_stacks: Option<PeakStacks>,
     exit: Option<ExitSnapshot>,
     /// Each thread's last heap block event, if it was a free: its address.
-    last_free: HashMap<Tid, u64>,
+    last_free: FastMap<Tid, u64>,
     /// What it started with, copied from its parent at fork.
     inherited: Amount,
 }
@@ -34,17 +37,17 @@ pub struct ProcessHeap {
 impl ProcessHeap {
     pub(super) fn new(options: Options) -> Self {
         Self {
-            live: HashMap::new(),
+            live: FastMap::default(),
             regions: Regions::default(),
             thread_stacks: ThreadStacks::default(),
             thread_stacks_in_heap: options.thread_stacks_in_heap,
-            stacks: HashMap::new(),
+            stacks: FastMap::default(),
             totals: Totals::default(),
             threads: BTreeMap::new(),
             peak: Peak::default(),
             peak_stacks: options.peak_stacks.then(PeakStacks::default),
             exit: None,
-            last_free: HashMap::new(),
+            last_free: FastMap::default(),
             inherited: Amount::default(),
         }
     }
@@ -117,7 +120,7 @@ impl ProcessHeap {
         true
     }
 
-    pub fn stacks(&self) -> &HashMap<StackId, StackStats> {
+    pub fn stacks(&self) -> &FastMap<StackId, StackStats> {
         &self.stacks
     }
 
