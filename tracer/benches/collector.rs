@@ -6,7 +6,11 @@
 //! records with 3 native and 12 Python frames from 2,000 distinct stacks,
 //! and frees of what was allocated 100,000 records earlier.
 
-use std::time::Instant;
+use std::{
+    alloc::{GlobalAlloc, Layout},
+    sync::atomic::{AtomicUsize, Ordering},
+    time::Instant,
+};
 
 use tracer::{
     capture::{Record, Writer},
@@ -15,8 +19,44 @@ use tracer::{
 };
 use tracer_common::{AllocRecord, FreeRecord, Header, MAX_STACK_DEPTH, PyFrame, flags, func, kind};
 
+/// tracer's allocator, counting the bytes its callers hold: the memory a
+/// live allocation costs is what the model holds for it. The resident size
+/// cannot tell: the allocator keeps freed pages (the records' own buffers,
+/// grown by doubling) and the model fills them without moving it.
+struct Counting;
+
+static HELD: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is passed on to mimalloc unchanged; only counted.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        HELD.fetch_add(layout.size(), Ordering::Relaxed);
+        // SAFETY: the caller's contract, passed on.
+        unsafe { mimalloc::MiMalloc.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        HELD.fetch_sub(layout.size(), Ordering::Relaxed);
+        // SAFETY: the caller's contract, passed on.
+        unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        HELD.fetch_add(layout.size(), Ordering::Relaxed);
+        // SAFETY: the caller's contract, passed on.
+        unsafe { mimalloc::MiMalloc.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        HELD.fetch_add(new_size, Ordering::Relaxed);
+        HELD.fetch_sub(layout.size(), Ordering::Relaxed);
+        // SAFETY: the caller's contract, passed on.
+        unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) }
+    }
+}
+
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: Counting = Counting;
 
 const EVENTS: usize = 2_000_000;
 const STACKS: u64 = 2_000;
@@ -95,25 +135,12 @@ fn records(pid: u32) -> (Vec<u8>, Vec<usize>) {
     (out, lens)
 }
 
-fn resident_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
-    pages * 4096
-}
-
 fn main() {
     let pid = std::process::id();
     let (bytes, lens) = records(pid);
 
-    // Memory per live allocation: a million of them, never freed. Measured
-    // first: once the throughput run's model is dropped, the allocator
-    // keeps its pages resident and a second model fills them without
-    // moving the resident size.
-    let before = resident_bytes();
+    // Memory per live allocation: a million of them, never freed.
+    let before = HELD.load(Ordering::Relaxed);
     let mut live = Collector::new(None);
     let mut live_model = Model::default();
     let mut at = 0;
@@ -131,7 +158,7 @@ fn main() {
             }
         }
     }
-    let per_live = (resident_bytes().saturating_sub(before)) as f64 / allocs as f64;
+    let per_live = HELD.load(Ordering::Relaxed).saturating_sub(before) as f64 / allocs as f64;
     let live_total = live_model
         .heap()
         .process(pid)

@@ -202,12 +202,16 @@ fn web_markdown(rows: &[Value]) -> String {
         v.as_f64()
             .map_or_else(|| "–".to_owned(), |x| format!("{x:.digits$}"))
     };
+    let share = |v: &Value| {
+        v.as_f64()
+            .map_or_else(|| "–".to_owned(), |x| format!("{:.1}%", x * 100.0))
+    };
     let mut s = format!(
         "\nFlask JSON API on gunicorn (2 workers), wrk -t2 -c16 over loopback, {} s per run\n\n",
         rows[0]["load_s"]
     );
-    s.push_str("| python | mode | requests/s (median) | share of untraced | p50 ms | p99 ms | tracer CPU (one core) | probes gone after SIGINT | events | lost |\n");
-    s.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    s.push_str("| python | mode | requests/s (median) | share of untraced | p50 ms | p99 ms | tracer CPU (one core) | tracer CPU after 2 s | probes gone after SIGINT | events | lost |\n");
+    s.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for row in rows {
         let sum = |key: &str| -> Option<u64> {
             let xs: Vec<u64> = row[key]
@@ -218,16 +222,15 @@ fn web_markdown(rows: &[Value]) -> String {
             (!xs.is_empty()).then(|| xs.iter().sum())
         };
         s.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             row["python"].as_str().unwrap_or("?"),
             row["mode"].as_str().unwrap_or("?"),
             num(&row["requests_per_s_median"], 0),
             num(&row["share_of_untraced_median"], 2),
             num(&row["p50_ms_median"], 2),
             num(&row["p99_ms_median"], 2),
-            row["tracer_cpu_share_median"]
-                .as_f64()
-                .map_or_else(|| "–".to_owned(), |x| format!("{:.1}%", x * 100.0)),
+            share(&row["tracer_cpu_share_median"]),
+            share(&row["tracer_cpu_share_settled_median"]),
             row["detach_ms_median"]
                 .as_f64()
                 .map_or_else(|| "–".to_owned(), |x| format!("{x:.0} ms")),

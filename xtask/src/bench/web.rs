@@ -97,6 +97,9 @@ struct WebRun {
     p99_ms: f64,
     /// tracer: its CPU over the load window, as a share of one core.
     tracer_cpu_share: Option<f64>,
+    /// The same from `SETTLED` into the load on: without the first sight of
+    /// each stack and code object, what it costs while the service runs.
+    tracer_cpu_share_settled: Option<f64>,
     lost: Option<u64>,
     events: Option<u64>,
     /// tracer: from SIGINT to no probe left in the workers' libc.
@@ -149,6 +152,9 @@ fn program_costs(start: &[(u64, ProgramCost)], end: Vec<(u64, ProgramCost)>) -> 
 }
 
 const PORT: u16 = 18_731;
+
+/// How far into the load tracer's CPU is taken again for its settled share.
+const SETTLED: Duration = Duration::from_secs(2);
 /// wrk's load: 2 threads, 16 connections (the workers are the bottleneck).
 const CONNECTIONS: &str = "16";
 
@@ -208,6 +214,7 @@ fn run_all(paths: &Paths, rounds: usize, secs: u64) -> Result<Vec<Value>> {
                 "p50_ms_median": median(these.iter().map(|r| r.p50_ms).collect()),
                 "p99_ms_median": median(these.iter().map(|r| r.p99_ms).collect()),
                 "tracer_cpu_share_median": opt(&|r| r.tracer_cpu_share),
+                "tracer_cpu_share_settled_median": opt(&|r| r.tracer_cpu_share_settled),
                 "detach_ms_median": opt(&|r| r.detach_ms),
                 "programs": program_summary(these, secs),
                 "events": these.iter().map(|r| r.events).collect::<Vec<_>>(),
@@ -267,19 +274,31 @@ fn run_once(paths: &Paths, python: &Python, tool: WebTool, secs: u64) -> Result<
         WebTool::Tracer(args) => Some(start_tracer(paths, master, args, &out)?),
         _ => None,
     };
-    let cpu_before = tracer.as_ref().map(|(t, _)| cpu_ticks(t.0.id()));
+    let tracer_pid = tracer.as_ref().map(|(t, _)| t.0.id());
+    let cpu_before = tracer_pid.map(cpu_ticks);
+    let settled = tracer_pid.map(|pid| {
+        std::thread::spawn(move || {
+            std::thread::sleep(SETTLED);
+            (cpu_ticks(pid), Instant::now())
+        })
+    });
     let stats_before = program_stats(&loaded_before);
     let wrk_out = wrk(secs)?;
     let costs = program_costs(&stats_before, program_stats(&loaded_before));
-    let tracer_cpu_share = match (&tracer, cpu_before) {
-        (Some((t, _)), Some(before)) => {
-            let ticks = cpu_ticks(t.0.id()).saturating_sub(before);
-            Some(ticks as f64 / clock_ticks() / secs as f64)
-        }
-        _ => None,
-    };
     let mut run = parse_wrk(&wrk_out)?;
-    run.tracer_cpu_share = tracer_cpu_share;
+    if let (Some(pid), Some(before), Some(settled)) = (tracer_pid, cpu_before, settled) {
+        let now = cpu_ticks(pid);
+        run.tracer_cpu_share =
+            Some(now.saturating_sub(before) as f64 / clock_ticks() / secs as f64);
+        let (at_settled, when) = settled
+            .join()
+            .map_err(|_| anyhow::anyhow!("the CPU sampler panicked"))?;
+        run.tracer_cpu_share_settled = Some(
+            now.saturating_sub(at_settled) as f64
+                / clock_ticks()
+                / when.elapsed().as_secs_f64().max(0.1),
+        );
+    }
     run.programs = costs;
     if let Some((mut child, output)) = tracer {
         let interrupted = Instant::now();
@@ -354,6 +373,7 @@ fn parse_wrk(text: &str) -> Result<WebRun> {
         p50_ms: millis(field("50%")?)?,
         p99_ms: millis(field("99%")?)?,
         tracer_cpu_share: None,
+        tracer_cpu_share_settled: None,
         lost: None,
         events: None,
         detach_ms: None,
