@@ -157,7 +157,8 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
     let mut runs: BTreeMap<(usize, usize), Vec<Run>> = BTreeMap::new();
     for round in 0..rounds {
         for (w, workload) in workloads.iter().enumerate() {
-            for (m, mode) in MODES.iter().enumerate() {
+            for m in round_order(MODES.len(), round) {
+                let mode = &MODES[m];
                 eprint!(
                     "xtask: bench round {}/{rounds}: {workload} / {} ... ",
                     round + 1,
@@ -259,6 +260,14 @@ fn merge_kernel_headers(dest: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The order of `n` modes in round `round`: each round starts one mode
+/// later, so that a machine that slows down or speeds up within a round
+/// (this VM drifts by a quarter within minutes) does not always favour the
+/// same mode.
+fn round_order(n: usize, round: usize) -> impl Iterator<Item = usize> {
+    (0..n).map(move |i| (round + i) % n)
+}
+
 /// Runs the collector benchmark (tracer/benches/collector.rs): its last
 /// line is a JSON object.
 fn collector_throughput(root: &Path) -> Result<Value> {
@@ -278,4 +287,15 @@ fn collector_throughput(root: &Path) -> Result<Value> {
     .context("cargo bench --bench collector failed")?;
     let last = out.lines().last().unwrap_or_default();
     serde_json::from_str(last).with_context(|| format!("collector benchmark said {last:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::round_order;
+
+    #[test]
+    fn every_round_runs_every_mode_once_starting_one_later() {
+        let orders: Vec<Vec<usize>> = (0..4).map(|r| round_order(3, r).collect()).collect();
+        assert_eq!(orders, [[0, 1, 2], [1, 2, 0], [2, 0, 1], [0, 1, 2]]);
+    }
 }

@@ -23,6 +23,7 @@ use super::{
     Paths,
     children::{Guard, bpftool_list, wait_for_no_probes},
     results::median,
+    round_order,
     run::start_tracer,
 };
 
@@ -179,7 +180,8 @@ fn run_all(paths: &Paths, rounds: usize, secs: u64) -> Result<Vec<Value>> {
             .collect();
         let mut runs: Vec<Vec<WebRun>> = modes.iter().map(|_| Vec::new()).collect();
         for round in 0..rounds {
-            for (m, mode) in modes.iter().enumerate() {
+            for m in round_order(modes.len(), round) {
+                let mode = modes[m];
                 eprint!(
                     "xtask: bench round {}/{rounds}: flask on {} / {} ... ",
                     round + 1,
