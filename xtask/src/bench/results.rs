@@ -230,7 +230,16 @@ fn web_markdown(rows: &[Value]) -> String {
             num(&row["p50_ms_median"], 2),
             num(&row["p99_ms_median"], 2),
             share(&row["tracer_cpu_share_median"]),
-            share(&row["tracer_cpu_share_settled_median"]),
+            match (
+                row["tracer_cpu_share_settled_median"].as_f64(),
+                row["tracer_cpu_settled_resolution"].as_f64(),
+            ) {
+                // Less than one clock tick in the window: say so, not 0.0%.
+                (Some(x), Some(tick)) if x < tick => {
+                    format!("< {:.1}%", (tick * 1000.0).ceil() / 10.0)
+                }
+                _ => share(&row["tracer_cpu_share_settled_median"]),
+            },
             row["detach_ms_median"]
                 .as_f64()
                 .map_or_else(|| "–".to_owned(), |x| format!("{x:.0} ms")),
@@ -267,4 +276,31 @@ fn web_markdown(rows: &[Value]) -> String {
         ));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::web_markdown;
+
+    fn row(settled: f64, resolution: f64) -> serde_json::Value {
+        json!({
+            "python": "p", "mode": "m", "load_s": 3,
+            "requests_per_s_median": 100.0, "share_of_untraced_median": 1.0,
+            "p50_ms_median": 1.0, "p99_ms_median": 2.0,
+            "tracer_cpu_share_median": 0.2,
+            "tracer_cpu_share_settled_median": settled,
+            "tracer_cpu_settled_resolution": resolution,
+            "events": [1], "lost": [0],
+        })
+    }
+
+    #[test]
+    fn a_settled_share_below_one_tick_is_not_printed_as_zero() {
+        let table = web_markdown(&[row(0.0, 0.0095)]);
+        assert!(table.contains("| 20.0% | < 1.0% |"), "{table}");
+        let table = web_markdown(&[row(0.021, 0.001)]);
+        assert!(table.contains("| 20.0% | 2.1% |"), "{table}");
+    }
 }

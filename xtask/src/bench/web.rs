@@ -101,6 +101,9 @@ struct WebRun {
     /// The same from `SETTLED` into the load on: without the first sight of
     /// each stack and code object, what it costs while the service runs.
     tracer_cpu_share_settled: Option<f64>,
+    /// The share of one clock tick over that window: a settled share
+    /// below it was not resolved (the quick bench's window is ~1 s).
+    tracer_cpu_settled_resolution: Option<f64>,
     lost: Option<u64>,
     events: Option<u64>,
     /// tracer: from SIGINT to no probe left in the workers' libc.
@@ -217,6 +220,10 @@ fn run_all(paths: &Paths, rounds: usize, secs: u64) -> Result<Vec<Value>> {
                 "p99_ms_median": median(these.iter().map(|r| r.p99_ms).collect()),
                 "tracer_cpu_share_median": opt(&|r| r.tracer_cpu_share),
                 "tracer_cpu_share_settled_median": opt(&|r| r.tracer_cpu_share_settled),
+                "tracer_cpu_settled_resolution": these
+                    .iter()
+                    .filter_map(|r| r.tracer_cpu_settled_resolution)
+                    .reduce(f64::max),
                 "detach_ms_median": opt(&|r| r.detach_ms),
                 "programs": program_summary(these, secs),
                 "events": these.iter().map(|r| r.events).collect::<Vec<_>>(),
@@ -295,11 +302,10 @@ fn run_once(paths: &Paths, python: &Python, tool: WebTool, secs: u64) -> Result<
         let (at_settled, when) = settled
             .join()
             .map_err(|_| anyhow::anyhow!("the CPU sampler panicked"))?;
-        run.tracer_cpu_share_settled = Some(
-            now.saturating_sub(at_settled) as f64
-                / clock_ticks()
-                / when.elapsed().as_secs_f64().max(0.1),
-        );
+        let window = when.elapsed().as_secs_f64().max(0.1);
+        run.tracer_cpu_share_settled =
+            Some(now.saturating_sub(at_settled) as f64 / clock_ticks() / window);
+        run.tracer_cpu_settled_resolution = Some(1.0 / clock_ticks() / window);
     }
     run.programs = costs;
     if let Some((mut child, output)) = tracer {
@@ -376,6 +382,7 @@ fn parse_wrk(text: &str) -> Result<WebRun> {
         p99_ms: millis(field("99%")?)?,
         tracer_cpu_share: None,
         tracer_cpu_share_settled: None,
+        tracer_cpu_settled_resolution: None,
         lost: None,
         events: None,
         detach_ms: None,
