@@ -14,7 +14,7 @@ use tokio::{
 };
 
 use crate::{
-    census::{Census, Moment},
+    census::Moment,
     cli::RecordOptions,
     clock::monotonic_ns,
     counters::{self, Counters},
@@ -30,7 +30,7 @@ use crate::{
     },
     sources::{
         collector::{Collector, Notice},
-        hold::{self, Guard, Held},
+        hold::Guard,
         identity::Identity,
         launch::Launch,
         pending::Pending,
@@ -45,9 +45,11 @@ use crate::{
 
 mod plan;
 mod stops;
+mod walks;
 
 pub use plan::{Plan, Sinks};
 use stops::Stops;
+use walks::{next_tick, recv_census};
 
 /// How often the ring buffer is drained without a wakeup from the kernel
 /// (it wakes tracer only when a quarter full: see `wakeup` in tracer-ebpf).
@@ -55,24 +57,6 @@ use stops::Stops;
 /// 1.1% of a core on this VM, at 50 ms 0.6%. Events are at most this late;
 /// nothing waits on them sooner (exits and samples drain first).
 const DRAIN_EVERY: Duration = Duration::from_millis(50);
-
-/// The next census of a walk that ended, if walks are made.
-async fn recv_census(walks: &mut Option<Walks>) -> Option<Census> {
-    match walks {
-        Some(w) => w.done.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// The next periodic walk's tick, if walks are periodic.
-async fn next_tick(tick: &mut Option<tokio::time::Interval>) {
-    match tick {
-        Some(t) => {
-            t.tick().await;
-        }
-        None => std::future::pending().await,
-    }
-}
 
 /// `tracer record`: a recording into a capture and the end-of-run reports.
 pub async fn record(options: RecordOptions) -> Result<()> {
@@ -156,10 +140,7 @@ pub async fn trace(options: &RecordOptions, plan: Plan) -> Result<()> {
     rec.capture = made.capture;
     (plan.on_ready)();
     // The baseline of the types' growth.
-    let running: Vec<Pid> = rec.targets.running().collect();
-    for pid in running {
-        rec.walk(pid, Moment::Start);
-    }
+    rec.walk_running(Moment::Start);
     let stop = rec.run(options, launch.as_ref(), exits, &mut stops).await;
     if let Ok(stop) = &stop {
         debug!("recording stopped: {stop}");
@@ -260,25 +241,7 @@ impl Recording {
                     guard.get_inner_mut().flush();
                     guard.clear_ready();
                 }
-                Some(census) = recv_census(&mut self.walks) => {
-                    self.walking.remove(&census.pid);
-                    // Growth is counted from this walk, not from the
-                    // attach: say when it is taken, and what it cost.
-                    if census.moment == Moment::Start {
-                        let c = &census.coverage;
-                        let objects: u64 = census.types.iter().map(|t| t.count).sum();
-                        stdio::line(&format!(
-                            "tracer: baseline of live objects of pid {}: {objects} objects, {} reads in {} ms{}",
-                            census.pid,
-                            c.reads,
-                            c.micros / 1000,
-                            if c.estimated { " (capped: estimated)" } else { "" }
-                        ));
-                    }
-                    for sink in &mut self.sinks {
-                        sink.census(&census)?;
-                    }
-                }
+                Some(census) = recv_census(&mut self.walks) => self.censused(&census)?,
                 why = stops.next() => break why,
                 _ = sleep_until(deadline.unwrap_or(started)), if deadline.is_some() => {
                     break "duration reached";
@@ -300,14 +263,7 @@ impl Recording {
                         break "quit";
                     }
                 }
-                _ = next_tick(&mut walk_tick) => {
-                    let running: Vec<Pid> = self.targets.running().collect();
-                    for pid in running {
-                        if !self.walking.contains(&pid) {
-                            self.walk(pid, Moment::Periodic);
-                        }
-                    }
-                }
+                _ = next_tick(&mut walk_tick) => self.walk_running(Moment::Periodic),
                 _ = sample_tick.tick() => {
                     // Take the newest events first: a sample is of the heap now.
                     self.drain(ring.get_mut())?;
@@ -421,45 +377,6 @@ impl Recording {
         Ok(())
     }
 
-    /// Asks for a walk of `pid`, marked as walking until its census comes.
-    fn walk(&mut self, pid: Pid, moment: Moment) {
-        if let Some(walks) = &self.walks
-            && walks.walk(&self.model, pid, moment, None)
-        {
-            self.walking.insert(pid);
-        }
-    }
-
-    /// `pid` entered `Py_FinalizeEx`: if it was to be held, the kernel
-    /// stopped it; its walk continues it.
-    fn finalizing(&mut self, pid: Pid) {
-        let Some(i) = self.armed.iter().position(|&p| p == pid) else {
-            return;
-        };
-        self.armed.swap_remove(i);
-        let Some(walks) = &self.walks else { return };
-        match Held::new(pid) {
-            Ok(held) => {
-                walks.walk(&self.model, pid, Moment::Finalize, Some(held));
-            }
-            Err(err) => warn!("not holding pid {pid} at its finalization: {err:#}"),
-        }
-    }
-
-    /// A held process whose finalization marker was lost (the ring was
-    /// full) is stopped all the same: its walk starts now.
-    fn held_without_marker(&mut self) {
-        let fired: Vec<Pid> = self
-            .armed
-            .iter()
-            .copied()
-            .filter(|&pid| !self.probes.hold_armed(pid))
-            .collect();
-        for pid in fired {
-            self.finalizing(pid);
-        }
-    }
-
     /// `pid` exited: `process` from its pidfd, or `None` from the kernel's
     /// exit record (after its last records, and the pid traced no more).
     /// A target is ended; nothing of a process that was not one is kept.
@@ -507,47 +424,6 @@ impl Recording {
         }
         for pid in decided.dropped {
             self.pending.drop_pid(pid);
-        }
-        Ok(())
-    }
-
-    /// The walks at the end: of a launched command stopped just now, and of
-    /// every target still running (unless walks are periodic: the last one
-    /// stands for the end, and a stopping daemon is not held up by a walk
-    /// of every process); then what every walk found goes to the sinks, and
-    /// no process is held any more.
-    fn last_walks(&mut self, periodic: bool) -> Result<()> {
-        let Some(walks) = self.walks.take() else {
-            return Ok(());
-        };
-        self.walks = Some(walks);
-        for pid in std::mem::take(&mut self.armed) {
-            if self.probes.hold_armed(pid) {
-                self.probes.unhold(pid);
-            }
-            // Between the two, the kernel may have stopped it.
-            if !self.probes.hold_armed(pid) && hold::is_stopped(pid) {
-                self.armed.push(pid);
-                self.finalizing(pid);
-            }
-        }
-        let Some(walks) = self.walks.take() else {
-            return Ok(());
-        };
-        let running: Vec<Pid> = self.targets.running().collect();
-        for pid in running {
-            if !periodic && !hold::is_stopped(pid) {
-                walks.walk(&self.model, pid, Moment::End, None);
-            }
-        }
-        let censuses = walks.finish();
-        if let Some(guard) = self.guard.take() {
-            guard.release();
-        }
-        for census in &censuses {
-            for sink in &mut self.sinks {
-                sink.census(census)?;
-            }
         }
         Ok(())
     }
