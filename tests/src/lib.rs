@@ -92,6 +92,12 @@ impl Interpreter {
             .and_then(|(_, minor)| minor.parse().ok())
             .expect("interpreter names end with their version")
     }
+
+    /// What `bytearray(n)` allocates: n + 1 bytes, or from 3.15 (whose
+    /// bytearray keeps its bytes in a bytes object) n + 33.
+    pub fn bytearray_bytes(&self, n: u64) -> u64 {
+        if self.minor() >= 15 { n + 33 } else { n + 1 }
+    }
 }
 
 /// Where `cargo xtask` unpacked the Debian interpreters this machine does
@@ -120,8 +126,8 @@ pub fn debian_unpacked(suite: &str, version: &str) -> PathBuf {
 /// glibc of another Debian.
 #[derive(Clone, Debug)]
 pub struct GlibcBuild {
-    /// "glibc 2.41 (trixie)".
-    pub glibc: &'static str,
+    /// "glibc 2.41 (trixie)", its version read from the libc itself.
+    pub glibc: String,
     pub program: PathBuf,
     /// Whether its libc's static functions (`__libc_start_call_main`, where
     /// stacks end) have names: this machine has libc6-dbg, the unpacked
@@ -129,15 +135,78 @@ pub struct GlibcBuild {
     pub libc_symbols: bool,
 }
 
+/// A glibc the C tests run against, and the oldest version of it they are
+/// meant for (the suites are not pinned: sid moves on).
+struct GlibcSource {
+    suite: &'static str,
+    /// The tree `cargo xtask` unpacks it into (`<suite>-<python
+    /// version>-root`), or `None` for this machine's.
+    tree: Option<&'static str>,
+    at_least: GlibcVersion,
+}
+
 /// The glibc builds the C tests run against: this machine's (Debian 12,
-/// 2.36) and those unpacked by `cargo xtask` (trixie's 2.41, sid's 2.43).
-/// Each unpacked glibc is named by the tree `cargo xtask` unpacks it into
-/// (`<suite>-<python version>-root`, one per interpreter).
-const GLIBCS: [(&str, Option<&str>); 3] = [
-    ("glibc 2.36 (bookworm)", None),
-    ("glibc 2.41 (trixie)", Some("trixie-3.13")),
-    ("glibc 2.43 (sid)", Some("sid-3.15")),
+/// 2.36) and those unpacked by `cargo xtask` (trixie's 2.41, sid's 2.42 or
+/// newer: the entry blocks that start with a test and a branch).
+const GLIBCS: [GlibcSource; 3] = [
+    GlibcSource {
+        suite: "bookworm",
+        tree: None,
+        at_least: GlibcVersion(2, 36),
+    },
+    GlibcSource {
+        suite: "trixie",
+        tree: Some("trixie-3.13"),
+        at_least: GlibcVersion(2, 41),
+    },
+    GlibcSource {
+        suite: "sid",
+        tree: Some("sid-3.15"),
+        at_least: GlibcVersion(2, 42),
+    },
 ];
+
+/// A glibc release, major and minor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct GlibcVersion(pub u32, pub u32);
+
+impl std::fmt::Display for GlibcVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.0, self.1)
+    }
+}
+
+/// The release of the libc at `libc`, from its banner ("... stable release
+/// version 2.43.").
+pub fn glibc_version(libc: &Path) -> GlibcVersion {
+    let bytes = std::fs::read(libc).unwrap_or_else(|e| panic!("read {}: {e}", libc.display()));
+    let banner = b"release version ";
+    let at = bytes
+        .windows(banner.len())
+        .position(|w| w == banner)
+        .unwrap_or_else(|| panic!("no release banner in {}", libc.display()));
+    let rest = &bytes[at + banner.len()..];
+    let text: String = rest
+        .iter()
+        .take_while(|b| b.is_ascii_digit() || **b == b'.')
+        .map(|&b| char::from(b))
+        .collect();
+    let mut parts = text.split('.').filter_map(|p| p.parse().ok());
+    match (parts.next(), parts.next()) {
+        (Some(major), Some(minor)) => GlibcVersion(major, minor),
+        _ => panic!("bad release banner in {}: {text}", libc.display()),
+    }
+}
+
+/// The glibc unpacked beside Debian `suite`'s CPython `version`.
+pub fn unpacked_glibc(suite: &str, version: &str) -> GlibcVersion {
+    glibc_version(&test_cache().join(format!(
+        "{suite}-{version}-root/usr/lib/x86_64-linux-gnu/libc.so.6"
+    )))
+}
+
+/// The libc this machine's programs run with.
+const HOST_LIBC: &str = "/lib/x86_64-linux-gnu/libc.so.6";
 
 /// `program` as it is, and a copy beside it for each unpacked glibc,
 /// pointed at that tree's loader and libc with patchelf, as the
@@ -145,15 +214,29 @@ const GLIBCS: [(&str, Option<&str>); 3] = [
 pub fn glibc_builds(program: &Path) -> Vec<GlibcBuild> {
     GLIBCS
         .iter()
-        .map(|&(glibc, suite)| {
-            let Some(suite) = suite else {
+        .map(|source| {
+            let root = source
+                .tree
+                .map(|tree| test_cache().join(format!("{tree}-root")));
+            let libc = root.as_ref().map_or_else(
+                || PathBuf::from(HOST_LIBC),
+                |root| root.join("usr/lib/x86_64-linux-gnu/libc.so.6"),
+            );
+            let version = glibc_version(&libc);
+            assert!(
+                version >= source.at_least,
+                "{}: glibc {version}, the C tests are for {} or newer",
+                libc.display(),
+                source.at_least
+            );
+            let glibc = format!("glibc {version} ({})", source.suite);
+            let Some(root) = root else {
                 return GlibcBuild {
                     glibc,
                     program: program.to_path_buf(),
                     libc_symbols: true,
                 };
             };
-            let root = test_cache().join(format!("{suite}-root"));
             let loader = root.join("usr/lib64/ld-linux-x86-64.so.2");
             assert!(
                 loader.exists(),
@@ -161,7 +244,7 @@ pub fn glibc_builds(program: &Path) -> Vec<GlibcBuild> {
                 loader.display()
             );
             let mut copy = program.as_os_str().to_owned();
-            copy.push(format!("-{suite}"));
+            copy.push(format!("-{}", source.suite));
             let copy = PathBuf::from(copy);
             std::fs::copy(program, &copy).expect("copy the program");
             let status = Command::new("patchelf")
@@ -227,6 +310,48 @@ pub fn python_frames(entry: &Value) -> Vec<&Value> {
         .iter()
         .filter(|f| f["kind"] == "python")
         .collect()
+}
+
+/// What report entries add up to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sum {
+    pub bytes: u64,
+    pub count: u64,
+}
+
+/// The entries whose innermost Python frame is `function` at `line` of a
+/// file named `file`, summed.
+pub fn at_python_line(entries: &[Value], function: &str, file: &str, line: u64) -> Sum {
+    entries
+        .iter()
+        .filter(|e| {
+            python_frames(e).first().is_some_and(|f| {
+                f["function"] == function
+                    && f["line"].as_u64() == Some(line)
+                    && f["file"].as_str().is_some_and(|p| p.ends_with(file))
+            })
+        })
+        .fold(Sum { bytes: 0, count: 0 }, |sum, e| Sum {
+            bytes: sum.bytes + e["bytes"].as_u64().unwrap_or(0),
+            count: sum.count + e["count"].as_u64().unwrap_or(0),
+        })
+}
+
+/// Whether `sum`, at the line of leak_buffers.py that keeps its buffers,
+/// is exactly `count` buffers of `buffer` bytes each
+/// (`Interpreter::bytearray_bytes`) and the list that holds them: one
+/// block of 8 bytes a slot with CPython's over-allocation, at that line
+/// where the interpreter's frames say so (not on 3.12, whose list growth
+/// is attributed elsewhere).
+pub fn is_buffers_leak(sum: Sum, count: u64, buffer: u64) -> bool {
+    let buffers = count * buffer;
+    let list = 8 * count..=8 * (count + count / 8 + 16);
+    (sum.count == count && sum.bytes == buffers)
+        || (sum.count == count + 1
+            && sum
+                .bytes
+                .checked_sub(buffers)
+                .is_some_and(|rest| list.contains(&rest)))
 }
 
 /// The line number of the line of `file` that contains `marker`.

@@ -10,34 +10,9 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-use tests::{interpreters, line_of, python_frames, spawn_record, workload};
+use tests::{at_python_line, interpreters, is_buffers_leak, line_of, spawn_record, workload};
 
 const SIZE: u64 = 10_000;
-/// The list holding the leaked buffers, grown at the leak's line.
-const LIST_SLACK: u64 = 64 << 10;
-
-fn leaked_at(process: &Value, line: u64) -> (u64, u64) {
-    process["leaks"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|e| {
-            python_frames(e).first().is_some_and(|f| {
-                f["function"] == "leak"
-                    && f["line"].as_u64() == Some(line)
-                    && f["file"]
-                        .as_str()
-                        .is_some_and(|p| p.ends_with("leak_buffers.py"))
-            })
-        })
-        .fold((0, 0), |(b, c), e| {
-            (
-                b + e["bytes"].as_u64().unwrap_or(0),
-                c + e["count"].as_u64().unwrap_or(0),
-            )
-        })
-}
 
 #[test]
 fn all_keeps_what_processes_do_before_they_are_adopted() {
@@ -79,11 +54,11 @@ fn all_keeps_what_processes_do_before_they_are_adopted() {
                 .stdout(Stdio::null())
                 .spawn()
                 .expect("start interpreter");
-            (child, count, python.name)
+            (child, count, python)
         })
         .collect();
-    for (child, _, name) in &mut started {
-        assert!(child.wait().expect("wait").success(), "{name}");
+    for (child, _, python) in &mut started {
+        assert!(child.wait().expect("wait").success(), "{}", python.name);
     }
     // Each was adopted (tracer logs -v each CPython it adopts).
     let adopted = |seen: &[String], pid: u32| {
@@ -100,7 +75,7 @@ fn all_keeps_what_processes_do_before_they_are_adopted() {
                 "not all of {:?} adopted ({err}); tracer said:\n{}",
                 started
                     .iter()
-                    .map(|(c, _, n)| (c.id(), *n))
+                    .map(|(c, _, n)| (c.id(), n.name))
                     .collect::<Vec<_>>(),
                 seen.join("\n")
             ),
@@ -112,7 +87,8 @@ fn all_keeps_what_processes_do_before_they_are_adopted() {
     unsafe { libc::kill(tracer.child.id() as i32, libc::SIGINT) };
     let r = tests::finish(tracer);
     let mut failures = Vec::new();
-    for (child, count, name) in &started {
+    for (child, count, python) in &started {
+        let name = python.name;
         let pid = u64::from(child.id());
         let Some(process) = r.report["processes"]
             .as_array()
@@ -121,21 +97,23 @@ fn all_keeps_what_processes_do_before_they_are_adopted() {
             failures.push(format!("{name} (pid {pid}) not in the report"));
             continue;
         };
-        // bytearray(n) allocates n + 1 bytes; the list that keeps them
-        // grows at the same line, by a few allocations of at most 64 KiB
-        // together: one buffer missing is 100 KB.
-        let want = count * (SIZE + 1);
-        let (bytes, allocations) = leaked_at(process, line);
-        let exact = bytes >= want && bytes - want <= LIST_SLACK && allocations >= *count;
+        let leak = at_python_line(
+            process["leaks"].as_array().map_or(&[], Vec::as_slice),
+            "leak",
+            "leak_buffers.py",
+            line,
+        );
+        let buffer = python.bytearray_bytes(SIZE);
+        let exact = is_buffers_leak(leak, *count, buffer);
         let said_late = process["notes"]
             .as_array()
             .into_iter()
             .flatten()
             .any(|n| n.as_str().is_some_and(|n| n.contains("was first probed")));
-        let own_libc = *name == "sid-3.14";
+        let own_libc = name == "sid-3.14";
         if !(exact || own_libc && said_late) {
             failures.push(format!(
-                "{name} (pid {pid}): leaked {bytes} bytes in {allocations} allocations at line {line}, want {want} (+ up to {LIST_SLACK}) in {count}; notes {}",
+                "{name} (pid {pid}): leaked {leak:?} at line {line}, want {count} buffers of {buffer} bytes and their list; notes {}",
                 process["notes"]
             ));
         }

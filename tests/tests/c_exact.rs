@@ -120,7 +120,7 @@ fn every_count_and_byte_is_exact_with_each_glibc_and_link_kind() {
 fn no_hot_function_is_single_stepped_with_any_glibc() {
     let dir = tempfile::tempdir().expect("tempdir");
     for build in builds(dir.path()) {
-        let glibc = build.glibc;
+        let glibc = &build.glibc;
         let r = record(&["-v", "--", build.program.to_str().expect("utf-8")]);
         let stderr = r.stderr();
         assert!(

@@ -12,7 +12,10 @@ use std::{
 };
 
 use serde_json::Value;
-use tests::{DEBIAN_PYTHON, Recorded, line_of, python_frames, record, spawn_record, workload};
+use tests::{
+    DEBIAN_PYTHON, Recorded, Sum, at_python_line, is_buffers_leak, line_of, pyenv_python, record,
+    spawn_record, workload,
+};
 
 const COUNT: u64 = 20_000;
 const SIZE: u64 = 10_000;
@@ -28,28 +31,6 @@ const BYTES_HEADER: u64 = 33;
 enum Preload {
     Traced,
     BeforeAttach,
-}
-
-/// A report entry's bytes and count whose innermost Python frame is
-/// `function` at `line` of prefork.py, summed.
-fn at_line(entries: &[Value], function: &str, line: u64) -> (u64, u64) {
-    entries
-        .iter()
-        .filter(|e| {
-            python_frames(e).first().is_some_and(|f| {
-                f["function"] == function
-                    && f["line"].as_u64() == Some(line)
-                    && f["file"]
-                        .as_str()
-                        .is_some_and(|p| p.ends_with("prefork.py"))
-            })
-        })
-        .fold((0, 0), |(b, c), e| {
-            (
-                b + e["bytes"].as_u64().unwrap_or(0),
-                c + e["count"].as_u64().unwrap_or(0),
-            )
-        })
 }
 
 fn process(r: &Recorded, pid: u64) -> &Value {
@@ -81,18 +62,34 @@ fn assert_workers(r: &Recorded, parent: u64, preload: Preload) {
     let kept = COUNT / KEEP_EVERY;
     for w in workers {
         let pid = w["pid"].as_u64().expect("pid");
-        let hot = at_line(w["hotspots"].as_array().expect("hotspots"), "work", work);
+        let hot = at_python_line(
+            w["hotspots"].as_array().expect("hotspots"),
+            "work",
+            "prefork.py",
+            work,
+        );
         // bytearray(n) allocates n + 1 bytes.
         assert_eq!(
             hot,
-            (COUNT * (SIZE + 1), COUNT),
+            Sum {
+                bytes: COUNT * (SIZE + 1),
+                count: COUNT
+            },
             "worker {pid} at line {work}:\n{}",
             r.stdout()
         );
-        let leak = at_line(w["leaks"].as_array().expect("leaks"), "work", keep);
+        let leak = at_python_line(
+            w["leaks"].as_array().expect("leaks"),
+            "work",
+            "prefork.py",
+            keep,
+        );
         assert_eq!(
             leak,
-            (kept * (SIZE + 7 + BYTES_HEADER), kept),
+            Sum {
+                bytes: kept * (SIZE + 7 + BYTES_HEADER),
+                count: kept
+            },
             "worker {pid} leak at line {keep}:\n{}",
             r.stdout()
         );
@@ -101,9 +98,9 @@ fn assert_workers(r: &Recorded, parent: u64, preload: Preload) {
             let inherited = w["inherited_bytes"].as_u64().unwrap_or(0);
             let freed = w["summary"]["freed_bytes"].as_u64().unwrap_or(0);
             assert!(
-                inherited >= preloaded_bytes && freed >= hot.0 + preloaded_bytes,
+                inherited >= preloaded_bytes && freed >= hot.bytes + preloaded_bytes,
                 "worker {pid} inherited {inherited} bytes (the parent loaded {preloaded_bytes}) and freed {freed} (made {})",
-                hot.0
+                hot.bytes
             );
         }
         assert!(
@@ -215,4 +212,76 @@ fn all_follows_the_workers() {
     unsafe { libc::kill(tracer.child.id() as i32, libc::SIGINT) };
     let r = tests::finish(tracer);
     assert_workers(&r, u64::from(parent), Preload::Traced);
+}
+
+/// A child that execs is traced on only if it runs CPython: one that runs
+/// `ls` is let go at its exec (not in the report), one that runs another
+/// CPython is adopted, its parent named, and its leak is exact.
+#[test]
+fn an_exec_in_a_child_is_traced_only_if_it_runs_cpython() {
+    const LEAKED: u64 = 300;
+    const LEAK_SIZE: u64 = 100_000;
+    let python = pyenv_python("3.12.1");
+    let mut parent = Command::new(DEBIAN_PYTHON)
+        .arg(workload("exec_children.py"))
+        .arg(&python)
+        .args([LEAKED.to_string(), LEAK_SIZE.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start workload");
+    let mut stdin = parent.stdin.take().expect("stdin");
+    let mut out = BufReader::new(parent.stdout.take().expect("stdout"));
+    let mut said = |word: &str| {
+        let mut line = String::new();
+        out.read_line(&mut line).expect("read");
+        let mut words = line.split_whitespace();
+        assert_eq!(words.next(), Some(word), "{line}");
+        words.next().and_then(|w| w.parse::<u64>().ok())
+    };
+    said("ready");
+    let pid = parent.id();
+    let tracer = spawn_record(&["-v", "--top", "20", "--pid", &pid.to_string()]);
+    tracer.wait_for("tracer: recording", Duration::from_secs(30));
+    stdin.write_all(b"go\n").expect("write");
+    let other = said("other").expect("pid of ls");
+    let child = said("python").expect("pid of the Python child");
+    tracer.wait_for(&format!("pid {child}: adopted"), Duration::from_secs(30));
+    stdin.write_all(b"go\n").expect("write");
+    assert!(parent.wait().expect("wait").success());
+    let r = tests::finish(tracer);
+    let pids: Vec<u64> = r.report["processes"]
+        .as_array()
+        .expect("processes")
+        .iter()
+        .filter_map(|p| p["pid"].as_u64())
+        .collect();
+    assert!(
+        !pids.contains(&other),
+        "ls (pid {other}) was traced: {pids:?}"
+    );
+    let traced = process(&r, child);
+    assert_eq!(traced["parent"].as_u64(), Some(u64::from(pid)), "{traced}");
+    assert!(
+        traced["python"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("CPython 3.12")),
+        "{traced}"
+    );
+    let script = workload("leak_buffers.py");
+    let line = line_of(&script, "# LEAK");
+    let leak = at_python_line(
+        traced["leaks"].as_array().expect("leaks"),
+        "leak",
+        "leak_buffers.py",
+        line,
+    );
+    assert!(
+        // bytearray(n) allocates n + 1 bytes on 3.12.
+        is_buffers_leak(leak, LEAKED, LEAK_SIZE + 1),
+        "{leak:?} at leak_buffers.py:{line}, want {LEAKED} buffers of {} bytes and their list:\n{}",
+        LEAK_SIZE + 1,
+        r.stdout()
+    );
+    assert_eq!(r.counter("lost_events"), 0);
 }

@@ -108,7 +108,7 @@ enum Task {
         #[arg(long)]
         rounds: Option<usize>,
         /// Only these workloads (churn, requests, buffers, leak, threads,
-        /// maxrate, flask).
+        /// maxrate, spawn, flask).
         workloads: Vec<String>,
     },
     /// Run `tracer daemon --all` for 30 minutes (as root) against Python

@@ -46,8 +46,8 @@ const BENCH_PACKAGES: [(&str, &str); 3] = [
     ("linux-headers-amd64", "/usr/share/doc/linux-headers-amd64"),
 ];
 
-const WORKLOADS: [&str; 7] = [
-    "churn", "requests", "buffers", "leak", "threads", "maxrate", "flask",
+const WORKLOADS: [&str; 8] = [
+    "churn", "requests", "buffers", "leak", "threads", "maxrate", "spawn", "flask",
 ];
 
 /// Seconds of load per web service run.

@@ -3,7 +3,7 @@
 //! and the checks that it is still the process it was (a pid is reused).
 
 use anyhow::{Result, bail};
-use log::{debug, warn};
+use log::{debug, info, warn};
 
 use super::{Origin, Target, Targets};
 use crate::{
@@ -111,6 +111,8 @@ impl Targets {
                     if let (Some(notes), Some(t)) = (notes, self.targets.get_mut(&pid)) {
                         t.notes = notes;
                     }
+                    // Both halves done: its allocators are probed now.
+                    info!("pid {pid}: adopted");
                     return true;
                 }
                 Err(err) => warn!("pid {pid}: {err:#}"),
