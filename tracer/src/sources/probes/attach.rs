@@ -199,8 +199,10 @@ pub struct FileProbes {
     pub allocators: Vec<Probed>,
     /// `--pymalloc`: CPython object allocator functions probed.
     pub pymalloc: Vec<Probed>,
-    pub py_finalize: bool,
-    pub libc_exit: bool,
+    /// Where `Py_FinalizeEx`'s probe went, if the file has it.
+    pub py_finalize: Option<Placement>,
+    /// Where libc's `exit` probe went, if the file is an allocator with it.
+    pub libc_exit: Option<Placement>,
     /// When its probes were in place (CLOCK_MONOTONIC ns).
     pub ready_ns: u64,
 }
@@ -217,11 +219,11 @@ impl fmt::Display for FileProbes {
         for p in self.allocators.iter().chain(&self.pymalloc) {
             write!(f, " {}{}", p.function, p.placement)?;
         }
-        if self.py_finalize {
-            write!(f, " Py_FinalizeEx")?;
+        if let Some(placement) = &self.py_finalize {
+            write!(f, " Py_FinalizeEx{placement}")?;
         }
-        if self.libc_exit {
-            write!(f, " exit")?;
+        if let Some(placement) = &self.libc_exit {
+            write!(f, " exit{placement}")?;
         }
         Ok(())
     }
@@ -266,7 +268,7 @@ impl AttachedFiles {
             if let Entry::Vacant(slot) = self.files.entry(id) {
                 let (mut attached, file) = attach_file(programs, pid, mapping, self.pymalloc)?;
                 attached.ready_ns = crate::clock::monotonic_ns();
-                if attached.is_allocator() || attached.py_finalize {
+                if attached.is_allocator() || attached.py_finalize.is_some() {
                     info!("pid {pid}: probes on {attached}");
                     self.open.extend(file);
                 }
@@ -326,13 +328,18 @@ fn attach_file(
     if elf.function("malloc").is_some() && elf.function("free").is_some() {
         points.extend(allocators(&elf, &mut starts, &mut done));
         if let Some(exit) = starts.function("exit") {
-            points.push(entry("exit_entry", exit.file_offset));
-            done.libc_exit = true;
+            let place = placement::choose_marker(elf.bytes_at(exit.file_offset, 32));
+            points.push(entry("exit_entry", exit.file_offset + place.offset));
+            done.libc_exit = Some(place);
         }
     }
     if let Some(finalize) = starts.function("Py_FinalizeEx") {
-        points.push(entry("py_finalize_entry", finalize.file_offset));
-        done.py_finalize = true;
+        let place = placement::choose_marker(elf.bytes_at(finalize.file_offset, 32));
+        points.push(entry(
+            "py_finalize_entry",
+            finalize.file_offset + place.offset,
+        ));
+        done.py_finalize = Some(place);
         if pymalloc {
             points.extend(pymalloc_functions(pid, &mut starts, mapping, &mut done));
         }

@@ -101,6 +101,24 @@ impl fmt::Display for Placement {
 pub fn choose(code: &[u8], args: Arguments) -> Placement {
     let kept = args.registers();
     let mut info = InstructionInfoFactory::new();
+    choose_past(code, |ins| leaves_the_call(&mut info, ins, kept))
+}
+
+/// Chooses where to probe a function whose program only marks that it was
+/// called (`exit`, `Py_FinalizeEx`: it reads no argument and no stack, and
+/// has no return probe): the first emulated instruction every call reaches,
+/// past instructions that go on to the next one and write no memory but
+/// the stack. libc's `exit` starts `sub rsp,8`, which the kernel would
+/// single-step in every process on the host that exits, each then mapping
+/// a page to step it in.
+pub fn choose_marker(code: &[u8]) -> Placement {
+    let mut info = InstructionInfoFactory::new();
+    choose_past(code, |ins| writes_only_the_stack(&mut info, ins))
+}
+
+/// The first emulated instruction of `code`, reached past instructions that
+/// `passes` accepts, or else the entry (single-stepped).
+fn choose_past(code: &[u8], mut passes: impl FnMut(&Instruction) -> bool) -> Placement {
     let mut decoder = Decoder::with_ip(64, code, 0, DecoderOptions::NONE);
     let mut entry = None;
     let mut past = 0;
@@ -114,7 +132,7 @@ pub fn choose(code: &[u8], args: Arguments) -> Placement {
         if is_emulated(code, &ins) {
             return at(&ins, How::Emulated { past });
         }
-        if !leaves_the_call(&mut info, &ins, kept) {
+        if !passes(&ins) {
             break;
         }
         past += 1;
@@ -165,6 +183,17 @@ fn leaves_the_call(
             && (full == Register::RSP || full == Register::RBP || kept.contains(&full))
     });
     !writes_memory && !writes_kept
+}
+
+/// Whether `ins` goes on to the next instruction writing no memory but the
+/// stack (addressed through the stack pointer).
+fn writes_only_the_stack(info: &mut InstructionInfoFactory, ins: &Instruction) -> bool {
+    ins.flow_control() == FlowControl::Next
+        && info
+            .info(ins)
+            .used_memory()
+            .iter()
+            .all(|m| !writes(m.access()) || m.base() == Register::RSP)
 }
 
 /// The kernel's own nop patterns (arch/x86/include/asm/nops.h, x86_nops),
