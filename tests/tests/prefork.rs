@@ -285,3 +285,31 @@ fn an_exec_in_a_child_is_traced_only_if_it_runs_cpython() {
     );
     assert_eq!(r.counter("lost_events"), 0);
 }
+
+/// A shell wrapper (an entrypoint script, pyenv's shim) forks subshells
+/// before it execs the service. They run no CPython: they are not
+/// reported. The service the wrapper became and its workers are, exact.
+#[test]
+fn a_shell_wrappers_subshells_are_not_reported() {
+    let script = workload("prefork.py");
+    // Bash forks for the command substitution and for the subshell.
+    let command = format!(
+        "greeting=$(echo hi); ( true ); exec {DEBIAN_PYTHON} {} {COUNT}",
+        script.display()
+    );
+    let r = record(&["--top", "20", "--", "bash", "-c", &command]);
+    let parent = r.report["pids"][0].as_u64().expect("pid");
+    let pids: Vec<u64> = r.report["processes"]
+        .as_array()
+        .expect("processes")
+        .iter()
+        .filter_map(|p| p["pid"].as_u64())
+        .collect();
+    assert_eq!(
+        pids.len(),
+        3,
+        "the service and its two workers only: {pids:?}\n{}",
+        r.stdout()
+    );
+    assert_workers(&r, parent, Preload::Traced);
+}

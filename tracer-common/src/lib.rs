@@ -52,6 +52,10 @@ pub mod traced {
 pub mod fork {
     /// The child shares its parent's memory until it execs (`CLONE_VM`).
     pub const SHARES_MEMORY: u32 = 1;
+    /// The child is recorded only once it execs, and stays traced only if
+    /// it execs CPython: it shares its parent's memory, or its parent runs
+    /// no CPython tracer knows (a shell wrapper's subshell).
+    pub const UNTIL_EXEC: u32 = 2;
 }
 
 /// The allocation function behind an [`AllocRecord`] (`AllocRecord::func`).

@@ -27,10 +27,11 @@ fn task_field<T>(task: u64, offset: u64) -> Option<T> {
 }
 
 /// `sched_process_fork`: `parent` made `child` (kernel `task_struct`s),
-/// before the child first runs. A new process of a traced one is traced
-/// the same way, with its Python layout; one that shares its parent's
-/// memory (vfork, `posix_spawn`) only once it execs, since until then its
-/// allocations are its parent's. Threads are traced with their process.
+/// before the child first runs. A new process of a traced CPython process
+/// is traced the same way, with its Python layout; one that shares its
+/// parent's memory (vfork, `posix_spawn`) only once it execs, since until
+/// then its allocations are its parent's, and so is one whose parent runs
+/// no CPython. Threads are traced with their process.
 #[inline(always)]
 pub fn forked(parent: u64, child: u64) {
     let tgid_offset = TASK_TGID_OFFSET.load();
@@ -54,14 +55,20 @@ pub fn forked(parent: u64, child: u64) {
     let mm = TASK_MM_OFFSET.load();
     let shares_memory = task_field::<u64>(child, mm)
         .is_some_and(|c| c != 0 && task_field::<u64>(parent, mm) == Some(c));
-    let (child_how, flags) = if shares_memory {
-        (traced::UNTIL_EXEC, fork::SHARES_MEMORY)
-    } else {
-        // SAFETY: the value is copied out.
-        if let Some(config) = unsafe { PY_PROCS.get(parent_tgid) } {
+    // SAFETY: the value is copied out.
+    let python = unsafe { PY_PROCS.get(parent_tgid) };
+    let (child_how, flags) = match python {
+        // A worker of a CPython process: traced as its parent, its layout
+        // copied.
+        Some(config) if !shares_memory => {
             let _ = PY_PROCS.insert(tgid, config, 0);
+            (how, 0)
         }
-        (how, 0)
+        // Its allocations are its parent's until it execs; or its parent
+        // runs no CPython (a shell wrapper forking a subshell), whose
+        // copies are of no interest unless they exec one.
+        _ if shares_memory => (traced::UNTIL_EXEC, fork::UNTIL_EXEC | fork::SHARES_MEMORY),
+        _ => (traced::UNTIL_EXEC, fork::UNTIL_EXEC),
     };
     if TRACED.insert(tgid, child_how, 0).is_err() {
         return;

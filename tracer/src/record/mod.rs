@@ -312,17 +312,10 @@ impl Recording {
                 // A forked child is a target before its first event is
                 // admitted: its fork must reach the sinks in order with its
                 // parent's events.
-                Some(Notice::Fork {
-                    child,
-                    parent,
-                    shares_memory,
-                }) => {
+                Some(Notice::Fork(fork)) => {
                     // A target still known under the child's pid ended
                     // unseen (its exit record was lost with others).
-                    ended.extend(
-                        self.targets
-                            .forked(child, parent, shares_memory, &self.model),
-                    );
+                    ended.extend(self.targets.forked(&fork, &self.model));
                 }
                 Some(Notice::Exited(pid)) => {
                     self.flush()?;

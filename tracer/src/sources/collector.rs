@@ -24,13 +24,19 @@ pub enum Notice {
     /// The process's last thread exited, after all its records: the
     /// kernel traces it no more, and its pid may be reused.
     Exited(Pid),
-    /// A traced process forked `child`, traced from its first instruction;
-    /// one that `shares_memory` with its parent is recorded once it execs.
-    Fork {
-        child: Pid,
-        parent: Pid,
-        shares_memory: bool,
-    },
+    /// A traced process forked a child.
+    Fork(Fork),
+}
+
+/// A child of a traced process, traced from its first instruction, or
+/// recorded only once it execs (`until_exec`): it `shares_memory` with its
+/// parent, or its parent ran no CPython the kernel knew of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fork {
+    pub child: Pid,
+    pub parent: Pid,
+    pub until_exec: bool,
+    pub shares_memory: bool,
 }
 
 #[derive(Default)]
@@ -136,19 +142,20 @@ impl Collector {
                     self.malformed += 1;
                     return None;
                 };
-                let shares_memory = header.flags & fork::SHARES_MEMORY != 0;
-                // A child sharing its parent's memory has no heap of its
-                // own until it execs.
-                if !shares_memory {
+                let until_exec = header.flags & fork::UNTIL_EXEC != 0;
+                // A child recorded only once it execs has no heap of its
+                // own to inherit: a new image replaces it.
+                if !until_exec {
                     model.fork(pid, rec.parent);
                     let parent = rec.parent;
                     self.record(model, &header, EventKind::Fork { parent });
                 }
-                return Some(Notice::Fork {
+                return Some(Notice::Fork(Fork {
                     child: pid,
                     parent: rec.parent,
-                    shares_memory,
-                });
+                    until_exec,
+                    shares_memory: header.flags & fork::SHARES_MEMORY != 0,
+                }));
             }
             _ => {
                 self.malformed += 1;
@@ -335,6 +342,55 @@ mod tests {
         };
         c.apply(&bytes_of(&h, size_of::<Header>()), &mut m);
         assert_eq!(c.malformed(), 3);
+    }
+
+    #[test]
+    fn a_fork_recorded_only_once_it_execs_inherits_no_heap() {
+        let fork_of = |child: u32, flags: u32| ForkRecord {
+            header: Header {
+                kind: kind::FORK,
+                pid: child,
+                tid: child,
+                flags,
+                ts_ns: 7,
+            },
+            parent: 9,
+            _pad: 0,
+        };
+        let mut c = Collector::default();
+        let mut m = Model::default();
+        let a = alloc_record(func::MALLOC, 0x1000, 64, 0);
+        c.apply(&bytes_of(&a, AllocRecord::wire_len(0, 0)), &mut m);
+        // A worker: its parent's block is its own too.
+        let worker = fork_of(10, 0);
+        assert_eq!(
+            c.apply(&bytes_of(&worker, size_of::<ForkRecord>()), &mut m),
+            Some(Notice::Fork(Fork {
+                child: 10,
+                parent: 9,
+                until_exec: false,
+                shares_memory: false
+            }))
+        );
+        assert_eq!(m.heap().process(10).expect("pid 10").inherited().bytes, 64);
+        // A shell's subshell, and a vfork child: nothing until they exec.
+        for (child, flags, shares_memory) in [
+            (11, fork::UNTIL_EXEC, false),
+            (12, fork::UNTIL_EXEC | fork::SHARES_MEMORY, true),
+        ] {
+            let rec = fork_of(child, flags);
+            assert_eq!(
+                c.apply(&bytes_of(&rec, size_of::<ForkRecord>()), &mut m),
+                Some(Notice::Fork(Fork {
+                    child,
+                    parent: 9,
+                    until_exec: true,
+                    shares_memory
+                }))
+            );
+            assert!(m.heap().process(child).is_none(), "pid {child}");
+        }
+        assert_eq!(c.malformed(), 0);
     }
 
     #[test]

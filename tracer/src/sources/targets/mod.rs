@@ -27,6 +27,7 @@ mod adoption;
 
 use super::{
     adopt::describe,
+    collector::Fork,
     identity::{Identity, describe_status},
     launch::{self, Launch, Stage},
     probes::Probes,
@@ -337,18 +338,14 @@ impl Targets {
         Some(target.info(pid, model))
     }
 
-    /// A traced process forked `child`, which the kernel traces from its
+    /// A traced process forked a child, which the kernel traces from its
     /// first instruction: a new target, with its parent's facts; or, if it
-    /// shares its parent's memory, one once it execs a CPython. A target
-    /// still known under `child`'s pid has ended (its exit record was
-    /// lost): it is returned, to be ended first.
-    pub fn forked(
-        &mut self,
-        child: Pid,
-        parent: Pid,
-        shares_memory: bool,
-        model: &Model,
-    ) -> Option<ProcessInfo> {
+    /// is recorded only once it execs (it shares its parent's memory, or its
+    /// parent runs no CPython), one once it execs a CPython. A target still
+    /// known under the child's pid has ended (its exit record was lost): it
+    /// is returned, to be ended first.
+    pub fn forked(&mut self, fork: &Fork, model: &Model) -> Option<ProcessInfo> {
+        let (child, parent) = (fork.child, fork.parent);
         if self.is_current(child) {
             // Found already (`--pid`'s descendants, as it was forked).
             return None;
@@ -369,7 +366,17 @@ impl Targets {
             );
             return ended;
         };
-        if shares_memory {
+        if fork.until_exec {
+            if !fork.shares_memory && model.interpreter(parent).is_some() {
+                // Forked between its parent's exec and the parent's
+                // CPython being found: not followed (docs/allocation-matching.md).
+                self.note(
+                    parent,
+                    format!(
+                        "pid {child} was forked before tracer found this process's CPython: it is traced only if it execs one"
+                    ),
+                );
+            }
             self.until_exec.insert(child, parent);
         } else {
             let target = Target {
