@@ -33,6 +33,16 @@ enum Preload {
     BeforeAttach,
 }
 
+/// The pids the report has a process for.
+fn pids(r: &Recorded) -> Vec<u64> {
+    r.report["processes"]
+        .as_array()
+        .expect("processes")
+        .iter()
+        .filter_map(|p| p["pid"].as_u64())
+        .collect()
+}
+
 fn process(r: &Recorded, pid: u64) -> &Value {
     r.report["processes"]
         .as_array()
@@ -250,12 +260,7 @@ fn an_exec_in_a_child_is_traced_only_if_it_runs_cpython() {
     stdin.write_all(b"go\n").expect("write");
     assert!(parent.wait().expect("wait").success());
     let r = tests::finish(tracer);
-    let pids: Vec<u64> = r.report["processes"]
-        .as_array()
-        .expect("processes")
-        .iter()
-        .filter_map(|p| p["pid"].as_u64())
-        .collect();
+    let pids = pids(&r);
     assert!(
         !pids.contains(&other),
         "ls (pid {other}) was traced: {pids:?}"
@@ -299,12 +304,7 @@ fn a_shell_wrappers_subshells_are_not_reported() {
     );
     let r = record(&["--top", "20", "--", "bash", "-c", &command]);
     let parent = r.report["pids"][0].as_u64().expect("pid");
-    let pids: Vec<u64> = r.report["processes"]
-        .as_array()
-        .expect("processes")
-        .iter()
-        .filter_map(|p| p["pid"].as_u64())
-        .collect();
+    let pids = pids(&r);
     assert_eq!(
         pids.len(),
         3,
