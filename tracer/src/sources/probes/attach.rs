@@ -311,11 +311,16 @@ fn attach_file(
             return Ok((done, None));
         }
     };
-    let entry = |program, offset| ProbePoint {
-        program,
-        offset,
-        cookie: 0,
-        at: At::Entry,
+    // A marker's probe (`placement::choose_marker`) at function `offset`.
+    let marker = |program, offset| {
+        let place = placement::choose_marker(elf.bytes_at(offset, placement::DECODED_BYTES));
+        let point = ProbePoint {
+            program,
+            offset: offset + place.offset,
+            cookie: 0,
+            at: At::Entry,
+        };
+        (point, place)
     };
     let mut points = Vec::new();
     let mut starts = FunctionStarts {
@@ -328,17 +333,14 @@ fn attach_file(
     if elf.function("malloc").is_some() && elf.function("free").is_some() {
         points.extend(allocators(&elf, &mut starts, &mut done));
         if let Some(exit) = starts.function("exit") {
-            let place = placement::choose_marker(elf.bytes_at(exit.file_offset, 32));
-            points.push(entry("exit_entry", exit.file_offset + place.offset));
+            let (point, place) = marker("exit_entry", exit.file_offset);
+            points.push(point);
             done.libc_exit = Some(place);
         }
     }
     if let Some(finalize) = starts.function("Py_FinalizeEx") {
-        let place = placement::choose_marker(elf.bytes_at(finalize.file_offset, 32));
-        points.push(entry(
-            "py_finalize_entry",
-            finalize.file_offset + place.offset,
-        ));
+        let (point, place) = marker("py_finalize_entry", finalize.file_offset);
+        points.push(point);
         done.py_finalize = Some(place);
         if pymalloc {
             points.extend(pymalloc_functions(pid, &mut starts, mapping, &mut done));
@@ -404,7 +406,7 @@ fn pymalloc_functions(
         }
         probed_addresses.push(found.address);
         let returns = f.program != "free_entry";
-        let place = placement::choose(elf.bytes_at(file_offset, 32), f.args);
+        let place = placement::choose(elf.bytes_at(file_offset, placement::DECODED_BYTES), f.args);
         let cookie = u64::from(f.func) | u64::from(f.context_first) << 32;
         points.extend(call_points(
             f.program,
@@ -467,7 +469,7 @@ fn allocators(
             debug!("{}: {} is {first}, probed once", elf.path(), f.symbol);
             continue;
         }
-        let code = elf.bytes_at(func.file_offset, 32);
+        let code = elf.bytes_at(func.file_offset, placement::DECODED_BYTES);
         let place = placement::choose(code, f.args);
         points.extend(call_points(
             f.program,

@@ -96,8 +96,12 @@ impl fmt::Display for Placement {
     }
 }
 
+/// How much of a function's start the choice decodes: its entry block's
+/// first instructions, enough to reach the first emulated one.
+pub const DECODED_BYTES: usize = 32;
+
 /// Chooses where to probe a function whose code starts with `code` (its
-/// first few dozen bytes) and whose entry program reads `args`.
+/// first `DECODED_BYTES`) and whose entry program reads `args`.
 pub fn choose(code: &[u8], args: Arguments) -> Placement {
     let kept = args.registers();
     let mut info = InstructionInfoFactory::new();
