@@ -111,9 +111,8 @@ fn test_cache() -> PathBuf {
 /// Debian's build of CPython `version` from `suite`, unpacked by `cargo
 /// xtask` with its own glibc.
 pub fn debian_unpacked(suite: &str, version: &str) -> PathBuf {
-    let python = test_cache().join(format!(
-        "{suite}-{version}-root/usr/bin/python{version}-private"
-    ));
+    let python = unpacked_root(&format!("{suite}-{version}"))
+        .join(format!("usr/bin/python{version}-private"));
     assert!(
         python.exists(),
         "{} is missing: `cargo xtask test` fetches it (a test that cannot get its interpreter fails)",
@@ -198,11 +197,21 @@ pub fn glibc_version(libc: &Path) -> GlibcVersion {
     }
 }
 
+/// A tree `cargo xtask` unpacked (`<suite>-<python version>`).
+fn unpacked_root(tree: &str) -> PathBuf {
+    test_cache().join(format!("{tree}-root"))
+}
+
+/// Where an unpacked tree keeps its libraries, libc among them.
+const LIB_DIR: &str = "usr/lib/x86_64-linux-gnu";
+
 /// The glibc unpacked beside Debian `suite`'s CPython `version`.
 pub fn unpacked_glibc(suite: &str, version: &str) -> GlibcVersion {
-    glibc_version(&test_cache().join(format!(
-        "{suite}-{version}-root/usr/lib/x86_64-linux-gnu/libc.so.6"
-    )))
+    glibc_version(
+        &unpacked_root(&format!("{suite}-{version}"))
+            .join(LIB_DIR)
+            .join("libc.so.6"),
+    )
 }
 
 /// The libc this machine's programs run with.
@@ -215,12 +224,10 @@ pub fn glibc_builds(program: &Path) -> Vec<GlibcBuild> {
     GLIBCS
         .iter()
         .map(|source| {
-            let root = source
-                .tree
-                .map(|tree| test_cache().join(format!("{tree}-root")));
+            let root = source.tree.map(unpacked_root);
             let libc = root.as_ref().map_or_else(
                 || PathBuf::from(HOST_LIBC),
-                |root| root.join("usr/lib/x86_64-linux-gnu/libc.so.6"),
+                |root| root.join(LIB_DIR).join("libc.so.6"),
             );
             let version = glibc_version(&libc);
             assert!(
@@ -251,7 +258,7 @@ pub fn glibc_builds(program: &Path) -> Vec<GlibcBuild> {
                 .arg("--set-interpreter")
                 .arg(&loader)
                 .arg("--set-rpath")
-                .arg(root.join("usr/lib/x86_64-linux-gnu"))
+                .arg(root.join(LIB_DIR))
                 .arg(&copy)
                 .status()
                 .expect("run patchelf");
