@@ -1,10 +1,12 @@
 //! tracer: an eBPF memory allocation tracer for Python services.
 //!
-//! One recording is sources -> model -> sinks: targets, probes and the
-//! collector produce events; the model (heap, stacks, per-process registry,
-//! Python resolution) holds state; sinks (the capture, the end-of-run
-//! reports) consume the same events and snapshots. docs/architecture.md is
-//! the map.
+//! One recording is sources -> model -> sinks, run by one engine
+//! (`recording`) for `record`, `top` and `daemon`: targets, probes and the
+//! collector produce events, the process lifecycle decides what becomes of
+//! each process; the model (heap, stacks, per-process registry, Python
+//! resolution) holds state; sinks (the capture, `top`'s view, the daemon's
+//! windows) consume the same events and snapshots, and stacks symbolized
+//! once. docs/architecture.md is the map.
 
 pub mod capture;
 pub mod census;
@@ -26,6 +28,7 @@ mod proc_maps;
 pub mod process;
 mod python;
 mod record;
+mod recording;
 pub mod report;
 pub mod sampling;
 pub mod sinks;
@@ -93,7 +96,7 @@ pub fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            cli::Command::Record(args) => record::record(args.validate()?).await,
+            cli::Command::Record(args) => record::run(args.validate()?).await,
             cli::Command::Report(args) => offline::run(args),
             cli::Command::Top(args) => top::run(args.validate()?).await,
             cli::Command::Daemon(args) => daemon::run(args).await,

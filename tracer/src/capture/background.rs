@@ -1,13 +1,13 @@
-//! The capture written on a thread of its own: symbolizing new stacks
-//! (blazesym reads a library's DWARF the first time, which can take a
-//! second) and compressing never hold up the loop that drains the ring
-//! buffer and samples memory.
+//! The capture written on a thread of its own: compressing never holds up
+//! the loop that drains the ring buffer and samples memory, and the
+//! stacks' definitions, which the recording's symbolizer makes on its own
+//! thread (`sinks::symbols`), are written as they come: at the latest when
+//! the capture is flushed, which waits for every stack known then.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashSet,
     fs::File,
     io,
-    path::PathBuf,
     sync::mpsc::{self, Receiver, Sender},
     thread::JoinHandle,
 };
@@ -15,29 +15,21 @@ use std::{
 use super::{Record, Writer};
 use crate::{
     event::{EventKind, StackId},
-    frame::StackDef,
-    symbolize::{Symbolizer, Unsymbolized},
+    symbolize::feed::StackDefs,
 };
 
 enum Job {
     Records(Vec<Record>),
-    /// New stacks, and where debug files may be for the modules known now.
-    Stacks {
-        debug_dirs: Vec<PathBuf>,
-        stacks: Vec<NewStack>,
+    /// Makes the file readable up to now, once stacks 0 to `stacks - 1`
+    /// are defined in it.
+    Flush {
+        stacks: usize,
     },
-    Flush,
     /// Ends the file with `End { end_ns }` and goes on in `next`.
     Rotate {
         next: Writer,
         end_ns: u64,
     },
-}
-
-/// A stack interned since the last ones were sent.
-pub struct NewStack {
-    pub id: StackId,
-    pub stack: Unsymbolized,
 }
 
 pub struct Background {
@@ -46,21 +38,13 @@ pub struct Background {
 }
 
 impl Background {
-    pub fn start(writer: Writer) -> io::Result<Self> {
-        Self::spawn(writer, false)
-    }
-
-    /// The first segment of a capture that will `rotate`: the stacks'
-    /// definitions are kept to write them again in later segments.
-    pub fn start_segmented(writer: Writer) -> io::Result<Self> {
-        Self::spawn(writer, true)
-    }
-
-    fn spawn(writer: Writer, segmented: bool) -> io::Result<Self> {
+    /// Writes into `writer`; `segmented`: the capture will `rotate`, and
+    /// each segment defines again the stacks its events use.
+    pub fn start(writer: Writer, defs: StackDefs, segmented: bool) -> io::Result<Self> {
         let (jobs, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("capture".into())
-            .spawn(move || run(writer, rx, segmented))?;
+            .spawn(move || run(writer, &rx, defs, segmented))?;
         Ok(Self { jobs, thread })
     }
 
@@ -68,13 +52,10 @@ impl Background {
         self.send(Job::Records(records))
     }
 
-    pub fn stacks(&self, debug_dirs: Vec<PathBuf>, stacks: Vec<NewStack>) -> io::Result<()> {
-        self.send(Job::Stacks { debug_dirs, stacks })
-    }
-
-    /// Makes everything sent so far readable from the file.
-    pub fn flush(&self) -> io::Result<()> {
-        self.send(Job::Flush)
+    /// Makes everything sent so far, and stacks 0 to `stacks - 1`,
+    /// readable from the file.
+    pub fn flush(&self, stacks: usize) -> io::Result<()> {
+        self.send(Job::Flush { stacks })
     }
 
     /// Ends the current file (a segment of a rotating capture) and goes on
@@ -110,52 +91,74 @@ fn stack_of(kind: &EventKind) -> Option<StackId> {
     }
 }
 
-fn run(mut writer: Writer, jobs: Receiver<Job>, segmented: bool) -> io::Result<File> {
-    let mut symbolizer: Option<Symbolizer> = None;
-    // Kept when the capture rotates: each new segment defines again the
-    // stacks its events use.
-    let mut defs: Option<HashMap<StackId, StackDef>> = segmented.then(HashMap::new);
-    let mut in_segment: HashSet<StackId> = HashSet::new();
+/// The stack definitions the current file holds.
+struct Defined {
+    defs: StackDefs,
+    in_file: HashSet<StackId>,
+}
+
+impl Defined {
+    /// Writes stack `id`'s definition if it has one and the file does not.
+    fn write(&mut self, writer: &mut Writer, id: StackId) -> io::Result<()> {
+        if self.in_file.contains(&id) {
+            return Ok(());
+        }
+        if let Some(def) = self.defs.get(id) {
+            writer.write(&Record::Stack {
+                id,
+                def: (**def).clone(),
+            })?;
+            self.in_file.insert(id);
+        }
+        Ok(())
+    }
+
+    /// Writes the definitions in `ids`.
+    fn write_all(&mut self, writer: &mut Writer, ids: std::ops::Range<usize>) -> io::Result<()> {
+        for i in ids {
+            self.write(writer, StackId(i as u32))?;
+        }
+        Ok(())
+    }
+}
+
+fn run(
+    mut writer: Writer,
+    jobs: &Receiver<Job>,
+    defs: StackDefs,
+    segmented: bool,
+) -> io::Result<File> {
+    let mut defined = Defined {
+        defs,
+        in_file: HashSet::new(),
+    };
     for job in jobs {
         match job {
             Job::Records(records) => {
+                let new = defined.defs.received();
+                defined.write_all(&mut writer, new)?;
                 for r in &records {
-                    if let (Some(defs), Record::Event(e)) = (&defs, r)
+                    // A segment defines the stacks defined in earlier ones
+                    // before its events use them.
+                    if segmented
+                        && let Record::Event(e) = r
                         && let Some(id) = stack_of(&e.kind)
-                        && !in_segment.contains(&id)
-                        && let Some(def) = defs.get(&id)
                     {
-                        writer.write(&Record::Stack {
-                            id,
-                            def: def.clone(),
-                        })?;
-                        in_segment.insert(id);
+                        defined.write(&mut writer, id)?;
                     }
                     writer.write(r)?;
                 }
             }
-            Job::Stacks { debug_dirs, stacks } => {
-                // Debug directories are known once the targets' libraries are.
-                let symbolizer = symbolizer.get_or_insert_with(|| Symbolizer::new(&debug_dirs));
-                symbolizer.set_debug_dirs(&debug_dirs);
-                for NewStack { id, stack } in stacks {
-                    let def = symbolizer.symbolize(&stack);
-                    writer.write(&Record::Stack {
-                        id,
-                        def: def.clone(),
-                    })?;
-                    if let Some(defs) = &mut defs {
-                        defs.insert(id, def);
-                        in_segment.insert(id);
-                    }
-                }
+            Job::Flush { stacks } => {
+                let new = defined.defs.wait_for(stacks);
+                defined.write_all(&mut writer, new)?;
+                writer.flush()?;
             }
-            Job::Flush => writer.flush()?,
             Job::Rotate { next, end_ns } => {
                 writer.write(&Record::End { end_ns })?;
                 writer.finish()?;
                 writer = next;
-                in_segment.clear();
+                defined.in_file.clear();
             }
         }
     }

@@ -1,33 +1,29 @@
-//! `tracer top`'s options: those of `record` it shares, and the view's.
+//! `tracer top`'s options: the shared groups of a recording, and the
+//! view's own.
 
 use std::{ffi::OsString, time::Duration};
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use clap::Args;
 
-use super::{DEFAULT_CAPTURE_MB, ProbeLinks, RecordArgs, RecordOptions, ViewArgs};
+use super::recording::{
+    BoundsArgs, IntervalArgs, SamplingArgs, TargetArgs, launch, probe_settings,
+};
+use crate::recording::settings::{Settings, WalkSettings};
 
 #[derive(Debug, Args)]
 pub struct TopArgs {
-    /// Trace this running process (repeatable).
-    #[arg(short, long = "pid", value_name = "PID")]
-    pub pids: Vec<u32>,
+    #[command(flatten)]
+    pub targets: TargetArgs,
 
-    /// Every CPython process on the host.
-    #[arg(short, long, conflicts_with_all = ["pids", "command"])]
-    pub all: bool,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
 
-    /// Also probe CPython's object allocator (see `record --pymalloc`).
-    #[arg(long)]
-    pub pymalloc: bool,
+    #[command(flatten)]
+    pub bounds: BoundsArgs,
 
-    /// Sample one allocation per N bytes on average (see `record`).
-    #[arg(long, value_name = "N")]
-    pub sample_bytes: Option<u64>,
-
-    /// Seconds between refreshes.
-    #[arg(long, value_name = "SECS", default_value_t = 1.0)]
-    pub interval: f64,
+    #[command(flatten)]
+    pub interval: IntervalArgs,
 
     /// Print one refresh as text and exit (also when stdout is no terminal).
     #[arg(long)]
@@ -37,66 +33,44 @@ pub struct TopArgs {
     #[arg(long)]
     pub native: bool,
 
-    /// Stop after this many seconds.
-    #[arg(short, long, value_name = "SECS")]
-    pub duration: Option<f64>,
-
-    /// Ring buffer between the kernel and tracer, in MiB (a power of two).
-    #[arg(long, value_name = "MIB", default_value_t = 32)]
-    pub ring_mb: u32,
-
     /// The command to start and watch.
-    #[arg(last = true, value_name = "COMMAND")]
+    #[arg(last = true, value_name = "COMMAND", conflicts_with_all = ["all", "matching"])]
     pub command: Vec<OsString>,
 }
 
 /// `tracer top`'s options, checked.
 #[derive(Debug)]
 pub struct TopOptions {
-    pub record: RecordOptions,
+    pub engine: Settings,
     pub once: bool,
     pub native: bool,
 }
 
+/// What `top` traces, when given nothing.
+const HINT: &str = "give --pid PID, --all, --match REGEX, or a command after --, e.g. `tracer top -- python3 app.py`";
+/// `--interval`'s default for `top`: a refresh a second.
+const REFRESH_EVERY: Duration = Duration::from_secs(1);
+
 impl TopArgs {
     pub fn validate(self) -> Result<TopOptions> {
-        let interval = match Duration::try_from_secs_f64(self.interval) {
-            Ok(d) if d >= Duration::from_millis(100) => d,
-            _ => bail!(
-                "--interval must be at least 0.1 seconds, not {}",
-                self.interval
-            ),
-        };
-        let record = RecordArgs {
-            pids: self.pids,
-            all: self.all,
-            pymalloc: self.pymalloc,
-            view: ViewArgs {
-                min_age: 0.0,
-                top: 10,
-                python_only: false,
-                native_only: false,
-                include_thread_stacks: false,
-            },
-            duration: self.duration,
-            output: None,
-            sample_ms: interval.as_millis() as u64,
-            sample_bytes: self.sample_bytes,
-            ring_mb: self.ring_mb,
-            // Sampled by default with --all, as `record` is.
-            exact: false,
-            probe_links: ProbeLinks::Auto,
-            max_capture_mb: DEFAULT_CAPTURE_MB,
-            user: None,
-            // A command started to be watched stops with the view.
-            detach_command: false,
-            // The objects view walks the heap itself, while it is open.
-            no_types: true,
-            command: self.command,
-        }
-        .validate()?;
+        // Sampled by default with --all, as `record` is.
+        let sampling = self
+            .sampling
+            .check(self.targets.all || self.targets.matching.is_some())?;
+        // A command started to be watched stops with the view.
+        let launch = launch(self.command, None, false);
+        let targets = self.targets.check(launch, HINT)?;
+        let (bounds, ring_bytes) = self.bounds.check(None)?;
         Ok(TopOptions {
-            record,
+            engine: Settings {
+                targets,
+                probes: probe_settings(&sampling, ring_bytes),
+                sampling: sampling.sampling,
+                bounds,
+                snapshot_every: self.interval.check(REFRESH_EVERY)?,
+                // The objects view walks the heap itself, while it is open.
+                walks: WalkSettings::default(),
+            },
             once: self.once,
             native: self.native,
         })

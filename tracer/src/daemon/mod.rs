@@ -20,17 +20,18 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use self::config::{DaemonOptions, needs_restart, resolve};
 use crate::{
-    cli::{DaemonArgs, ProbeLinks, RecordOptions},
-    record::{Plan, Sinks, trace},
-    report::analysis::{self, Temporary},
+    cli::DaemonArgs,
+    recording::{Engine, Hooks},
+    report::analysis,
     sinks::{
         Sink,
+        capture::CaptureSink,
         export::{ExportSettings, Exporter},
         push::{Backend, Endpoint, PushSettings, Pusher},
-        segments::SegmentsSink,
         stats::{SinkStats, Stats},
         window::{LabelSettings, WindowSink},
     },
+    symbolize::feed::Symbols,
 };
 
 /// What a shutdown may spend pushing what is queued: SIGTERM is answered
@@ -102,7 +103,7 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
         pyroscope: options.pyroscope.clone().map(|e| Arc::new(RwLock::new(e))),
         parca: options.parca.clone().map(|e| Arc::new(RwLock::new(e))),
     };
-    if live.pyroscope.is_none() && live.parca.is_none() && options.output.is_none() {
+    if live.pyroscope.is_none() && live.parca.is_none() && options.output.dir.is_none() {
         warn!("no --pyroscope, --parca or -o: windows are only ranked by growth in this log");
     }
     let backends = usize::from(live.pyroscope.is_some()) + usize::from(live.parca.is_some());
@@ -141,21 +142,38 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
             },
         ));
     }
+    let mut symbols = Symbols::default();
     let exporter = Exporter::start(
         ExportSettings {
-            period: options.sampling.map_or(1, |s| s.mean_bytes),
-            window_s: options.interval.as_secs_f64(),
+            period: options.engine.sampling.map_or(1, |s| s.mean_bytes),
+            window_s: options.engine.snapshot_every.as_secs_f64(),
             growth_every: options.growth_every,
             growth_windows: analysis::GrowthOptions::default().windows,
         },
         pushers,
         stats.clone(),
+        symbols.subscribe(),
     )
     .context("cannot start the export thread")?;
     // SIGHUP's default is to end the process: take it over before anything.
     let mut hangups = signal(SignalKind::hangup())?;
     let labels = live.labels.clone();
     let mut current = options.clone();
+    let DaemonOptions {
+        engine: settings,
+        output,
+        ..
+    } = options;
+    let interval_ns = settings.snapshot_every.as_nanos() as u64;
+    let engine = Engine::start(
+        settings,
+        Hooks {
+            // SIGHUP reloads the configuration (below).
+            hangup_stops: false,
+            on_ready: Box::new(|| notify::notify("READY=1")),
+            on_stop: Box::new(|| notify::notify("STOPPING=1")),
+        },
+    )?;
     tokio::spawn(async move {
         while hangups.recv().await.is_some() {
             notify::notify("RELOADING=1");
@@ -172,68 +190,22 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
             }
         });
     }
-    let interval_ns = options.interval.as_nanos() as u64;
-    let (output, max_capture) = (options.output.clone(), options.max_capture_bytes);
-    let links = ProbeLinks::Auto.resolve()?;
-    let probes = links.to_string();
-    let plan = Plan {
-        sinks: Box::new(move |start_ns| {
-            let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
-            if let Some(dir) = &output {
-                sinks.push(Box::new(SegmentsSink::create(
-                    dir,
-                    max_capture,
-                    start_ns,
-                    &probes,
-                )?));
-            }
-            sinks.push(Box::new(WindowSink::new(
-                interval_ns,
-                start_ns,
-                labels,
-                exporter,
-                stats,
-            )));
-            Ok(Sinks {
-                sinks,
-                capture: None,
-            })
-        }),
-        matching: options
-            .matching
-            .as_deref()
-            .map(regex::Regex::new)
-            .transpose()?,
-        heap_cap: Some(options.max_tracked),
-        // SIGHUP reloads the configuration (above).
-        hangup_stops: false,
-        on_ready: Box::new(|| notify::notify("READY=1")),
-        on_stop: Box::new(|| notify::notify("STOPPING=1")),
-    };
-    let record = RecordOptions {
-        pids: options.pids.clone(),
-        all: options.all || options.matching.is_some(),
-        command: Vec::new(),
-        pymalloc: options.pymalloc,
-        duration: options.duration,
-        output: None,
-        sample_every: options.interval,
-        sampling: options.sampling,
-        ring_bytes: options.ring_bytes,
-        // Its segments are bounded by their own cap (`SegmentsSink`).
-        max_capture_bytes: u64::MAX,
-        user: None,
-        detach_command: false,
-        links,
-        analysis: analysis::Options {
-            view: crate::frame::View::Mixed,
-            min_age_ns: 0,
-            temporary: Temporary::Within { ns: 1_000_000 },
-            include_thread_stacks: false,
-        },
-        top: 10,
-        types: options.types_every.is_some(),
-        types_every: options.types_every,
-    };
-    trace(&record, plan).await
+    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+    if let Some(dir) = &output.dir {
+        sinks.push(Box::new(CaptureSink::segments(
+            dir,
+            output.max_capture_bytes,
+            engine.start_ns(),
+            &engine.links(),
+            symbols.subscribe(),
+        )?));
+    }
+    sinks.push(Box::new(WindowSink::new(
+        interval_ns,
+        engine.start_ns(),
+        labels,
+        exporter,
+        stats,
+    )));
+    engine.record(sinks, symbols).await
 }

@@ -1,15 +1,14 @@
-//! The export thread: symbolizes the stacks the windows use (blazesym
-//! reads a library's DWARF the first time, up to a second), encodes each
-//! window as a pprof profile and each heap walk as a types profile, hands
-//! them to every push destination's queue, and keeps each stack's live
-//! bytes window by window, and each process's last two walks, to log the
-//! growth ranking every N windows. The event loop hands it batches through
-//! a bounded channel and never waits: a batch that does not fit is dropped
-//! and counted.
+//! The export thread: once the recording's symbolizer has defined the
+//! stacks a batch uses (`symbolize::feed`), encodes each window as a pprof
+//! profile and each heap walk as a types profile, hands them to every push
+//! destination's queue, and keeps each stack's live bytes window by
+//! window, and each process's last two walks, to log the growth ranking
+//! every N windows. The event loop hands it batches through a bounded
+//! channel and never waits: a batch that does not fit is dropped and
+//! counted.
 
 use std::{
     collections::HashMap,
-    path::PathBuf,
     sync::{
         Arc,
         atomic::Ordering::Relaxed,
@@ -26,7 +25,6 @@ use super::{
     types_pprof, window_pprof,
 };
 use crate::{
-    capture::background::NewStack,
     census::{self, TypeCount},
     event::{Pid, StackId},
     frame::{FrameKind, SymbolizedStack, View},
@@ -37,7 +35,7 @@ use crate::{
         analysis::growth::{self, Tracker},
         render::text::human_bytes,
     },
-    symbolize::Symbolizer,
+    symbolize::feed::StackDefs,
 };
 
 /// Batches waiting for the export thread: a few intervals' worth.
@@ -76,16 +74,14 @@ pub struct TypesWindow {
     pub types: Vec<TypeCount>,
 }
 
-/// Every process's window of one interval, the heap walks that ended in
-/// it, and the stacks first seen in it.
+/// Every process's window of one interval, and the heap walks that ended
+/// in it.
 pub struct Batch {
     pub windows: Vec<ProcessWindow>,
     pub types: Vec<TypesWindow>,
     /// Processes that exited: their last window and walks are in it.
     pub ended: Vec<Pid>,
-    pub new_stacks: Vec<NewStack>,
-    pub debug_dirs: Vec<PathBuf>,
-    /// Stacks known when it was made.
+    /// Stacks known when it was made: the windows use no other.
     pub stacks_known: usize,
     /// When it ends (CLOCK_MONOTONIC ns).
     pub ends_ns: u64,
@@ -108,15 +104,17 @@ pub struct Exporter {
 }
 
 impl Exporter {
+    /// `defs`: the recording's stack definitions.
     pub fn start(
         settings: ExportSettings,
         pushers: Vec<Pusher>,
         stats: Arc<Stats>,
+        defs: StackDefs,
     ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::sync_channel(QUEUE_BATCHES);
         let thread = std::thread::Builder::new()
             .name("export".into())
-            .spawn(move || run(rx, settings, pushers, &stats))?;
+            .spawn(move || run(rx, settings, pushers, &stats, defs))?;
         Ok(Self {
             batches: Some(tx),
             thread: Some(thread),
@@ -150,8 +148,13 @@ impl Exporter {
     }
 }
 
-fn run(rx: Receiver<Batch>, settings: ExportSettings, pushers: Vec<Pusher>, stats: &Stats) {
-    let mut symbolizer: Option<Symbolizer> = None;
+fn run(
+    rx: Receiver<Batch>,
+    settings: ExportSettings,
+    pushers: Vec<Pusher>,
+    stats: &Stats,
+    mut defs: StackDefs,
+) {
     let mut stacks: HashMap<StackId, SymbolizedStack> = HashMap::new();
     let mut tracker = Tracker::new(
         &growth::GrowthOptions {
@@ -163,11 +166,10 @@ fn run(rx: Receiver<Batch>, settings: ExportSettings, pushers: Vec<Pusher>, stat
     let mut names: HashMap<Pid, String> = HashMap::new();
     let mut walks: HashMap<Pid, Walks> = HashMap::new();
     for batch in rx {
-        if !batch.new_stacks.is_empty() {
-            let symbolizer = symbolizer.get_or_insert_with(|| Symbolizer::new(&batch.debug_dirs));
-            for NewStack { id, stack } in batch.new_stacks {
-                let def = symbolizer.symbolize(&stack);
-                stacks.insert(id, View::Mixed.show(&def));
+        for i in defs.wait_for(batch.stacks_known) {
+            let id = StackId(i as u32);
+            if let Some(def) = defs.get(id) {
+                stacks.insert(id, View::Mixed.show(def));
             }
         }
         let mut live = HashMap::new();

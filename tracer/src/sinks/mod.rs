@@ -1,14 +1,16 @@
 //! Where a recording goes: every sink is fed the same stream of events, as
 //! they are applied to the model, and a snapshot of the model and the
-//! targets every `--sample-ms` and at the end. The capture writer and the
-//! end-of-run reports are `record`'s; the windows (pushed by the export
-//! and push threads) and the rotating capture are the daemon's.
+//! targets every `--interval` and at the end; the stacks' definitions come
+//! from the recording's one symbolizer (`symbolize::feed`), to the sinks
+//! that subscribe. The capture writer (`record`'s file, the daemon's
+//! rotating segments) is both commands'; the windows (pushed by the export
+//! and push threads) are the daemon's; what each stack allocated between
+//! two snapshots is counted in one place (`interval`).
 
 pub mod capture;
 pub mod export;
+pub mod interval;
 pub mod push;
-pub mod reports;
-pub mod segments;
 pub mod stats;
 pub mod types_pprof;
 pub mod window;
@@ -43,9 +45,10 @@ pub trait Sink {
         Ok(())
     }
 
-    /// Whether the sink asks the recording to end (`tracer top`'s `q`).
-    fn stop_requested(&self) -> bool {
-        false
+    /// Why the sink asks the recording to end, if it does (`tracer top`'s
+    /// `q`, the capture's size bound).
+    fn stop_requested(&self) -> Option<&'static str> {
+        None
     }
 
     /// The recording ended, right after a last snapshot. Sinks are

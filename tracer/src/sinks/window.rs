@@ -3,9 +3,9 @@
 //! running totals, so that the windows add up to the whole recording
 //! exactly) and what it holds live now; and the heap walks that ended
 //! since the last window, labelled as the process's windows are. The rows,
-//! the walks and the stacks first seen go to the export thread, which
-//! symbolizes, encodes and pushes: nothing here waits for symbols or the
-//! network.
+//! and the walks go to the export thread, which encodes and pushes once
+//! the recording's symbolizer has defined their stacks: nothing here
+//! waits for symbols or the network.
 
 use std::{
     collections::HashMap,
@@ -19,8 +19,8 @@ use log::debug;
 
 use super::{
     Ending, Sink, Snapshot,
-    capture::new_stacks,
     export::{Batch, Exporter, ProcessWindow, TypesWindow, WindowRow},
+    interval::Interval,
     stats::Stats,
 };
 use crate::{
@@ -28,7 +28,6 @@ use crate::{
     clock::monotonic_ns,
     event::{HeapEvent, Pid, StackId},
     labels::{self, Cgroup, Labels},
-    model::heap::Amount,
     process::ProcessInfo,
 };
 
@@ -51,8 +50,8 @@ struct Known {
     cgroup: Cgroup,
     /// Its labels at the last window, which its walks carry too.
     labels: Labels,
-    /// Each stack's running allocated totals at the last window's end.
-    allocated: HashMap<StackId, Amount>,
+    /// What each stack allocated by the last window's end.
+    allocated: Interval<StackId>,
 }
 
 pub struct WindowSink {
@@ -60,8 +59,6 @@ pub struct WindowSink {
     /// When the current window began (CLOCK_MONOTONIC ns).
     start_ns: u64,
     known: HashMap<Pid, Known>,
-    /// Stacks 0 to `stacks_sent - 1` went to the export thread.
-    stacks_sent: usize,
     host: String,
     settings: Arc<RwLock<LabelSettings>>,
     /// A window computed at a snapshot before its end was due: the last
@@ -86,7 +83,6 @@ impl WindowSink {
             interval_ns,
             start_ns,
             known: HashMap::new(),
-            stacks_sent: 0,
             host: labels::host_name(),
             settings,
             pending: None,
@@ -113,7 +109,7 @@ impl WindowSink {
             let known = self.known.entry(info.pid).or_insert_with(|| Known {
                 cgroup: labels::cgroup_of(info.pid),
                 labels: Labels::new(),
-                allocated: HashMap::new(),
+                allocated: Interval::default(),
             });
             known.labels = labels::of_process(
                 info.pid,
@@ -126,11 +122,7 @@ impl WindowSink {
             let Some(heap) = heap else { continue };
             let mut rows = Vec::new();
             for (stack, stats) in heap.stacks() {
-                let before = known.allocated.get(stack).copied().unwrap_or_default();
-                let allocated = Amount {
-                    bytes: stats.allocated.bytes.saturating_sub(before.bytes),
-                    count: stats.allocated.count.saturating_sub(before.count),
-                };
+                let allocated = known.allocated.peek(stack, stats.allocated);
                 if allocated.count > 0 || stats.live.bytes > 0 {
                     rows.push(WindowRow {
                         stack: *stack,
@@ -147,15 +139,11 @@ impl WindowSink {
                 rows,
             });
         }
-        let known = s.model.stacks().count();
-        let new_stacks = new_stacks(s.model, self.stacks_sent);
         Batch {
             windows,
             types: Vec::new(),
             ended: Vec::new(),
-            new_stacks,
-            debug_dirs: s.model.debug_dirs(),
-            stacks_known: known,
+            stacks_known: s.model.stacks().count(),
             ends_ns: s.ts_ns,
         }
     }
@@ -190,12 +178,12 @@ impl WindowSink {
                     s.model.heap().process(info.pid),
                     self.known.get_mut(&info.pid),
                 ) {
-                    known.allocated = heap
-                        .stacks()
-                        .iter()
-                        .filter(|(_, st)| st.allocated.count > 0)
-                        .map(|(id, st)| (*id, st.allocated))
-                        .collect();
+                    known.allocated.count_all(
+                        heap.stacks()
+                            .iter()
+                            .filter(|(_, st)| st.allocated.count > 0)
+                            .map(|(id, st)| (*id, st.allocated)),
+                    );
                 }
                 if exited(info) && self.known.remove(&info.pid).is_some() {
                     batch.ended.push(info.pid);
@@ -204,13 +192,9 @@ impl WindowSink {
         }
         self.start_ns = batch.ends_ns;
         let made = batch.windows.len() as u64;
-        let known = batch.stacks_known;
         if self.exporter.send(batch) {
-            self.stacks_sent = known;
             self.stats.windows.fetch_add(made, Relaxed);
         } else {
-            // The stacks first seen in a dropped batch go with the next one:
-            // later windows use them, and the export thread never saw them.
             self.stats.windows_dropped.fetch_add(made, Relaxed);
         }
     }

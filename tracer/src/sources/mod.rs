@@ -1,15 +1,14 @@
-//! Where a recording's events come from: the processes it traces
-//! (`targets`, started by `launch` or found in /proc), the eBPF programs
-//! and their probes (`probes`), and the collector that turns the kernel's
-//! records into events in the model.
+//! Where a recording's events come from: the processes it traces and
+//! their lifecycle (`lifecycle`: targets, adoption, launching, pids told
+//! apart, events held until a process is adopted), the eBPF programs and
+//! their probes (`probes`), and the collector that turns the kernel's
+//! records into events in the model; heap walks for types (`walks`, with
+//! `hold` for a launched command stopped at its finalization).
 
-mod adopt;
 pub mod collector;
 pub mod hold;
-pub mod identity;
-pub mod launch;
-pub mod pending;
+pub mod lifecycle;
+pub mod poll;
 pub mod probes;
 pub mod procfs;
-pub mod targets;
 pub mod walks;

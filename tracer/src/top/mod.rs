@@ -3,8 +3,8 @@
 //! process's totals, one table of locations (the innermost Python line, or
 //! the allocation function's caller), single keys to sort and switch, `q`
 //! to quit. It is a sink of the same recording `tracer record` makes
-//! (`record::trace`); `--once` (or a stdout that is no terminal) prints one
-//! refresh as text.
+//! (`recording::Engine`); `--once` (or a stdout that is no terminal) prints
+//! one refresh as text.
 
 mod growth;
 mod screen;
@@ -23,7 +23,11 @@ use self::{
     sink::{Shared, TopSink},
     view::{Mode, State},
 };
-use crate::{cli::TopOptions, record};
+use crate::{
+    cli::TopOptions,
+    recording::{Engine, Hooks},
+    symbolize::feed::Symbols,
+};
 
 pub async fn run(options: TopOptions) -> Result<()> {
     let once = options.once || !std::io::stdout().is_terminal();
@@ -37,11 +41,10 @@ pub async fn run(options: TopOptions) -> Result<()> {
         },
         ..State::default()
     };
-    let sink = TopSink::new(
-        to_view,
-        shared.clone(),
-        options.record.sampling.map(|s| s.mean_bytes),
-    );
+    let sampling = options.engine.sampling.map(|s| s.mean_bytes);
+    let engine = Engine::start(options.engine, Hooks::default())?;
+    let mut symbols = Symbols::default();
+    let sink = TopSink::new(to_view, shared.clone(), sampling, symbols.subscribe());
     let view_shared = shared.clone();
     let view = thread::Builder::new()
         .name("tracer-top-view".into())
@@ -52,13 +55,7 @@ pub async fn run(options: TopOptions) -> Result<()> {
                 screen::interactive(messages, view_shared, state)
             }
         })?;
-    let plan = record::Plan::into_sinks(Box::new(move |_| {
-        Ok(record::Sinks {
-            sinks: vec![Box::new(sink)],
-            capture: None,
-        })
-    }));
-    let recorded = record::trace(&options.record, plan).await;
+    let recorded = engine.record(vec![Box::new(sink)], symbols).await;
     let viewed = view
         .join()
         .map_err(|_| anyhow!("the view's thread panicked"))?;

@@ -1,12 +1,11 @@
 //! `tracer top`'s sink: at each refresh, each running process's live and
 //! allocated amounts per (thread, stack), for the view; the frames of new
-//! stacks (Python ones at once, native ones symbolized on a thread of
-//! their own); and, while the objects view is open, a walk of the shown
-//! process's heap every few seconds.
+//! stacks (Python ones at once, native ones once the recording's
+//! symbolizer has named them); and, while the objects view is open, a walk
+//! of the shown process's heap every few seconds.
 
 use std::{
     collections::HashMap,
-    path::PathBuf,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU32, Ordering},
@@ -24,9 +23,9 @@ use crate::{
     event::{EventKind, HeapEvent, Pid, StackId, Tid},
     frame::Frame,
     model::{Model, heap::Amount},
-    sinks::{Ending, Sink, Snapshot},
+    sinks::{Ending, Sink, Snapshot, interval::Interval},
     sources::walks::Walks,
-    symbolize::{Symbolizer, Unsymbolized},
+    symbolize::feed::StackDefs,
 };
 
 /// What the view is sent.
@@ -53,13 +52,13 @@ const WALK_EVERY: Duration = Duration::from_secs(5);
 pub struct TopSink {
     view: mpsc::Sender<Message>,
     shared: Arc<Shared>,
-    symbolizer: mpsc::Sender<(StackId, Unsymbolized, Vec<PathBuf>)>,
     stacks_sent: usize,
     /// Allocations made per (process, thread, stack), and at the last refresh.
     allocated: HashMap<(Pid, Tid, StackId), Amount>,
-    allocated_before: HashMap<(Pid, Tid, StackId), u64>,
-    /// Per process: bytes allocated and events at the last refresh.
-    totals_before: HashMap<Pid, (u64, u64)>,
+    refreshed: Interval<(Pid, Tid, StackId)>,
+    /// Per process: bytes allocated (and events, as the count) at the last
+    /// refresh.
+    totals: Interval<Pid>,
     last_refresh: Option<Instant>,
     sampling: Option<u64>,
     walks: Walks,
@@ -67,18 +66,20 @@ pub struct TopSink {
 }
 
 impl TopSink {
-    pub fn new(view: mpsc::Sender<Message>, shared: Arc<Shared>, sampling: Option<u64>) -> Self {
-        let (symbolizer, stacks) = mpsc::channel::<(StackId, Unsymbolized, Vec<PathBuf>)>();
+    pub fn new(
+        view: mpsc::Sender<Message>,
+        shared: Arc<Shared>,
+        sampling: Option<u64>,
+        mut defs: StackDefs,
+    ) -> Self {
+        // Native frames come as the recording's symbolizer names them,
+        // between refreshes too (`--once` waits for those it shows).
         let to_view = view.clone();
-        // Native frames need blazesym, which reads a library's DWARF the
-        // first time (up to a second): off the recording's thread.
         let _ = thread::Builder::new()
             .name("tracer-top-symbols".into())
             .spawn(move || {
-                let mut symbolizer: Option<Symbolizer> = None;
-                for (id, stack, dirs) in stacks.iter() {
-                    let s = symbolizer.get_or_insert_with(|| Symbolizer::new(&dirs));
-                    let def = s.symbolize(&stack);
+                while let Some(id) = defs.recv() {
+                    let Some(def) = defs.get(id) else { break };
                     let native = def.native.iter().map(loc).collect();
                     if to_view.send(Message::Symbolized(id, native)).is_err() {
                         break;
@@ -88,11 +89,10 @@ impl TopSink {
         Self {
             view,
             shared,
-            symbolizer,
             stacks_sent: 0,
             allocated: HashMap::new(),
-            allocated_before: HashMap::new(),
-            totals_before: HashMap::new(),
+            refreshed: Interval::default(),
+            totals: Interval::default(),
             last_refresh: None,
             sampling,
             walks: Walks::new(),
@@ -104,15 +104,9 @@ impl TopSink {
     fn new_stacks(&mut self, model: &Model) -> Vec<(StackId, StackInfo)> {
         let stacks = model.stacks();
         let known = stacks.count();
-        let dirs = model.debug_dirs();
         let out = (self.stacks_sent..known)
             .map(|i| {
                 let id = StackId(i as u32);
-                let _ = self.symbolizer.send((
-                    id,
-                    crate::sinks::capture::unsymbolized(model, id),
-                    dirs.clone(),
-                ));
                 let python = stacks
                     .get(id)
                     .python
@@ -147,7 +141,7 @@ impl TopSink {
             let pid = sample.pid;
             let Some(heap) = s.model.heap().process(pid) else {
                 // Nothing allocated yet: the rates start from zero.
-                self.totals_before.insert(pid, (0, 0));
+                self.totals.count(pid, Amount::default());
                 continue;
             };
             let mut cells: HashMap<(Tid, StackId), Cell> = HashMap::new();
@@ -162,20 +156,25 @@ impl TopSink {
             }
             for (&(p, tid, stack), amount) in self.allocated.iter().filter(|((p, ..), _)| *p == pid)
             {
-                let before = self.allocated_before.insert((p, tid, stack), amount.bytes);
+                let grew = self.refreshed.count((p, tid, stack), *amount);
                 let c = cells.entry((tid, stack)).or_insert_with(|| Cell {
                     tid,
                     stack,
                     ..Cell::default()
                 });
                 c.allocations = amount.count;
-                c.last_bytes = amount.bytes - before.unwrap_or(0);
+                c.last_bytes = grew.bytes;
             }
             let t = heap.totals();
-            let (bytes_before, events_before) = self
-                .totals_before
-                .insert(pid, (t.bytes_allocated, t.allocs + t.frees))
-                .unwrap_or((t.bytes_allocated, t.allocs + t.frees));
+            let total = Amount {
+                bytes: t.bytes_allocated,
+                count: t.allocs + t.frees,
+            };
+            // First seen with a heap: its rates start at this refresh.
+            if !self.totals.knows(&pid) {
+                self.totals.count(pid, total);
+            }
+            let grew = self.totals.count(pid, total);
             let command = s
                 .processes
                 .iter()
@@ -186,8 +185,8 @@ impl TopSink {
                 command,
                 live_bytes: sample.live_bytes,
                 rss_bytes: sample.rss_bytes,
-                alloc_rate: (t.bytes_allocated - bytes_before) as f64 / dt,
-                events_rate: (t.allocs + t.frees - events_before) as f64 / dt,
+                alloc_rate: grew.bytes as f64 / dt,
+                events_rate: grew.count as f64 / dt,
                 cells: cells.into_values().collect(),
             });
         }
@@ -257,8 +256,8 @@ impl Sink for TopSink {
         Ok(())
     }
 
-    fn stop_requested(&self) -> bool {
-        self.shared.quit.load(Ordering::Relaxed)
+    fn stop_requested(&self) -> Option<&'static str> {
+        self.shared.quit.load(Ordering::Relaxed).then_some("quit")
     }
 
     fn finish(self: Box<Self>, _end: &Ending) -> Result<()> {

@@ -174,7 +174,14 @@ pub struct Row {
 
 impl Data {
     pub fn update(&mut self, u: Update) {
-        self.stacks.extend(u.stacks);
+        // Native frames may have come before the stack's first refresh.
+        for (id, info) in u.stacks {
+            let known = self.stacks.entry(id).or_default();
+            known.python = info.python;
+            if info.native.is_some() {
+                known.native = info.native;
+            }
+        }
         self.lost_events = u.lost_events;
         self.sampling = u.sampling;
         self.interval_s = u.interval_s;

@@ -9,8 +9,7 @@ use std::os::fd::{FromRawFd as _, OwnedFd};
 use anyhow::{Result, bail};
 use tokio::sync::mpsc;
 
-use super::targets::readable;
-use crate::event::Pid;
+use crate::{event::Pid, sources::poll::readable};
 
 /// A process: its pid and when it started (clock ticks after boot).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

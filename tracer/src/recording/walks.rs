@@ -5,7 +5,7 @@
 use anyhow::Result;
 use log::warn;
 
-use super::Recording;
+use super::Engine;
 use crate::{
     census::{Census, Moment},
     event::Pid,
@@ -34,10 +34,10 @@ pub(super) async fn next_tick(tick: &mut Option<tokio::time::Interval>) {
     }
 }
 
-impl Recording {
+impl Engine {
     /// A walk of every running target whose previous walk has ended.
     pub(super) fn walk_running(&mut self, moment: Moment) {
-        let running: Vec<Pid> = self.targets.running().collect();
+        let running: Vec<Pid> = self.lifecycle.running().collect();
         for pid in running {
             if !self.walking.contains(&pid) {
                 self.walk(pid, moment);
@@ -103,7 +103,7 @@ impl Recording {
             .armed
             .iter()
             .copied()
-            .filter(|&pid| !self.probes.hold_armed(pid))
+            .filter(|&pid| !self.lifecycle.hold_armed(pid))
             .collect();
         for pid in fired {
             self.finalizing(pid);
@@ -119,11 +119,11 @@ impl Recording {
             return Ok(());
         }
         for pid in std::mem::take(&mut self.armed) {
-            if self.probes.hold_armed(pid) {
-                self.probes.unhold(pid);
+            if self.lifecycle.hold_armed(pid) {
+                self.lifecycle.unhold(pid);
             }
             // Between the two, the kernel may have stopped it.
-            if !self.probes.hold_armed(pid) && hold::is_stopped(pid) {
+            if !self.lifecycle.hold_armed(pid) && hold::is_stopped(pid) {
                 self.armed.push(pid);
                 self.finalizing(pid);
             }
@@ -131,7 +131,7 @@ impl Recording {
         let Some(walks) = self.walks.take() else {
             return Ok(());
         };
-        let running: Vec<Pid> = self.targets.running().collect();
+        let running: Vec<Pid> = self.lifecycle.running().collect();
         for pid in running {
             if !periodic && !hold::is_stopped(pid) {
                 walks.walk(&self.model, pid, Moment::End, None);

@@ -11,6 +11,8 @@
 //! it caches is bounded: it is made anew once it has seen `MAX_MODULES`
 //! files.
 
+pub mod feed;
+
 use std::{
     collections::{HashMap, VecDeque},
     fs::File,

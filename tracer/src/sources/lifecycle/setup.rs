@@ -6,15 +6,15 @@
 use anyhow::{Context as _, Result};
 use log::{info, warn};
 
-use super::{
-    probes::{FileProbes, Probes},
-    procfs,
-};
 use crate::{
     event::Pid,
     model::Model,
     proc_maps::ProcessMaps,
     python::{self, DetectError},
+    sources::{
+        probes::{FileProbes, Probes},
+        procfs,
+    },
 };
 
 /// What probing a process found.

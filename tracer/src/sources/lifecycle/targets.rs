@@ -9,31 +9,20 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    ffi::OsString,
-    path::Path,
     process::Child,
     time::Duration,
 };
 
-use anyhow::{Result, bail};
-use log::{debug, info, warn};
-use tokio::{
-    io::{Interest, unix::AsyncFd},
-    sync::mpsc,
-    time::Instant,
-};
-
-mod adoption;
+use log::debug;
+use tokio::{sync::mpsc, time::Instant};
 
 use super::{
-    adopt::describe,
-    collector::Fork,
-    identity::{Identity, describe_status},
-    launch::{self, Launch, Stage},
-    probes::Probes,
-    procfs,
+    identity::{Identity, describe_status, watch_exit},
+    setup::describe,
 };
-use crate::{event::Pid, model::Model, proc_maps::ProcessMaps, process::ProcessInfo};
+use crate::{
+    event::Pid, model::Model, process::ProcessInfo, sources::collector::Fork, sources::procfs,
+};
 
 /// After an exec, the new image's libraries appear over a few milliseconds;
 /// its map is read again for this long, at every rescan tick, to probe them.
@@ -51,7 +40,7 @@ const RESCAN_EVERY: Duration = Duration::from_millis(5);
 
 /// How a target came to be traced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Origin {
+pub(super) enum Origin {
     /// `--pid`, or the launched command.
     Named,
     /// `--all` found it.
@@ -60,21 +49,21 @@ enum Origin {
     Forked { parent: Pid },
 }
 
-struct Target {
-    command: String,
+pub(super) struct Target {
+    pub(super) command: String,
     /// The launched command: its handle, and whether it is left running
     /// when tracer stops.
-    child: Option<(Child, bool)>,
-    origin: Origin,
-    exit_status: Option<String>,
+    pub(super) child: Option<(Child, bool)>,
+    pub(super) origin: Origin,
+    pub(super) exit_status: Option<String>,
     /// What the report says of its allocators.
-    notes: Vec<String>,
+    pub(super) notes: Vec<String>,
     /// Which process it is (`None`: gone before its start time was read).
-    identity: Option<Identity>,
+    pub(super) identity: Option<Identity>,
 }
 
 impl Target {
-    fn new(pid: Pid, origin: Origin) -> Self {
+    pub(super) fn new(pid: Pid, origin: Origin) -> Self {
         Self {
             command: procfs::command_line(pid),
             child: None,
@@ -106,46 +95,36 @@ impl Target {
 /// A process that may become a target once it shows a CPython: it exec'd,
 /// or `--all` saw it exec.
 #[derive(Clone, Copy)]
-struct Candidate {
+pub(super) struct Candidate {
     /// When its exec was seen.
-    since: Instant,
+    pub(super) since: Instant,
     /// When it exec'd, by the kernel's clock (CLOCK_MONOTONIC ns).
-    since_ns: u64,
+    pub(super) since_ns: u64,
     /// Given up after this.
-    until: Instant,
+    pub(super) until: Instant,
     /// The kernel traces it already (its events are held until it is
     /// adopted): `--all` traced it by name, or it descends from a target.
-    traced: bool,
+    pub(super) traced: bool,
     /// The target it was forked from, if it was.
-    parent: Option<Pid>,
+    pub(super) parent: Option<Pid>,
     /// Which process it is, if it was still running when seen.
-    identity: Option<Identity>,
+    pub(super) identity: Option<Identity>,
 }
 
-/// What a rescan decided.
-#[derive(Debug, Default)]
-pub struct Decided {
-    /// Now targets.
-    pub adopted: Vec<Pid>,
-    /// Traced by the kernel until now, let go (not CPython).
-    pub dropped: Vec<Pid>,
-    /// Targets found to have ended (their pid is another process's now),
-    /// to be ended before the adopted ones' events go on.
-    pub ended: Vec<ProcessInfo>,
-}
-
+/// The table of the processes a recording traces and of those it may
+/// trace yet, and what becomes of each as it forks, execs and exits.
 pub struct Targets {
-    targets: BTreeMap<Pid, Target>,
-    candidates: HashMap<Pid, Candidate>,
+    pub(super) targets: BTreeMap<Pid, Target>,
+    pub(super) candidates: HashMap<Pid, Candidate>,
     /// Children sharing their parent's memory (vfork), recorded from their
     /// exec on: by child, the target that made it.
     until_exec: HashMap<Pid, Pid>,
     exits: mpsc::UnboundedSender<Identity>,
     /// `--all`: new CPython processes are adopted as they appear.
-    all: bool,
+    pub(super) all: bool,
     /// `--match`: only those whose command line matches.
     matching: Option<regex::Regex>,
-    last_rescan: Instant,
+    pub(super) last_rescan: Instant,
 }
 
 impl Targets {
@@ -173,95 +152,6 @@ impl Targets {
     /// Whether `pid`'s events go to the sinks.
     pub fn contains(&self, pid: Pid) -> bool {
         self.targets.contains_key(&pid)
-    }
-
-    /// Traces a process named by `--pid`, and its descendants: one that
-    /// tracer cannot trace is an error.
-    pub fn add_pid(&mut self, pid: Pid, probes: &mut Probes, model: &mut Model) -> Result<()> {
-        if !Path::new(&format!("/proc/{pid}")).exists() {
-            bail!("no process with pid {pid}: check the pid with `ps -p {pid}`");
-        }
-        self.targets.insert(pid, Target::new(pid, Origin::Named));
-        let setup = self.setup(pid, probes, model)?;
-        if !setup.allocator {
-            bail!(
-                "pid {pid} ({}) maps no libc or other malloc implementation tracer can probe (statically linked without symbols?)",
-                procfs::command_line(pid)
-            );
-        }
-        if let Err(err) = &setup.python {
-            bail!("pid {pid}: {err}");
-        }
-        probes.trace_pid(pid)?;
-        for c in procfs::descendants(pid) {
-            if !self.targets.contains_key(&c.pid) {
-                let origin = Origin::Forked { parent: c.parent };
-                if !self.adopt(c.pid, origin, probes, model) {
-                    debug!(
-                        "pid {}, a child of pid {}: not CPython, not traced",
-                        c.pid, c.parent
-                    );
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// `--all`: every CPython process running now; and the C library of
-    /// every process, where new ones will allocate from their start.
-    pub fn adopt_running(&mut self, probes: &mut Probes, model: &mut Model) {
-        for pid in procfs::all_processes() {
-            if let Ok(maps) = ProcessMaps::read(pid)
-                && let Err(err) = probes.attach_libc(pid, &maps)
-            {
-                debug!("pid {pid}: {err:#}");
-            }
-        }
-        for pid in procfs::python_candidates() {
-            let origin = match procfs::parent(pid) {
-                Some(parent) if self.targets.contains_key(&parent) => Origin::Forked { parent },
-                _ => Origin::Found,
-            };
-            self.adopt(pid, origin, probes, model);
-        }
-    }
-
-    /// Starts `command` as `how` says, traced from its first allocation;
-    /// `at_entry` is called at its entry point, while it is still held there.
-    pub fn launch(
-        &mut self,
-        command: &[OsString],
-        how: &Launch,
-        probes: &mut Probes,
-        model: &mut Model,
-        mut at_entry: impl FnMut(Pid, &mut Probes) -> Result<()>,
-    ) -> Result<()> {
-        let mut traced = false;
-        let launched = launch::launch(command, how, |pid, stage| {
-            if !traced {
-                self.targets.insert(pid, Target::new(pid, Origin::Named));
-                probes.trace_pid(pid)?;
-                traced = true;
-            }
-            let setup = self.setup(pid, probes, model)?;
-            if stage == Stage::Entry {
-                if let Err(err) = setup.python {
-                    bail!("{err}");
-                }
-                if !setup.allocator {
-                    warn!("pid {pid} reached its entry point without a probed allocator");
-                }
-                at_entry(pid, probes)?;
-            }
-            Ok(setup.allocator)
-        })?;
-        info!("started pid {}", launched.pid);
-        if let Some(t) = self.targets.get_mut(&launched.pid) {
-            t.command = procfs::command_line(launched.pid);
-            t.identity = Identity::of(launched.pid);
-            t.child = Some((launched.child, how.detach));
-        }
-        Ok(())
     }
 
     /// Watches every target adopted so far for its exit. One that exited
@@ -326,7 +216,7 @@ impl Targets {
 
     /// Removes target `pid`, with how it ended (read before the model
     /// forgets it).
-    fn end(&mut self, pid: Pid, model: &Model) -> Option<ProcessInfo> {
+    pub(super) fn end(&mut self, pid: Pid, model: &Model) -> Option<ProcessInfo> {
         let mut target = self.targets.remove(&pid)?;
         target.exit_status = Some(match &mut target.child {
             // It exited: reaping it takes no time.
@@ -471,70 +361,10 @@ impl Targets {
         Some(self.last_rescan + every)
     }
 
-    /// Looks at the processes that exec'd again: probes for a named
-    /// target's new libraries; adopts another once it shows a CPython, or
-    /// lets it go when its time is up.
-    pub fn rescan(&mut self, probes: &mut Probes, model: &mut Model) -> Decided {
-        let now = Instant::now();
-        self.last_rescan = now;
-        let mut decided = Decided::default();
-        let pending: Vec<(Pid, Candidate)> =
-            self.candidates.iter().map(|(p, c)| (*p, *c)).collect();
-        let mut found = Vec::new();
-        for &(pid, candidate) in &pending {
-            if self.is_current(pid) {
-                // A named target that exec'd: probes for its new libraries.
-                if let Err(err) = self.setup(pid, probes, model) {
-                    debug!("pid {pid}: {err:#}");
-                }
-            } else if candidate.traced || now >= candidate.until {
-                let origin = candidate
-                    .parent
-                    .map_or(Origin::Found, |parent| Origin::Forked { parent });
-                decided.ended.extend(self.end_replaced(pid, model));
-                if let Some(f) = self.adopt_start(pid, origin, probes, model) {
-                    found.push((pid, f));
-                }
-            }
-        }
-        // The slow half after every process's quick one.
-        for (pid, f) in found {
-            let started_ns = self.candidates.get(&pid).map(|c| c.since_ns);
-            if self.adopt_finish(pid, f, probes, started_ns) {
-                if !self.watch(pid) {
-                    // Gone already: its kernel exit record ends it.
-                    debug!("pid {pid} exited as it was adopted");
-                }
-                if let Some(c) = self.candidates.remove(&pid) {
-                    debug!(
-                        "pid {pid}: adopted {:.1} ms after its exec",
-                        c.since.elapsed().as_secs_f64() * 1e3
-                    );
-                }
-                decided.adopted.push(pid);
-            }
-        }
-        for (pid, candidate) in pending {
-            if now < candidate.until || !self.candidates.contains_key(&pid) {
-                continue;
-            }
-            self.candidates.remove(&pid);
-            if candidate.traced && !self.targets.contains_key(&pid) {
-                // Its pid may be another process's now, traced for itself.
-                if candidate.identity.is_some_and(|i| i.is_running()) {
-                    probes.untrace_pid(pid);
-                }
-                model.forget(pid);
-                decided.dropped.push(pid);
-            }
-        }
-        decided
-    }
-
     /// The recording ended: a launched command still running is stopped
     /// (unless `--detach-command`), and says how it ended. Returns the
-    /// processes traced but never adopted, let go now.
-    pub fn finish(&mut self, model: &mut Model) -> Vec<Pid> {
+    /// processes traced but never adopted, to be let go now.
+    pub fn finish(&mut self) -> Vec<Pid> {
         for t in self.targets.values_mut() {
             if let Some((child, detach)) = &mut t.child
                 && t.exit_status.is_none()
@@ -542,20 +372,15 @@ impl Targets {
                 t.exit_status = Some(match child.try_wait() {
                     Ok(Some(status)) => describe_status(&status),
                     _ if *detach => "still running (--detach-command)".to_owned(),
-                    _ => launch::stop(child),
+                    _ => super::launch::stop(child),
                 });
             }
         }
-        let dropped: Vec<Pid> = self
-            .candidates
+        self.candidates
             .drain()
             .map(|(pid, _)| pid)
             .filter(|pid| !self.targets.contains_key(pid))
-            .collect();
-        for pid in &dropped {
-            model.forget(*pid);
-        }
-        dropped
+            .collect()
     }
 
     /// The targets still running.
@@ -576,12 +401,42 @@ impl Targets {
             t.notes.push(note);
         }
     }
-}
 
-/// Registers an owned descriptor with the runtime for readability.
-pub fn readable<T: std::os::fd::AsRawFd>(inner: T) -> Result<AsyncFd<T>> {
-    // SAFETY: every T used here (a ring buffer map, the log reader, a pidfd)
-    // owns its descriptor and keeps it open and unchanged until dropped.
-    unsafe { AsyncFd::register_with_interest(inner, Interest::READABLE) }
-        .map_err(|err| anyhow::anyhow!("cannot poll a descriptor: {}", err.into_parts().1))
+    /// Whether `pid` is a target and still the same process.
+    pub fn is_current(&self, pid: Pid) -> bool {
+        self.targets
+            .get(&pid)
+            .is_some_and(|t| t.identity.is_none_or(|i| i.is_running()))
+    }
+
+    /// `--match` is given and `pid`'s command line does not match it.
+    pub(super) fn unmatched(&self, pid: Pid) -> bool {
+        self.matching
+            .as_ref()
+            .is_some_and(|re| !re.is_match(&procfs::command_line(pid)))
+    }
+
+    /// A target whose pid is another process's now (its exit was missed)
+    /// is ended.
+    pub(super) fn end_replaced(&mut self, pid: Pid, model: &Model) -> Option<ProcessInfo> {
+        if self.targets.contains_key(&pid) && !self.is_current(pid) {
+            return self.end(pid, model);
+        }
+        None
+    }
+
+    /// Watches target `pid`'s exit; false if it has exited already (or
+    /// cannot be watched): then it is not traced any more either.
+    pub(super) fn watch(&mut self, pid: Pid) -> bool {
+        let Some(identity) = self.targets.get(&pid).and_then(|t| t.identity) else {
+            return false;
+        };
+        match watch_exit(identity, self.exits.clone()) {
+            Ok(()) => true,
+            Err(err) => {
+                debug!("{err:#}");
+                false
+            }
+        }
+    }
 }
