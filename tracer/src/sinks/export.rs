@@ -35,7 +35,7 @@ use crate::{
     report::{
         GrowthStatus,
         analysis::growth::{self, Tracker},
-        render::text::human_bytes,
+        render::numbers::human_bytes,
     },
     symbolize::Symbolizer,
 };
