@@ -20,8 +20,9 @@ use log::debug;
 use super::{
     Ending, Sink, Snapshot,
     capture::new_stacks,
-    export::{Batch, Exporter, ProcessWindow, TypesWindow, WindowRow},
+    export::{Batch, Exporter, TypesWindow},
     stats::Stats,
+    window_pprof::{ProcessWindow, WindowRow},
 };
 use crate::{
     census::Census,
