@@ -9,7 +9,7 @@ use std::os::fd::{FromRawFd as _, OwnedFd};
 use anyhow::{Result, bail};
 use tokio::sync::mpsc;
 
-use super::targets::readable;
+use super::poll::readable;
 use crate::event::Pid;
 
 /// A process: its pid and when it started (clock ticks after boot).

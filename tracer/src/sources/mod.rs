@@ -9,6 +9,7 @@ pub mod hold;
 pub mod identity;
 pub mod launch;
 pub mod pending;
+pub mod poll;
 pub mod probes;
 pub mod procfs;
 pub mod targets;

@@ -17,11 +17,7 @@ use std::{
 
 use anyhow::{Result, bail};
 use log::{debug, info, warn};
-use tokio::{
-    io::{Interest, unix::AsyncFd},
-    sync::mpsc,
-    time::Instant,
-};
+use tokio::{sync::mpsc, time::Instant};
 
 mod adoption;
 
@@ -576,12 +572,4 @@ impl Targets {
             t.notes.push(note);
         }
     }
-}
-
-/// Registers an owned descriptor with the runtime for readability.
-pub fn readable<T: std::os::fd::AsRawFd>(inner: T) -> Result<AsyncFd<T>> {
-    // SAFETY: every T used here (a ring buffer map, the log reader, a pidfd)
-    // owns its descriptor and keeps it open and unchanged until dropped.
-    unsafe { AsyncFd::register_with_interest(inner, Interest::READABLE) }
-        .map_err(|err| anyhow::anyhow!("cannot poll a descriptor: {}", err.into_parts().1))
 }
