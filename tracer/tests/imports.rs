@@ -528,7 +528,7 @@ fn scan(toks: &[Tok]) -> Scanned {
                 if scopes.last().is_some_and(|s| s.1 == depth) {
                     scopes.pop();
                 }
-                depth -= 1;
+                depth = depth.saturating_sub(1);
                 path_attr = None;
             }
             Tok::Punct(';') => path_attr = None,
@@ -1127,7 +1127,7 @@ fn fails_on_a_file_it_does_not_reach_or_misreads() {
     }
     let dir = tree(&[
         ("lib.rs", "mod a;\n"),
-        ("a.rs", "fn f() { let _ = \"}\"; {\n"),
+        ("a.rs", "fn f() { let _ = \"{\"; }}\n"),
     ]);
     match check_crate(dir.path()) {
         Err(Failure::Misread(files)) => assert_eq!(files, [dir.path().join("a.rs")]),
