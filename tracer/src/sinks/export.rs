@@ -22,18 +22,18 @@ use log::warn;
 use super::{
     push::{EncodedWindow, ProfileName, Pusher},
     stats::Stats,
-    types_pprof, window_pprof,
+    types_pprof,
+    window_pprof::{self, ProcessWindow},
 };
 use crate::{
     census::{self, TypeCount},
     event::{Pid, StackId},
     frame::{FrameKind, SymbolizedStack, View},
     labels::Labels,
-    model::heap::Amount,
     report::{
         GrowthStatus,
         analysis::growth::{self, Tracker},
-        render::text::human_bytes,
+        render::numbers::human_bytes,
     },
     symbolize::feed::StackDefs,
 };
@@ -42,26 +42,6 @@ use crate::{
 const QUEUE_BATCHES: usize = 8;
 /// Entries per process in the growth log.
 const GROWTH_LOG_TOP: usize = 5;
-
-/// What one stack of one process did in a window.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct WindowRow {
-    pub stack: StackId,
-    /// Allocated during the window.
-    pub allocated: Amount,
-    /// Live at its end.
-    pub live: Amount,
-}
-
-/// One process's window.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ProcessWindow {
-    pub pid: Pid,
-    pub labels: Labels,
-    pub start_unix_ns: u64,
-    pub end_unix_ns: u64,
-    pub rows: Vec<WindowRow>,
-}
 
 /// One walk of one process's heap, labelled as its windows are.
 #[derive(Clone, Debug, PartialEq)]

@@ -19,9 +19,10 @@ use log::debug;
 
 use super::{
     Ending, Sink, Snapshot,
-    export::{Batch, Exporter, ProcessWindow, TypesWindow, WindowRow},
+    export::{Batch, Exporter, TypesWindow},
     interval::Interval,
     stats::Stats,
+    window_pprof::{ProcessWindow, WindowRow},
 };
 use crate::{
     census::Census,

@@ -5,16 +5,38 @@
 //! the process's labels go with the push (Pyroscope would make a series of
 //! every sample label value). Pyroscope rejects more than 16,000 samples:
 //! the smallest stacks beyond that are added up in one `[other stacks]`
-//! sample, so that totals stay exact.
+//! sample, so that totals stay exact. The window itself (`ProcessWindow`)
+//! is defined here: the window sink makes it, the export thread encodes it.
 
 use std::{collections::HashMap, io};
 
-use super::export::ProcessWindow;
 use crate::{
-    event::StackId,
+    event::{Pid, StackId},
     frame::{Frame, FrameKind, SymbolizedStack},
+    labels::Labels,
+    model::heap::Amount,
     report::render::pprof::{Builder, Sample, ValueType, gzip},
 };
+
+/// What one stack of one process did in a window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WindowRow {
+    pub stack: StackId,
+    /// Allocated during the window.
+    pub allocated: Amount,
+    /// Live at its end.
+    pub live: Amount,
+}
+
+/// One process's window.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProcessWindow {
+    pub pid: Pid,
+    pub labels: Labels,
+    pub start_unix_ns: u64,
+    pub end_unix_ns: u64,
+    pub rows: Vec<WindowRow>,
+}
 
 /// Pyroscope's default `max_profile_stacktrace_samples`.
 pub const MAX_SAMPLES: usize = 16_000;
@@ -104,7 +126,7 @@ mod tests {
     use prost::Message as _;
 
     use super::*;
-    use crate::{model::heap::Amount, report::render::pprof::Profile, sinks::export::WindowRow};
+    use crate::report::render::pprof::Profile;
 
     fn frame(name: &str) -> Frame {
         Frame {

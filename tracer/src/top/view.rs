@@ -10,7 +10,7 @@ use crate::{
     census::{Census, TypeGrowth},
     event::{Pid, StackId, Tid},
     model::heap::Amount,
-    report::render::text::{grouped, human_bytes},
+    report::render::numbers::{grouped, human_bytes},
 };
 
 /// The label of a native location not symbolized yet.

@@ -9,7 +9,7 @@ use base64::Engine as _;
 
 use super::{
     Options, flamegraph,
-    text::{grouped, human_bytes},
+    numbers::{grouped, human_bytes},
 };
 use crate::{
     counters,

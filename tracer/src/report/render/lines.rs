@@ -3,7 +3,7 @@
 
 use std::{fmt::Write as _, io};
 
-use super::text::{grouped, human_bytes};
+use super::numbers::{grouped, human_bytes};
 use crate::report::FunctionLines;
 
 /// The table of `f`, with a title naming it.

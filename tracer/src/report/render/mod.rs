@@ -7,6 +7,7 @@ pub mod folded;
 pub mod html;
 pub mod json;
 pub mod lines;
+pub mod numbers;
 pub mod pprof;
 pub mod speedscope;
 pub mod text;

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use super::text::{grouped, human_bytes};
+use super::numbers::{grouped, human_bytes};
 use crate::{
     census::{Moment, TypeCount},
     report::ProcessTypes,
