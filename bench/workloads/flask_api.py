@@ -1,6 +1,6 @@
 """The benchmark's web service: a Flask JSON API of the usual shape (parse
 the query, build a page of records, serialize it), served by gunicorn with
-2 workers and driven by wrk over loopback (xtask/src/bench/web.rs). It keeps
+2 workers and driven by wrk over loopback (bench/src/overhead/web.rs). It keeps
 nothing between requests.
 
 gunicorn -w 2 -b 127.0.0.1:PORT --chdir bench/workloads flask_api:app

@@ -7,20 +7,14 @@
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{TcpListener, TcpStream},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
 
-use crate::{DEBIAN_PYTHON, root};
-
-fn cache() -> PathBuf {
-    std::env::var_os("TRACER_TEST_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("tests/cache"))
-}
+use crate::{DEBIAN_PYTHON, root, test_cache};
 
 /// A port nothing listens on now.
 pub fn free_port() -> u16 {
@@ -34,7 +28,8 @@ pub struct IngestServer {
     child: Child,
     pub port: u16,
     log: PathBuf,
-    _dir: tempfile::TempDir,
+    /// The log's directory, when the server was given none.
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Drop for IngestServer {
@@ -53,10 +48,20 @@ impl IngestServer {
     pub fn start_on(port: u16) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join("requests.jsonl");
+        Self::spawn(port, log, Some(dir))
+    }
+
+    /// A server on any free port that logs its requests to `log`, which
+    /// stays when it stops (the soak's record of what was pushed).
+    pub fn logging_to(log: &Path) -> Self {
+        Self::spawn(0, log.to_path_buf(), None)
+    }
+
+    fn spawn(port: u16, log: PathBuf, dir: Option<tempfile::TempDir>) -> Self {
         let mut child = Command::new(DEBIAN_PYTHON)
             .arg(root().join("tests/validators/ingest_server.py"))
             .arg("--proto-dir")
-            .arg(cache().join("pprof"))
+            .arg(test_cache().join("pprof"))
             .arg("--port")
             .arg(port.to_string())
             .arg("--log")
@@ -127,15 +132,25 @@ impl IngestServer {
 
 /// One HTTP/1.1 request on loopback; the status and the body.
 pub fn http(port: u16, method: &str, path: &str, body: &[u8]) -> (u16, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
+    try_http(port, method, path, body)
+        .unwrap_or_else(|e| panic!("{method} {path} on port {port}: {e}"))
+}
+
+/// `http`, or why the request could not be made (nothing listens yet).
+pub fn try_http(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    s.write_all(head.as_bytes()).expect("write");
-    s.write_all(body).expect("write");
+    s.write_all(head.as_bytes())?;
+    s.write_all(body)?;
     let mut response = String::new();
     let _ = s.read_to_string(&mut response);
     let status = response
@@ -147,7 +162,7 @@ pub fn http(port: u16, method: &str, path: &str, body: &[u8]) -> (u16, String) {
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
-    (status, body)
+    Ok((status, body))
 }
 
 /// A Prometheus text exposition's value of `name{labels}` (labels as

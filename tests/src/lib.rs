@@ -3,9 +3,9 @@
 //! and read what it reports.
 
 use std::{
-    io::{BufRead as _, BufReader},
+    io::{BufRead as _, BufReader, Read},
     path::{Path, PathBuf},
-    process::{Child, ChildStderr, Command, Output, Stdio},
+    process::{Child, Command, Output, Stdio},
     sync::mpsc,
     thread,
     time::{Duration, Instant},
@@ -14,8 +14,10 @@ use std::{
 use serde_json::Value;
 
 pub mod ingest;
+pub mod resources;
 pub mod scripted;
 pub mod uprobes;
+pub mod web;
 
 /// The workspace root.
 pub fn root() -> PathBuf {
@@ -100,9 +102,10 @@ impl Interpreter {
     }
 }
 
-/// Where `cargo xtask` unpacked the Debian interpreters this machine does
-/// not have.
-fn test_cache() -> PathBuf {
+/// What `cargo xtask` fetched for the tests (and the bench): the Debian
+/// interpreters this machine does not have, virtual environments, the
+/// exports' readers.
+pub fn test_cache() -> PathBuf {
     std::env::var_os("TRACER_TEST_CACHE")
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("tests/cache"))
@@ -399,6 +402,19 @@ impl Recorded {
     }
 }
 
+/// A child killed and reaped when dropped, if it still runs: a test (or a
+/// bench run) that fails half-way must not leave its processes behind.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Runs `tracer record -o DIR ARGS` to the end and reads DIR/report.json.
 pub fn record(args: &[&str]) -> Recorded {
     let child = spawn_record(args);
@@ -444,10 +460,12 @@ fn run_in_background(mut cmd: Command, dir: tempfile::TempDir) -> Running {
     }
 }
 
-fn forward_lines(stderr: ChildStderr) -> mpsc::Receiver<String> {
+/// Reads `reader`'s lines (a child's stdout or stderr) on a thread, so that
+/// the child never blocks on a full pipe, and hands them over one by one.
+pub fn forward_lines(reader: impl Read + Send + 'static) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
+        for line in BufReader::new(reader).lines() {
             let Ok(line) = line else { break };
             if tx.send(line).is_err() {
                 break;

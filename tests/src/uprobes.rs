@@ -1,9 +1,16 @@
 //! The kernel's own list of a process's uprobes: every uprobe_multi link
 //! it holds (tracer attaches through them on kernels with uprobe
 //! sessions), with the file the kernel resolved and the offsets in it.
-//! What tracer says it attached is not evidence; this is.
+//! What tracer says it attached is not evidence; this is. And what a
+//! probe leaves in a process: the bytes of its libc text that differ from
+//! the file.
 
-use std::{fs, os::fd::FromRawFd as _, os::fd::OwnedFd};
+use std::{
+    fs,
+    io::{self, Read as _, Seek as _, SeekFrom},
+    os::fd::FromRawFd as _,
+    os::fd::OwnedFd,
+};
 
 /// One uprobe_multi link: a file and the offsets probed in it.
 #[derive(Debug)]
@@ -92,4 +99,39 @@ fn link(id: u32) -> Option<UprobeLink> {
         path: String::from_utf8_lossy(&path[..len]).into_owned(),
         offsets,
     })
+}
+
+/// Bytes of `pid`'s executable libc mapping that differ from its file: a
+/// uprobe is an int3 (or, optimized, a call) written into that text, so
+/// none once every probe is removed.
+pub fn probed_libc_bytes(pid: u32) -> io::Result<usize> {
+    let bad = |what: &str| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{what} of process {pid}"),
+        )
+    };
+    let maps = fs::read_to_string(format!("/proc/{pid}/maps"))?;
+    let line = maps
+        .lines()
+        .find(|l| l.contains("r-xp") && l.contains("/libc.so"))
+        .ok_or_else(|| bad("no libc text in the maps"))?;
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let hex = |s: &str| u64::from_str_radix(s, 16).map_err(|_| bad("a bad maps line"));
+    let (start, end) = fields[0]
+        .split_once('-')
+        .ok_or_else(|| bad("a bad maps range"))?;
+    let start = hex(start)?;
+    let len = (hex(end)? - start) as usize;
+    let offset = hex(fields.get(2).ok_or_else(|| bad("a bad maps line"))?)?;
+    let path = fields.get(5..).unwrap_or_default().join(" ");
+    let mut file = Vec::with_capacity(len);
+    let mut f = fs::File::open(format!("/proc/{pid}/root{path}"))?;
+    f.seek(SeekFrom::Start(offset))?;
+    let got = f.take(len as u64).read_to_end(&mut file)?;
+    let mut text = vec![0; got];
+    let mut mem = fs::File::open(format!("/proc/{pid}/mem"))?;
+    mem.seek(SeekFrom::Start(start))?;
+    mem.read_exact(&mut text)?;
+    Ok(text.iter().zip(&file).filter(|(a, b)| a != b).count())
 }

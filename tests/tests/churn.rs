@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use tests::{DEBIAN_PYTHON, finish, interrupt, spawn_record};
+use tests::{DEBIAN_PYTHON, finish, interrupt, resources, spawn_record};
 
 /// Rounds of one short Python run and one distinct program each.
 const WARM_ROUNDS: usize = 100;
@@ -21,21 +21,14 @@ const ROUNDS: usize = 400;
 /// fragmentation, caches filling to their caps).
 const RSS_TOLERANCE_PERCENT: u64 = 10;
 /// Descriptors may differ by a few in flight (a process being adopted).
-const FD_SLACK: usize = 8;
+const FD_SLACK: u64 = 8;
 
-fn open_descriptors(pid: u32) -> usize {
-    fs::read_dir(format!("/proc/{pid}/fd"))
-        .expect("read tracer's fds")
-        .count()
+fn open_descriptors(pid: u32) -> u64 {
+    resources::open_descriptors(pid).expect("read tracer's fds")
 }
 
 fn rss_kib(pid: u32) -> u64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
+    resources::rss_kib(pid).expect("VmRSS")
 }
 
 /// Copies of /bin/true, each its own file (inode) to exec.

@@ -7,31 +7,24 @@
 
 use std::{
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use serde_json::{Value, json};
 use tests::{
-    DEBIAN_PYTHON, Running,
+    DEBIAN_PYTHON, KillOnDrop, Running,
     ingest::{
         IngestServer, accepted_profiles, free_port, http, metric, named, profile_name, total,
     },
     line_of, spawn_tracer, tracer, workload,
 };
 
-struct Workload(Child);
-
-impl Drop for Workload {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+struct Workload(KillOnDrop);
 
 impl Workload {
     fn pid(&self) -> String {
-        self.0.id().to_string()
+        self.0.0.id().to_string()
     }
 }
 
@@ -49,7 +42,7 @@ fn start(script: &str, args: &[&str]) -> Workload {
         &mut line,
     )
     .expect("workload output");
-    Workload(child)
+    Workload(KillOnDrop(child))
 }
 
 /// Waits for the daemon to exit by itself; returns its stderr.

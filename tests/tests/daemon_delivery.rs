@@ -7,28 +7,19 @@ use std::{
     fs,
     io::BufRead as _,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use serde_json::{Value, json};
 use tests::{
-    DEBIAN_PYTHON, Running,
+    DEBIAN_PYTHON, KillOnDrop, Running,
     ingest::{IngestServer, accepted_profiles, free_port},
     spawn_tracer, workload,
 };
 
-struct Workload(Child);
-
-impl Drop for Workload {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Starts a workload and waits for its "ready".
-fn start(script: &str) -> Workload {
+fn start(script: &str) -> KillOnDrop {
     let mut child = Command::new(DEBIAN_PYTHON)
         .arg(workload(script))
         .stdout(Stdio::piped())
@@ -38,7 +29,7 @@ fn start(script: &str) -> Workload {
     std::io::BufReader::new(child.stdout.take().expect("stdout"))
         .read_line(&mut line)
         .expect("workload output");
-    Workload(child)
+    KillOnDrop(child)
 }
 
 /// Waits for the daemon to end by itself; its stderr.

@@ -5,14 +5,14 @@
 //! left in a target's code by the time tracer has exited.
 
 use std::{
-    fs,
-    io::{Read as _, Seek as _, SeekFrom},
     process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
-use tests::{DEBIAN_PYTHON, PROGRAMS, finish, loaded_tracer_programs, spawn_record, workload};
+use tests::{
+    DEBIAN_PYTHON, PROGRAMS, finish, loaded_tracer_programs, spawn_record, uprobes, workload,
+};
 
 const ROUNDS: &str = "150";
 
@@ -83,28 +83,8 @@ fn finished_recordings_remove_their_probes() {
     }
 }
 
-/// Bytes of `pid`'s executable libc mapping that differ from the file: a
-/// uprobe is an int3 (or, optimized, a call) written into that text.
 fn probed_libc_bytes(pid: u32) -> usize {
-    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps");
-    let line = maps
-        .lines()
-        .find(|l| l.contains("r-xp") && l.contains("/libc.so"))
-        .expect("libc text mapped");
-    let fields: Vec<&str> = line.split_whitespace().collect();
-    let (start, end) = fields[0].split_once('-').expect("range");
-    let start = u64::from_str_radix(start, 16).expect("hex");
-    let len = u64::from_str_radix(end, 16).expect("hex") - start;
-    let offset = u64::from_str_radix(fields[2], 16).expect("hex");
-    let mut file = Vec::new();
-    let mut f = fs::File::open(fields[5]).expect("libc");
-    f.seek(SeekFrom::Start(offset)).expect("seek");
-    f.take(len).read_to_end(&mut file).expect("read libc");
-    let mut text = vec![0; file.len()];
-    let mut mem = fs::File::open(format!("/proc/{pid}/mem")).expect("mem");
-    mem.seek(SeekFrom::Start(start)).expect("seek");
-    mem.read_exact(&mut text).expect("read text");
-    text.iter().zip(&file).filter(|(a, b)| a != b).count()
+    uprobes::probed_libc_bytes(pid).expect("read the target's libc text")
 }
 
 #[test]

@@ -4,41 +4,24 @@
 //! workers, at its line, with the bytes and count of the requests served.
 
 use std::{
-    net::{TcpListener, TcpStream},
-    path::PathBuf,
     process::{Command, Stdio},
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use serde_json::Value;
-use tests::{line_of, python_frames, spawn_record, workload};
+use tests::{
+    ingest::free_port,
+    line_of, python_frames, spawn_record,
+    web::{listening_within, venv_python},
+    workload,
+};
 
 /// web_app.py keeps bytes(SIZE) per request: one allocation of SIZE + 33.
 const LEAK_ALLOCATION: u64 = 10_000 + 33;
 /// wrk's connections: at most this many requests may be in flight (served
 /// but not counted by wrk) when it stops.
 const CONNECTIONS: u64 = 4;
-
-fn venv_python() -> PathBuf {
-    let cache = std::env::var_os("TRACER_TEST_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| tests::root().join("tests/cache"));
-    let python = cache.join("web-venv/bin/python");
-    assert!(
-        python.exists(),
-        "{} is missing: `cargo xtask test` installs Flask and gunicorn",
-        python.display()
-    );
-    python
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
 
 /// Requests completed by wrk, from its summary line.
 fn wrk_requests(output: &str) -> u64 {
@@ -65,11 +48,10 @@ fn leak_in_a_flask_app_is_found_in_both_gunicorn_workers() {
         .stderr(Stdio::null())
         .spawn()
         .expect("start gunicorn");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "gunicorn did not listen");
-        thread::sleep(Duration::from_millis(50));
-    }
+    assert!(
+        listening_within(port, Duration::from_secs(30)),
+        "gunicorn did not listen"
+    );
     // Workers are up once they answer; give both time to import the app.
     thread::sleep(Duration::from_secs(1));
     let master = server.id();

@@ -9,14 +9,11 @@ use std::{path::PathBuf, process::Command, time::Duration};
 use serde_json::json;
 use tests::{
     ingest::{IngestServer, http},
-    root,
+    test_cache,
 };
 
 fn venv(dir: &str) -> PathBuf {
-    let cache = std::env::var_os("TRACER_TEST_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("tests/cache"));
-    let python = cache.join(dir).join("bin/python");
+    let python = test_cache().join(dir).join("bin/python");
     assert!(
         python.exists(),
         "{} is missing: `cargo xtask test` installs pyroscope-io",

@@ -21,7 +21,9 @@ use std::{
 };
 
 use serde_json::Value;
-use tests::{DEBIAN_PYTHON, line_of, pyenv_python, root, spawn_record, tracer, workload};
+use tests::{
+    DEBIAN_PYTHON, line_of, pyenv_python, root, spawn_record, test_cache, tracer, workload,
+};
 
 const LEAK_COUNT: u64 = 200;
 const LEAK_SIZE: u64 = 64 * 1024;
@@ -409,12 +411,6 @@ fn svg_flamegraphs_of_leaks_hotspots_and_peak() {
     assert!(peak.contains(&spike), "{spike} not in the peak flamegraph");
 }
 
-fn cache() -> PathBuf {
-    std::env::var_os("TRACER_TEST_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("tests/cache"))
-}
-
 /// Runs a reader from tests/validators with Debian's python3 (which has
 /// the protobuf and jsonschema packages) and returns its JSON.
 fn validator(script: &str, args: &[&Path]) -> Value {
@@ -431,7 +427,7 @@ fn validator(script: &str, args: &[&Path]) -> Value {
 fn pprof_decoded_with_the_official_proto() {
     let r = recording();
     let profile = export("pprof", &[], "profile.pb.gz");
-    let decoded = validator("pprof_read.py", &[&cache().join("pprof"), &profile]);
+    let decoded = validator("pprof_read.py", &[&test_cache().join("pprof"), &profile]);
     assert_eq!(
         decoded["types"],
         serde_json::json!([
@@ -502,7 +498,7 @@ fn pprof_decoded_with_the_official_proto() {
 #[test]
 fn speedscope_valid_against_its_schema() {
     let r = recording();
-    let schema = cache().join("speedscope/file-format-schema.json");
+    let schema = test_cache().join("speedscope/file-format-schema.json");
     for (of, total, marker) in [
         ("leaks", r.total("live_bytes"), "# LEAK"),
         ("hotspots", r.total("bytes_allocated"), "# TEMPORARY"),

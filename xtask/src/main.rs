@@ -1,8 +1,10 @@
-//! Project tasks: `cargo xtask setup|build|run|test|bench|soak`.
+//! Project tasks: `cargo xtask setup|build|run|test|bench|soak|soak-record`.
 //!
 //! Every task installs what it needs first (idempotently): the pinned
 //! nightly with rust-src, bpf-linker, and the Debian packages the tests use.
-//! A second run finds everything in place and does nothing.
+//! A second run finds everything in place and does nothing. `bench`,
+//! `soak` and `soak-record` then run the bench crate (bench/), which
+//! measures.
 
 use std::{
     env,
@@ -14,17 +16,17 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
-mod bench;
+mod bench_tools;
 mod fuzz;
 mod interpreters;
 mod pyroscope;
-mod soak;
-mod soak_record;
 mod validators;
 mod web;
 
 /// Where the tests' fetched interpreters are unpacked (git-ignored).
 const TEST_CACHE: &str = "tests/cache";
+/// What only the bench uses: memray, merged kernel headers (git-ignored).
+const BENCH_CACHE: &str = "bench/cache";
 
 /// bpf-linker release known to work with the pinned nightly (it loads the
 /// nightly's own libLLVM).
@@ -195,7 +197,15 @@ fn run(task: Task) -> Result<()> {
             setup()?;
             validators::ensure(&root.join(TEST_CACHE))?;
             build()?;
-            soak::run(&root, minutes, r#match.as_deref())
+            let mut args = vec![
+                "soak".into(),
+                "--minutes".into(),
+                minutes.to_string().into(),
+            ];
+            if let Some(regex) = r#match {
+                args.extend(["--match".into(), regex.into()]);
+            }
+            bench(&args)
         }
         Task::Bench {
             quick,
@@ -208,14 +218,19 @@ fn run(task: Task) -> Result<()> {
                 );
             }
             setup()?;
-            bench::run(
-                &root,
-                &bench::Options {
-                    quick,
-                    rounds,
-                    workloads,
-                },
-            )
+            bench_tools::ensure(&root.join(BENCH_CACHE))?;
+            web::ensure(&root.join(TEST_CACHE))?;
+            interpreters::ensure(&root.join(TEST_CACHE))?;
+            build()?;
+            let mut args: Vec<OsString> = vec!["overhead".into()];
+            if quick {
+                args.push("--quick".into());
+            }
+            if let Some(rounds) = rounds {
+                args.extend(["--rounds".into(), rounds.to_string().into()]);
+            }
+            args.extend(workloads.into_iter().map(OsString::from));
+            bench(&args)
         }
         Task::SoakRecord { minutes } => {
             if !is_root() {
@@ -225,7 +240,11 @@ fn run(task: Task) -> Result<()> {
             }
             setup()?;
             build()?;
-            soak_record::run(&root, minutes)
+            bench(&[
+                "soak-record".into(),
+                "--minutes".into(),
+                minutes.to_string().into(),
+            ])
         }
     }
 }
@@ -265,7 +284,7 @@ fn succeeds(cmd: &mut Command) -> bool {
     cmd.output().is_ok_and(|o| o.status.success())
 }
 
-pub(crate) fn output(cmd: &mut Command) -> Option<String> {
+fn output(cmd: &mut Command) -> Option<String> {
     let o = cmd.output().ok()?;
     o.status
         .success()
@@ -350,8 +369,18 @@ pub(crate) fn apt_install(packages: &[(&str, &str)]) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn build() -> Result<()> {
+fn build() -> Result<()> {
     check(Command::new("cargo").args(["build", "--release", "--package", "tracer"]))
+}
+
+/// Builds and runs the bench crate's binary (bench/src/main.rs) with
+/// `args`, once tracer is built and what it needs installed.
+fn bench(args: &[OsString]) -> Result<()> {
+    check(
+        Command::new("cargo")
+            .args(["run", "--release", "--package", "bench", "--"])
+            .args(args),
+    )
 }
 
 fn test(root: &Path, harness_args: &[OsString]) -> Result<()> {

@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, process::Command, thread};
 
 use serde_json::{Value, json};
 
-use super::{MODES, PYTHON, Run, SAMPLED};
+use super::{MODES, PYTHON, Run, SAMPLED, children::output};
 
 pub(super) fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
@@ -102,7 +102,7 @@ fn sampling_check(w: usize, runs: &BTreeMap<(usize, usize), Vec<Run>>) -> Value 
 }
 
 fn machine() -> Value {
-    let uname = crate::output(Command::new("uname").arg("-sr")).unwrap_or_default();
+    let uname = output(Command::new("uname").arg("-sr")).unwrap_or_default();
     let cpus = thread::available_parallelism().map_or(0, |n| n.get());
     json!({"kernel": uname.trim(), "cpus": cpus})
 }

@@ -9,16 +9,17 @@ use std::{
     time::Duration,
 };
 
+use ::tests::{KillOnDrop, line_of, python_frames};
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 
 use super::{
     Mode, PYTHON, Paths, Run, Tool,
-    children::{Guard, Lines, wait_for_no_probes, wait_for_perf_events, wait_usage},
+    children::{Lines, wait_for_no_probes, wait_for_perf_events, wait_usage},
 };
 
 struct Workload {
-    child: Guard,
+    child: KillOnDrop,
     stdin: ChildStdin,
     stdout: Lines,
 }
@@ -51,7 +52,7 @@ fn start_workload(
     let mut child = cmd.spawn().with_context(|| format!("starting {cmd:?}"))?;
     let stdin = child.stdin.take().context("no stdin")?;
     let mut stdout = Lines::spawn(child.stdout.take().context("no stdout")?);
-    let child = Guard(child);
+    let child = KillOnDrop(child);
     stdout.wait_for(Duration::from_secs(60), |l| l == "ready")?;
     Ok(Workload {
         child,
@@ -62,7 +63,7 @@ fn start_workload(
 
 /// A tool attached to a running workload.
 struct Daemon {
-    child: Guard,
+    child: KillOnDrop,
     output: Lines,
     /// Whether it exits by itself when its target does (else: SIGINT).
     exits_with_target: bool,
@@ -72,7 +73,7 @@ fn attach(paths: &Paths, tool: Tool, pid: u32, out: &Path) -> Result<Option<Daem
     let daemon = match tool {
         Tool::Untraced | Tool::Memray { .. } => return Ok(None),
         Tool::Tracer(args) => {
-            let (child, output) = start_tracer(paths, pid, args, out)?;
+            let (child, output) = start_tracer(pid, args, out)?;
             Daemon {
                 child,
                 output,
@@ -91,7 +92,7 @@ fn attach(paths: &Paths, tool: Tool, pid: u32, out: &Path) -> Result<Option<Daem
                 .spawn()
                 .context("starting bpftrace")?;
             let mut output = Lines::spawn(child.stdout.take().context("no stdout")?);
-            let child = Guard(child);
+            let child = KillOnDrop(child);
             output.wait_for(Duration::from_secs(60), |l| l == "ready")?;
             Daemon {
                 child,
@@ -110,7 +111,7 @@ fn attach(paths: &Paths, tool: Tool, pid: u32, out: &Path) -> Result<Option<Daem
                 .spawn()
                 .context("starting memleak-bpfcc")?;
             let mut output = Lines::spawn(child.stdout.take().context("no stdout")?);
-            let child = Guard(child);
+            let child = KillOnDrop(child);
             output.wait_for(Duration::from_secs(120), |l| {
                 l.starts_with("Attaching to pid")
             })?;
@@ -128,13 +129,8 @@ fn attach(paths: &Paths, tool: Tool, pid: u32, out: &Path) -> Result<Option<Daem
 }
 
 /// `tracer record --pid PID ARGS -o OUT/tracer`, once it records.
-pub(super) fn start_tracer(
-    paths: &Paths,
-    pid: u32,
-    args: &[&str],
-    out: &Path,
-) -> Result<(Guard, Lines)> {
-    let mut child = Command::new(paths.root.join("target/release/tracer"))
+pub(super) fn start_tracer(pid: u32, args: &[&str], out: &Path) -> Result<(KillOnDrop, Lines)> {
+    let mut child = ::tests::tracer()
         .args(["record", "--pid", &pid.to_string(), "-o"])
         .arg(out.join("tracer"))
         .args(args)
@@ -143,7 +139,7 @@ pub(super) fn start_tracer(
         .spawn()
         .context("starting tracer")?;
     let mut output = Lines::spawn(child.stderr.take().context("no stderr")?);
-    let child = Guard(child);
+    let child = KillOnDrop(child);
     output.wait_for(Duration::from_secs(60), |l| {
         l.starts_with("tracer: recording")
     })?;
@@ -212,21 +208,12 @@ fn read_tracer_report(paths: &Paths, path: &Path, run: &mut Run) -> Result<()> {
     )?;
     let counters = &report["counters"];
     run.events = counters["events"].as_u64();
-    run.lost = Some(
-        ["lost_events", "lost_stacks", "in_flight_full"]
-            .iter()
-            .filter_map(|k| counters[k].as_u64())
-            .sum(),
-    );
-    let line = leak_line(&paths.root)?;
+    run.lost = Some(lost(counters));
+    // The line of leak.py marked `# LEAK_LINE`.
+    let line = line_of(&paths.root.join("bench/workloads/leak.py"), "# LEAK_LINE");
     let at_line = |e: &&Value| {
-        e["stack"].as_array().is_some_and(|frames| {
-            frames
-                .iter()
-                .find(|f| f["kind"] == "python")
-                .is_some_and(|f| {
-                    f["file"].as_str().is_some_and(|p| p.ends_with("leak.py")) && f["line"] == line
-                })
+        python_frames(e).first().is_some_and(|f| {
+            f["file"].as_str().is_some_and(|p| p.ends_with("leak.py")) && f["line"] == line
         })
     };
     let bytes: u64 = report["leaks"]
@@ -240,11 +227,11 @@ fn read_tracer_report(paths: &Paths, path: &Path, run: &mut Run) -> Result<()> {
     Ok(())
 }
 
-/// The line of bench/workloads/leak.py marked `# LEAK_LINE`.
-fn leak_line(root: &Path) -> Result<u64> {
-    let text = fs::read_to_string(root.join("bench/workloads/leak.py"))?;
-    text.lines()
-        .position(|l| l.contains("# LEAK_LINE"))
-        .map(|i| i as u64 + 1)
-        .context("leak.py has no # LEAK_LINE")
+/// What a report.json's counters say was lost: events, stacks, and calls
+/// whose entry found the in-flight table full.
+pub(super) fn lost(counters: &Value) -> u64 {
+    ["lost_events", "lost_stacks", "in_flight_full"]
+        .iter()
+        .filter_map(|k| counters[k].as_u64())
+        .sum()
 }

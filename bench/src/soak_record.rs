@@ -1,5 +1,5 @@
-//! `cargo xtask soak-record`: `tracer record --all` for a long time (30 minutes by
-//! default) on a steady workload with churn (a long-running Python service,
+//! `cargo xtask soak-record` (`bench soak-record`): `tracer record --all`
+//! for a long time (30 minutes by default) on a steady workload with churn (a long-running Python service,
 //! and a short Python run and a short non-Python program every 0.35 s), with
 //! tracer's resident set and open descriptors sampled every minute. After
 //! the warm-up (5 minutes, or half a shorter run) every sample must stay
@@ -21,9 +21,13 @@ use std::{
     time::{Duration, Instant},
 };
 
+use ::tests::{
+    DEBIAN_PYTHON as PYTHON, KillOnDrop,
+    resources::{open_descriptors, rss_kib},
+    workload,
+};
 use anyhow::{Context as _, Result, bail};
 
-const PYTHON: &str = "/usr/bin/python3.11";
 const CHURN_EVERY: Duration = Duration::from_millis(350);
 const SAMPLE_EVERY: Duration = Duration::from_secs(60);
 const WARM_UP_MINUTES: u64 = 5;
@@ -44,7 +48,7 @@ pub fn run(root: &Path, minutes: u64) -> Result<()> {
     if out.exists() {
         fs::remove_dir_all(&out).with_context(|| format!("removing {}", out.display()))?;
     }
-    let mut tracer = Command::new(root.join("target/release/tracer"))
+    let mut tracer = ::tests::tracer()
         .args(["record", "--all", "-o"])
         .arg(&out)
         .stdout(Stdio::null())
@@ -55,12 +59,14 @@ pub fn run(root: &Path, minutes: u64) -> Result<()> {
     thread::sleep(Duration::from_secs(2));
 
     let rounds = (minutes * 60 + 60) * 50;
-    let mut service = Command::new(PYTHON)
-        .arg(root.join("tests/workloads/steady.py"))
-        .arg(rounds.to_string())
-        .stdout(Stdio::null())
-        .spawn()
-        .context("starting the steady workload")?;
+    let service = KillOnDrop(
+        Command::new(PYTHON)
+            .arg(workload("steady.py"))
+            .arg(rounds.to_string())
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting the steady workload")?,
+    );
     let stop = Arc::new(AtomicBool::new(false));
     let runs = Arc::new(AtomicU64::new(0));
     let churn = {
@@ -71,7 +77,7 @@ pub fn run(root: &Path, minutes: u64) -> Result<()> {
     let result = sample(tracer.id(), minutes, &runs);
     stop.store(true, Ordering::Relaxed);
     let _ = churn.join();
-    end(&mut service);
+    drop(service);
     // SAFETY: kill has no memory effects; the pid is our child's.
     unsafe { libc::kill(tracer.id() as libc::pid_t, libc::SIGINT) };
     let status = tracer.wait().context("waiting for tracer")?;
@@ -111,27 +117,14 @@ fn churn(stop: &AtomicBool, runs: &AtomicU64) {
     }
 }
 
-fn end(child: &mut Child) {
-    if child.try_wait().ok().flatten().is_none() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-}
-
 fn sample(pid: u32, minutes: u64, runs: &AtomicU64) -> Result<Vec<Sample>> {
     let start = Instant::now();
     let mut samples = Vec::new();
     for minute in 1..=minutes {
         let at = start + SAMPLE_EVERY * minute as u32;
         thread::sleep(at.saturating_duration_since(Instant::now()));
-        let status = fs::read_to_string(format!("/proc/{pid}/status"))
-            .context("tracer exited during the soak")?;
-        let rss_kib = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .context("no VmRSS in tracer's status")?;
-        let fds = fs::read_dir(format!("/proc/{pid}/fd"))?.count() as u64;
+        let rss_kib = rss_kib(pid).context("tracer exited during the soak (no VmRSS)")?;
+        let fds = open_descriptors(pid).context("tracer exited during the soak")?;
         println!(
             "minute {minute:>3}: rss {rss_kib} KiB, {fds} fds, {} short runs so far",
             runs.load(Ordering::Relaxed)

@@ -1,5 +1,6 @@
-//! `cargo xtask bench`: what tracing costs a Python process, measured side
-//! by side with the tools an operator would otherwise reach for.
+//! `cargo xtask bench` (`bench overhead`): what tracing costs a Python
+//! process, measured side by side with the tools an operator would
+//! otherwise reach for.
 //!
 //! Every workload in bench/workloads is run untraced and under each tool,
 //! interleaved (one round of every mode, then the next round), so that drift
@@ -7,6 +8,9 @@
 //! and starts its timed work phase when it reads "go": attaching tools
 //! attach in between, so the ratio is of the work phase alone. The slowdown
 //! of a run is its work time over the untraced run's of the same round.
+//!
+//! `cargo xtask bench` installs the tools compared with (into bench/cache)
+//! and builds tracer before it runs this.
 
 mod children;
 mod results;
@@ -24,27 +28,15 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 
-use crate::{apt_install, check};
-
 use self::{
+    children::output,
     results::{markdown, summarize},
     run::run_once,
 };
 
 /// The interpreter every workload runs on: Debian's own, as on a production
 /// host (stripped, LTO, no frame pointers).
-const PYTHON: &str = "/usr/bin/python3.11";
-
-const MEMRAY_VERSION: &str = "1.20.0";
-
-/// bpftrace and bcc's memleak; bcc compiles its programs against kernel
-/// headers, which this machine's kernel does not ship: Debian's (any
-/// version: memleak only needs uapi and pt_regs) are merged into the cache.
-const BENCH_PACKAGES: [(&str, &str); 3] = [
-    ("bpftrace", "/usr/bin/bpftrace"),
-    ("bpfcc-tools", "/usr/sbin/memleak-bpfcc"),
-    ("linux-headers-amd64", "/usr/share/doc/linux-headers-amd64"),
-];
+const PYTHON: &str = ::tests::DEBIAN_PYTHON;
 
 const WORKLOADS: [&str; 8] = [
     "churn", "requests", "buffers", "leak", "threads", "maxrate", "spawn", "flask",
@@ -113,6 +105,8 @@ pub struct Options {
 
 struct Paths {
     root: PathBuf,
+    /// What `cargo xtask bench` installed: memray's venv (`memray/`) and
+    /// the kernel headers bcc compiles against (`kernel-headers/`).
     cache: PathBuf,
     work: PathBuf,
 }
@@ -137,7 +131,6 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
         cache: root.join("bench/cache"),
         work: root.join("target/bench"),
     };
-    ensure(&paths)?;
     let rounds = options.rounds.unwrap_or(if options.quick { 1 } else { 5 });
     let scale = if options.quick { 0.1 } else { 1.0 };
     let workloads: Vec<&str> = WORKLOADS
@@ -160,7 +153,7 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
             for m in round_order(MODES.len(), round) {
                 let mode = &MODES[m];
                 eprint!(
-                    "xtask: bench round {}/{rounds}: {workload} / {} ... ",
+                    "bench: round {}/{rounds}: {workload} / {} ... ",
                     round + 1,
                     mode.name
                 );
@@ -195,68 +188,10 @@ pub fn run(root: &Path, options: &Options) -> Result<()> {
     fs::create_dir_all(out.parent().expect("has a parent"))?;
     fs::write(&out, serde_json::to_string_pretty(&results)? + "\n")?;
     eprintln!(
-        "xtask: bench took {:.0} s; results in {}",
+        "bench: took {:.0} s; results in {}",
         started.elapsed().as_secs_f64(),
         out.display()
     );
-    Ok(())
-}
-
-fn ensure(paths: &Paths) -> Result<()> {
-    apt_install(&BENCH_PACKAGES)?;
-    let headers = paths.cache.join("kernel-headers");
-    if !headers.join("include/linux/kconfig.h").exists() {
-        eprintln!("xtask: merging Debian's kernel headers for bcc");
-        merge_kernel_headers(&headers)?;
-    }
-    let memray = paths.cache.join("memray/bin/memray");
-    let installed = Command::new(&memray)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(MEMRAY_VERSION));
-    if !installed {
-        eprintln!("xtask: installing memray {MEMRAY_VERSION} into a venv");
-        let venv = paths.cache.join("memray");
-        check(Command::new(PYTHON).args(["-m", "venv"]).arg(&venv))?;
-        check(
-            Command::new(venv.join("bin/pip"))
-                .args(["install", "-q"])
-                .arg(format!("memray=={MEMRAY_VERSION}")),
-        )?;
-    }
-    crate::web::ensure(&paths.root.join("tests/cache"))?;
-    crate::interpreters::ensure(&paths.root.join("tests/cache"))?;
-    crate::build()
-}
-
-/// Debian splits a kernel's headers into an arch tree (generated files)
-/// and a common tree; bcc wants one tree.
-fn merge_kernel_headers(dest: &Path) -> Result<()> {
-    let trees: Vec<PathBuf> = fs::read_dir("/usr/src")?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("linux-headers-"))
-        })
-        .collect();
-    let common = trees
-        .iter()
-        .filter(|p| p.to_string_lossy().ends_with("-common"))
-        .max()
-        .context("no linux-headers-*-common under /usr/src")?;
-    let prefix = common
-        .to_string_lossy()
-        .trim_end_matches("-common")
-        .to_owned();
-    let arch = trees
-        .iter()
-        .find(|p| p.to_string_lossy() == format!("{prefix}-amd64"))
-        .with_context(|| format!("no {prefix}-amd64 beside {}", common.display()))?;
-    let _ = fs::remove_dir_all(dest);
-    fs::create_dir_all(dest)?;
-    for tree in [common, arch] {
-        check(Command::new("cp").arg("-a").arg(tree.join(".")).arg(dest))?;
-    }
     Ok(())
 }
 
@@ -271,8 +206,8 @@ fn round_order(n: usize, round: usize) -> impl Iterator<Item = usize> {
 /// Runs the collector benchmark (tracer/benches/collector.rs): its last
 /// line is a JSON object.
 fn collector_throughput(root: &Path) -> Result<Value> {
-    eprintln!("xtask: measuring the collector on synthetic records");
-    let out = crate::output(
+    eprintln!("bench: measuring the collector on synthetic records");
+    let out = output(
         Command::new("cargo")
             .args([
                 "bench",

@@ -4,18 +4,19 @@
 
 use std::{
     fs,
-    io::{BufRead, BufReader, Read},
+    io::Read,
     process::{Child, Command},
     sync::mpsc,
     thread,
     time::{Duration, Instant},
 };
 
+use ::tests::forward_lines;
 use anyhow::{Result, bail};
 use serde_json::Value;
 
-/// Reads a child's output lines on a thread, so that it never blocks on a
-/// full pipe, and hands them over with timeouts.
+/// A child's output lines, read on a thread (`tests::forward_lines`) so
+/// that it never blocks on a full pipe, handed over with timeouts.
 pub(super) struct Lines {
     rx: mpsc::Receiver<String>,
     seen: Vec<String>,
@@ -23,17 +24,8 @@ pub(super) struct Lines {
 
 impl Lines {
     pub(super) fn spawn(reader: impl Read + Send + 'static) -> Self {
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(reader).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
         Self {
-            rx,
+            rx: forward_lines(reader),
             seen: Vec::new(),
         }
     }
@@ -117,23 +109,17 @@ pub(super) fn wait_usage(
     }
 }
 
-/// A child killed if it is still running when dropped (a run that failed
-/// half-way must not leave a tool attached to the next one).
-pub(super) struct Guard(pub(super) Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
+/// A command's stdout, if it ran and succeeded.
+pub(super) fn output(cmd: &mut Command) -> Option<String> {
+    let o = cmd.output().ok()?;
+    o.status
+        .success()
+        .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
 }
 
 /// `bpftool OBJECT list -j`, as JSON values (none if it fails).
 pub(super) fn bpftool_list(object: &str) -> Vec<Value> {
-    let listed =
-        crate::output(Command::new("bpftool").args([object, "list", "-j"])).unwrap_or_default();
+    let listed = output(Command::new("bpftool").args([object, "list", "-j"])).unwrap_or_default();
     serde_json::from_str(&listed).unwrap_or_default()
 }
 
@@ -183,7 +169,7 @@ pub(super) fn wait_for_no_probes() -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
     // tracer's background child closes the uprobes' perf events after
     // their links, and they trap until it has.
-    let tracers = || crate::output(Command::new("pgrep").args(["-x", "tracer"])).is_some();
+    let tracers = || output(Command::new("pgrep").args(["-x", "tracer"])).is_some();
     while uprobes() + perf_links() > 0 || tracers() {
         if Instant::now() > deadline {
             bail!(

@@ -8,23 +8,26 @@
 
 use std::{
     fs,
-    io::{Read as _, Seek as _, SeekFrom},
-    net::TcpStream,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
+use ::tests::{
+    KillOnDrop, debian_unpacked,
+    uprobes::probed_libc_bytes,
+    web::{listening_within, site_packages, venv_python},
+};
 use anyhow::{Context as _, Result, bail};
 use serde_json::{Value, json};
 
 use super::{
     Paths,
-    children::{Guard, bpftool_list, wait_for_no_probes},
+    children::{bpftool_list, wait_for_no_probes},
     results::median,
     round_order,
-    run::start_tracer,
+    run::{lost, start_tracer},
 };
 
 /// An interpreter the service runs on, with Flask and gunicorn importable.
@@ -38,19 +41,19 @@ pub(super) struct Python {
     pub(super) memray: bool,
 }
 
-pub(super) fn pythons(root: &Path) -> Vec<Python> {
-    let cache = root.join("tests/cache");
+/// The interpreters of the test cache (`tests::web`, `tests::debian_unpacked`).
+pub(super) fn pythons() -> Vec<Python> {
     vec![
         Python {
             name: "Debian python3.11 (glibc 2.36)",
-            path: cache.join("web-venv/bin/python"),
+            path: venv_python(),
             pythonpath: None,
             memray: true,
         },
         Python {
             name: "sid python3.15 (glibc 2.43)",
-            path: cache.join("sid-3.15-root/usr/bin/python3.15-private"),
-            pythonpath: Some(cache.join("web-venv/lib/python3.11/site-packages")),
+            path: debian_unpacked("sid", "3.15"),
+            pythonpath: Some(site_packages()),
             memray: false,
         },
     ]
@@ -176,7 +179,7 @@ pub(super) fn run(paths: &Paths, rounds: usize, secs: u64) -> Result<Vec<Value>>
 
 fn run_all(paths: &Paths, rounds: usize, secs: u64) -> Result<Vec<Value>> {
     let mut rows = Vec::new();
-    for python in pythons(&paths.root) {
+    for python in pythons() {
         let modes: Vec<&WebMode> = WEB_MODES
             .iter()
             .filter(|m| python.memray || !matches!(m.tool, WebTool::Memray))
@@ -186,7 +189,7 @@ fn run_all(paths: &Paths, rounds: usize, secs: u64) -> Result<Vec<Value>> {
             for m in round_order(modes.len(), round) {
                 let mode = modes[m];
                 eprint!(
-                    "xtask: bench round {}/{rounds}: flask on {} / {} ... ",
+                    "bench: round {}/{rounds}: flask on {} / {} ... ",
                     round + 1,
                     python.name,
                     mode.name
@@ -246,12 +249,7 @@ fn run_once(paths: &Paths, python: &Python, tool: WebTool, secs: u64) -> Result<
                 .arg(out.join("memray.bin"));
             // memray's own venv runs the server: Flask and gunicorn come
             // from the web venv.
-            cmd.env(
-                "PYTHONPATH",
-                paths
-                    .root
-                    .join("tests/cache/web-venv/lib/python3.11/site-packages"),
-            );
+            cmd.env("PYTHONPATH", site_packages());
             cmd
         }
         _ => {
@@ -269,8 +267,10 @@ fn run_once(paths: &Paths, python: &Python, tool: WebTool, secs: u64) -> Result<
         .arg("flask_api:app")
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    let server = Guard(cmd.spawn().with_context(|| format!("starting {cmd:?}"))?);
-    wait_until_serving(Duration::from_secs(60))?;
+    let server = KillOnDrop(cmd.spawn().with_context(|| format!("starting {cmd:?}"))?);
+    if !listening_within(PORT, Duration::from_secs(60)) {
+        bail!("nothing listens on port {PORT} after 60 s");
+    }
     // Both workers booted and warm before anything is measured.
     wrk(2)?;
     let master = server_master(server.0.id(), &tool)?;
@@ -280,7 +280,7 @@ fn run_once(paths: &Paths, python: &Python, tool: WebTool, secs: u64) -> Result<
         .collect();
     let workers = children_of(master);
     let tracer = match tool {
-        WebTool::Tracer(args) => Some(start_tracer(paths, master, args, &out)?),
+        WebTool::Tracer(args) => Some(start_tracer(master, args, &out)?),
         _ => None,
     };
     let tracer_pid = tracer.as_ref().map(|(t, _)| t.0.id());
@@ -321,32 +321,13 @@ fn run_once(paths: &Paths, python: &Python, tool: WebTool, secs: u64) -> Result<
             serde_json::from_str(&fs::read_to_string(out.join("tracer/report.json"))?)?;
         let counters = &report["counters"];
         run.events = counters["events"].as_u64();
-        run.lost = Some(
-            ["lost_events", "lost_stacks", "in_flight_full"]
-                .iter()
-                .filter_map(|k| counters[k].as_u64())
-                .sum(),
-        );
+        run.lost = Some(lost(counters));
     }
     // SAFETY: signalling our own child (gunicorn's graceful stop).
     unsafe { libc::kill(server.0.id() as libc::pid_t, libc::SIGTERM) };
     let mut server = server;
     server.0.wait()?;
     Ok(run)
-}
-
-fn wait_until_serving(timeout: Duration) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    while TcpStream::connect(("127.0.0.1", PORT)).is_err() {
-        if Instant::now() > deadline {
-            bail!(
-                "nothing listens on port {PORT} after {} s",
-                timeout.as_secs()
-            );
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
 }
 
 /// wrk's output for `secs` seconds of load.
@@ -452,7 +433,7 @@ fn wait_for_clean_text(workers: &[u32], since: Instant) -> Result<f64> {
     loop {
         let mut dirty = 0;
         for &pid in workers {
-            dirty += probed_bytes(pid)?;
+            dirty += probed_libc_bytes(pid)?;
         }
         if dirty == 0 {
             return Ok(since.elapsed().as_secs_f64() * 1e3);
@@ -462,30 +443,6 @@ fn wait_for_clean_text(workers: &[u32], since: Instant) -> Result<f64> {
         }
         thread::sleep(Duration::from_millis(2));
     }
-}
-
-/// Bytes of `pid`'s executable libc mapping that differ from its file.
-fn probed_bytes(pid: u32) -> Result<usize> {
-    let maps = fs::read_to_string(format!("/proc/{pid}/maps"))?;
-    let line = maps
-        .lines()
-        .find(|l| l.contains("r-xp") && l.contains("/libc.so"))
-        .with_context(|| format!("process {pid} maps no libc text"))?;
-    let fields: Vec<&str> = line.split_whitespace().collect();
-    let (start, end) = fields[0].split_once('-').context("maps range")?;
-    let start = u64::from_str_radix(start, 16)?;
-    let len = (u64::from_str_radix(end, 16)? - start) as usize;
-    let offset = u64::from_str_radix(fields[2], 16)?;
-    let path = fields[5..].join(" ");
-    let mut file = Vec::with_capacity(len);
-    let mut f = fs::File::open(format!("/proc/{pid}/root{path}"))?;
-    f.seek(SeekFrom::Start(offset))?;
-    let got = f.take(len as u64).read_to_end(&mut file)?;
-    let mut text = vec![0; got];
-    let mut mem = fs::File::open(format!("/proc/{pid}/mem"))?;
-    mem.seek(SeekFrom::Start(start))?;
-    mem.read_exact(&mut text)?;
-    Ok(text.iter().zip(&file).filter(|(a, b)| a != b).count())
 }
 
 /// Each program's ns per run and runs per request, over every run of a
