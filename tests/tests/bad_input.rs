@@ -138,3 +138,34 @@ fn not_a_capture_file() {
         .expect("run");
     assert_one_line_error(&out, "/etc/passwd: not a tracer capture");
 }
+
+#[test]
+fn every_command_bounds_an_option_the_same_way() {
+    // Declared once, checked once: `record`, `top` and `daemon` refuse the
+    // same out-of-range value with the same line.
+    let cases: [(&str, &str, &str); 6] = [
+        ("--sample-bytes", "0", "--sample-bytes must be from 1 to"),
+        ("--sample-bytes", "1099511627777", "--sample-bytes must be from 1 to"),
+        ("--duration", "0", "--duration must be a positive number"),
+        ("--duration", "31536001", "--duration must be a positive number"),
+        ("--interval", "0.001", "--interval must be from 0.01 to 3600"),
+        ("--interval", "3601", "--interval must be from 0.01 to 3600"),
+    ];
+    for (option, value, says) in cases {
+        let errors: Vec<String> = ["record", "top", "daemon"]
+            .into_iter()
+            .map(|command| {
+                let out = tracer()
+                    .args([command, "--pid", "1", option, value])
+                    .output()
+                    .expect("run tracer");
+                assert_one_line_error(&out, says);
+                String::from_utf8_lossy(&out.stderr).into_owned()
+            })
+            .collect();
+        assert!(
+            errors.iter().all(|e| e == &errors[0]),
+            "{option} {value}: {errors:?}"
+        );
+    }
+}

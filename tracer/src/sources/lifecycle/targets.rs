@@ -195,8 +195,25 @@ impl Targets {
         process: Option<Identity>,
         model: &Model,
     ) -> Option<ProcessInfo> {
-        self.candidates.remove(&pid);
-        self.until_exec.remove(&pid);
+        // A pidfd of an earlier process with this pid says nothing of a
+        // process that has it now: a run that exec'd under the pid the
+        // moment the last one exited is a candidate already, whose exit
+        // this is not (it would never be adopted).
+        match process {
+            None => {
+                self.candidates.remove(&pid);
+                self.until_exec.remove(&pid);
+            }
+            Some(p) => {
+                if self
+                    .candidates
+                    .get(&pid)
+                    .is_some_and(|c| c.identity == Some(p))
+                {
+                    self.candidates.remove(&pid);
+                }
+            }
+        }
         let target = self.targets.get(&pid)?;
         // A pidfd of an earlier process with this pid says nothing of this one.
         if process.is_some() && target.identity.is_some() && process != target.identity {
@@ -438,5 +455,33 @@ impl Targets {
                 false
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_earlier_lifes_exit_leaves_the_process_that_has_its_pid_now() {
+        let (mut targets, _exits) = Targets::new(true);
+        let pid = std::process::id();
+        targets.exec_seen(pid, true);
+        let now = Identity::of(pid).expect("this process");
+        let earlier = Identity {
+            start: now.start.saturating_sub(1),
+            ..now
+        };
+        let model = Model::default();
+        assert!(targets.exited(pid, Some(earlier), &model).is_none());
+        assert!(
+            targets.candidates.contains_key(&pid),
+            "the exit of an earlier life of the pid dropped the candidate"
+        );
+        targets.exited(pid, Some(now), &model);
+        assert!(!targets.candidates.contains_key(&pid));
+        targets.exec_seen(pid, true);
+        targets.exited(pid, None, &model);
+        assert!(!targets.candidates.contains_key(&pid), "the kernel's exit record");
     }
 }
