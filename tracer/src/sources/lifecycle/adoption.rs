@@ -7,7 +7,7 @@ use log::{debug, info, warn};
 
 use super::{
     Lifecycle,
-    setup::{Found, Setup, find_interpreter, probe_files, setup},
+    setup::{Found, Setup, find_interpreter, probe_files},
     targets::{Origin, Target},
 };
 use crate::{event::Pid, model::Model, sources::procfs};
@@ -86,15 +86,6 @@ impl Lifecycle {
         }
         self.targets.targets.remove(&pid);
         false
-    }
-
-    /// `setup::setup`, keeping the notes it makes for the target.
-    pub(super) fn setup(&mut self, pid: Pid, model: &mut Model) -> Result<Setup> {
-        let setup = setup(pid, &mut self.probes, model)?;
-        if let (Some(notes), Some(t)) = (&setup.notes, self.targets.targets.get_mut(&pid)) {
-            t.notes.clone_from(notes);
-        }
-        Ok(setup)
     }
 
     /// Adds `pid` to the kernel's traced set if it is still the process

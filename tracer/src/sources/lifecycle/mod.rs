@@ -196,10 +196,15 @@ impl Lifecycle {
     }
 
     /// Attaches the probes of process `pid`: its files' (those not probed
-    /// yet), and how to read its Python frames if it runs CPython. Safe to
-    /// repeat (after an exec, as new libraries appear).
+    /// yet), and how to read its Python frames if it runs CPython; keeps
+    /// what its report says of its allocators. Safe to repeat (after an
+    /// exec, as new libraries appear).
     pub fn attach(&mut self, pid: Pid, model: &mut Model) -> Result<Setup> {
-        self.setup(pid, model)
+        let setup = setup::setup(pid, &mut self.probes, model)?;
+        if let (Some(notes), Some(t)) = (&setup.notes, self.targets.targets.get_mut(&pid)) {
+            t.notes.clone_from(notes);
+        }
+        Ok(setup)
     }
 
     /// Drops what the kernel keeps to trace process `pid`.
