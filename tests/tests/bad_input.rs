@@ -145,10 +145,22 @@ fn every_command_bounds_an_option_the_same_way() {
     // same out-of-range value with the same line.
     let cases: [(&str, &str, &str); 6] = [
         ("--sample-bytes", "0", "--sample-bytes must be from 1 to"),
-        ("--sample-bytes", "1099511627777", "--sample-bytes must be from 1 to"),
+        (
+            "--sample-bytes",
+            "1099511627777",
+            "--sample-bytes must be from 1 to",
+        ),
         ("--duration", "0", "--duration must be a positive number"),
-        ("--duration", "31536001", "--duration must be a positive number"),
-        ("--interval", "0.001", "--interval must be from 0.01 to 3600"),
+        (
+            "--duration",
+            "31536001",
+            "--duration must be a positive number",
+        ),
+        (
+            "--interval",
+            "0.001",
+            "--interval must be from 0.01 to 3600",
+        ),
         ("--interval", "3601", "--interval must be from 0.01 to 3600"),
     ];
     for (option, value, says) in cases {

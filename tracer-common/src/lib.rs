@@ -58,34 +58,7 @@ pub mod fork {
     pub const UNTIL_EXEC: u32 = 2;
 }
 
-/// The allocation function behind an [`AllocRecord`] (`AllocRecord::func`).
-pub mod func {
-    pub const MALLOC: u32 = 1;
-    pub const CALLOC: u32 = 2;
-    pub const REALLOC: u32 = 3;
-    pub const REALLOCARRAY: u32 = 4;
-    pub const POSIX_MEMALIGN: u32 = 5;
-    /// `memalign` and `aligned_alloc` (one address in glibc).
-    pub const MEMALIGN: u32 = 6;
-    pub const VALLOC: u32 = 7;
-    pub const PVALLOC: u32 = 8;
-    pub const MMAP: u32 = 9;
-    pub const MREMAP: u32 = 10;
-    /// CPython's object allocator (`--pymalloc`), told apart by attach cookie.
-    pub const PYOBJECT_MALLOC: u32 = 11;
-    pub const PYOBJECT_CALLOC: u32 = 12;
-    pub const PYOBJECT_REALLOC: u32 = 13;
-    /// CPython's `PyMem_*` domain, served by the same allocator.
-    pub const PYMEM_MALLOC: u32 = 14;
-    pub const PYMEM_CALLOC: u32 = 15;
-    pub const PYMEM_REALLOC: u32 = 16;
-
-    /// Whether `--sample-bytes` samples calls of `f`. Mappings are few and
-    /// large: always recorded, with their own size.
-    pub const fn is_sampled(f: u32) -> bool {
-        f != MMAP && f != MREMAP
-    }
-}
+pub mod func;
 
 /// `Header::flags` bits.
 pub mod flags {

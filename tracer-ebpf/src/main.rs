@@ -43,14 +43,18 @@ use crate::{
 const SKIP_RETURN: u32 = 1;
 
 /// Defines one uprobe program per allocation function from a table of
-/// `program => func { field: argument, ... }`: the fields of [`Call`] and
-/// which of the first three arguments (`a0`, `a1`, `a2`, after the attach
-/// cookie's shift: [`probe::args`]) give them; `a0 * a1` is a wrapping
-/// product. The cookie's function, if any, overrides `func`.
+/// `program { field: argument, ... }`: the fields of [`Call`] and which of
+/// the first three arguments (`a0`, `a1`, `a2`, after the attach cookie's
+/// shift: [`probe::args`]) give them; `a0 * a1` is a wrapping product.
+/// What a program records and where its probes go are its rows of
+/// `tracer_common::func::FUNCTIONS`: the id it records without a cookie is
+/// its libc rows' ([`func::entry_id`], which does not compile if the rows
+/// and the arguments named here disagree); the cookie's, if any, overrides
+/// it.
 macro_rules! alloc_entries {
     ($(
         $(#[$doc:meta])*
-        $name:ident => $func:ident { $($field:ident: $a:ident $(* $b:ident)?),+ $(,)? }
+        $name:ident { $($field:ident: $a:ident $(* $b:ident)?),+ $(,)? }
     ),+ $(,)?) => {$(
         $(#[$doc])*
         ///
@@ -66,7 +70,13 @@ macro_rules! alloc_entries {
                 complete(id, probe::ret(&ctx), None);
                 return 0;
             }
-            let args = probe::args(&ctx, func::$func);
+            // An item, not an inline `const {}`: `cargo check` evaluates it.
+            const OWN: u32 = func::entry_id(
+                stringify!($name),
+                reads(&[$(stringify!($a), $(stringify!($b),)?)+]),
+                true,
+            );
+            let args = probe::args(&ctx, OWN);
             let call = Call {
                 $($field: args.$a $(.wrapping_mul(args.$b))?,)+
                 ..Call::of(args.func)
@@ -76,16 +86,34 @@ macro_rules! alloc_entries {
     )+};
 }
 
+/// How many arguments an entry reads: one more than the highest of `a0`,
+/// `a1`, `a2` in `named`.
+const fn reads(named: &[&str]) -> usize {
+    let mut reads = 0;
+    let mut i = 0;
+    while i < named.len() {
+        let read = match named[i].as_bytes() {
+            [b'a', n @ b'0'..=b'2'] => (*n - b'0') as usize + 1,
+            _ => panic!("an entry's arguments are a0, a1 and a2"),
+        };
+        if read > reads {
+            reads = read;
+        }
+        i += 1;
+    }
+    reads
+}
+
 alloc_entries! {
-    malloc_entry => MALLOC { size: a0 },
-    calloc_entry => CALLOC { size: a0 * a1 },
-    realloc_entry => REALLOC { old_addr: a0, size: a1 },
-    reallocarray_entry => REALLOCARRAY { old_addr: a0, size: a1 * a2 },
-    posix_memalign_entry => POSIX_MEMALIGN { out_ptr: a0, size: a2 },
+    malloc_entry { size: a0 },
+    calloc_entry { size: a0 * a1 },
+    realloc_entry { old_addr: a0, size: a1 },
+    reallocarray_entry { old_addr: a0, size: a1 * a2 },
+    posix_memalign_entry { out_ptr: a0, size: a2 },
     /// `memalign(alignment, size)` and `aligned_alloc(alignment, size)`.
-    memalign_entry => MEMALIGN { size: a1 },
-    valloc_entry => VALLOC { size: a0 },
-    pvalloc_entry => PVALLOC { size: a0 },
+    memalign_entry { size: a1 },
+    valloc_entry { size: a0 },
+    pvalloc_entry { size: a0 },
 }
 
 /// The return of every function above, when they are not uprobe sessions
@@ -107,7 +135,9 @@ pub fn free_entry(ctx: ProbeContext) -> u32 {
     if nested(id, UserRegs::of_probe(&ctx).sp) {
         return 0;
     }
-    let addr = probe::args(&ctx, 0).a0;
+    // Checked against its rows of `func::FUNCTIONS` when compiled: 0.
+    const OWN: u32 = func::entry_id("free_entry", 1, false);
+    let addr = probe::args(&ctx, OWN).a0;
     if addr == 0 {
         return 0;
     }

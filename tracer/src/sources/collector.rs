@@ -235,14 +235,6 @@ impl Collector {
             stack,
         };
         Some(match rec.func {
-            func::REALLOC | func::REALLOCARRAY | func::PYOBJECT_REALLOC | func::PYMEM_REALLOC
-                if rec.old_addr != 0 =>
-            {
-                EventKind::Realloc {
-                    old_addr: rec.old_addr,
-                    block,
-                }
-            }
             func::MMAP => EventKind::Map {
                 addr: rec.addr,
                 len: rec.size,
@@ -255,6 +247,12 @@ impl Collector {
                 addr: rec.addr,
                 len: rec.size,
                 stack,
+            },
+            // Only the reallocating functions' entries (the kernel's entry
+            // table) give a call an old pointer.
+            _ if rec.old_addr != 0 => EventKind::Realloc {
+                old_addr: rec.old_addr,
+                block,
             },
             _ => EventKind::Alloc(block),
         })

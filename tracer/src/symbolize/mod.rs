@@ -342,26 +342,10 @@ fn allocator_frame(modules: &Modules, func: u32, probed: NativeFrame) -> Frame {
     }
 }
 
+/// What reports call the allocation function recorded as `func`
+/// (`tracer_common::func::FUNCTIONS`).
 pub fn allocator_name(func: u32) -> &'static str {
-    match func {
-        func::MALLOC => "malloc",
-        func::CALLOC => "calloc",
-        func::REALLOC => "realloc",
-        func::REALLOCARRAY => "reallocarray",
-        func::POSIX_MEMALIGN => "posix_memalign",
-        func::MEMALIGN => "memalign",
-        func::VALLOC => "valloc",
-        func::PVALLOC => "pvalloc",
-        func::MMAP => "mmap",
-        func::MREMAP => "mremap",
-        func::PYOBJECT_MALLOC => "PyObject_Malloc",
-        func::PYOBJECT_CALLOC => "PyObject_Calloc",
-        func::PYOBJECT_REALLOC => "PyObject_Realloc",
-        func::PYMEM_MALLOC => "PyMem_Malloc",
-        func::PYMEM_CALLOC => "PyMem_Calloc",
-        func::PYMEM_REALLOC => "PyMem_Realloc",
-        _ => "[allocation]",
-    }
+    func::name(func).unwrap_or("[allocation]")
 }
 
 fn frames_of(sym: &symbolize::Sym<'_>, module: &str, offset: u64) -> Vec<Frame> {

@@ -482,6 +482,9 @@ mod tests {
         assert!(!targets.candidates.contains_key(&pid));
         targets.exec_seen(pid, true);
         targets.exited(pid, None, &model);
-        assert!(!targets.candidates.contains_key(&pid), "the kernel's exit record");
+        assert!(
+            !targets.candidates.contains_key(&pid),
+            "the kernel's exit record"
+        );
     }
 }

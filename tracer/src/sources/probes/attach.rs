@@ -12,7 +12,7 @@ use std::{
 use anyhow::Result;
 use log::{debug, info, warn};
 
-use tracer_common::func;
+use tracer_common::func::{FUNCTIONS, Family, Function};
 
 use super::{
     At, How, Placement, ProbePoint, Programs,
@@ -24,154 +24,24 @@ use crate::{
     target_file::TargetFile,
 };
 
-/// An allocation function: its symbol, the program that records its entry,
-/// the arguments that program reads (which its probe must see as passed),
-/// and whether its return is probed (to learn the pointer).
-struct AllocFunction {
-    symbol: &'static str,
-    program: &'static str,
-    args: Arguments,
-    returns: bool,
-    /// Called often enough that a single-stepped probe matters.
-    hot: bool,
-}
-
-const fn entry(
-    symbol: &'static str,
-    program: &'static str,
-    args: usize,
-    hot: bool,
-) -> AllocFunction {
-    AllocFunction {
-        symbol,
-        program,
-        args: Arguments::first(args),
-        returns: true,
-        hot,
-    }
-}
-
 /// Whether `program` is an allocation function's entry, whose return is
 /// probed too (with uprobe sessions, by the same program).
 pub fn is_call_program(program: &str) -> bool {
-    ALLOC_FUNCTIONS
+    FUNCTIONS
         .iter()
-        .any(|f| f.returns && f.program == program)
+        .any(|f| f.family != Family::Syscall && f.returns() && f.program == program)
 }
 
-/// The libc allocation family. `free` has no return probe.
-const ALLOC_FUNCTIONS: [AllocFunction; 10] = [
-    entry("malloc", "malloc_entry", 1, true),
-    entry("calloc", "calloc_entry", 2, true),
-    entry("realloc", "realloc_entry", 2, true),
-    entry("reallocarray", "reallocarray_entry", 3, false),
-    entry("posix_memalign", "posix_memalign_entry", 3, false),
-    entry("aligned_alloc", "memalign_entry", 2, false),
-    entry("memalign", "memalign_entry", 2, false),
-    entry("valloc", "valloc_entry", 1, false),
-    entry("pvalloc", "pvalloc_entry", 1, false),
-    AllocFunction {
-        symbol: "free",
-        program: "free_entry",
-        args: Arguments::first(1),
-        returns: false,
-        hot: true,
-    },
-];
-
-/// CPython's object allocator (`--pymalloc`): the exported entry points of
-/// its object and mem domains (both served by pymalloc since 3.6),
-/// and the functions behind them (static in obmalloc.c, `.lto_priv.N` in LTO
-/// builds, found in the file's symbol table or its build-id debug file),
-/// which take the allocator's context pointer first. A call of one from the
-/// other is nested, so counted once.
-struct PyAllocFunction {
-    symbol: &'static str,
-    program: &'static str,
-    func: u32,
-    /// The arguments its program reads, after the context pointer if
-    /// `context_first`.
-    args: Arguments,
-    context_first: bool,
-}
-
-const fn pyalloc(
-    symbol: &'static str,
-    program: &'static str,
-    func: u32,
-    args: usize,
-    context_first: bool,
-) -> PyAllocFunction {
-    let read = Arguments::first(args);
-    PyAllocFunction {
-        symbol,
-        program,
-        func,
-        args: if context_first {
-            read.after_context()
-        } else {
-            read
-        },
-        context_first,
+/// The arguments `f`'s probe must see as passed.
+fn arguments(f: &Function) -> Arguments {
+    let read = Arguments::first(f.reads);
+    match f.family {
+        Family::Pymalloc {
+            context_first: true,
+        } => read.after_context(),
+        _ => read,
     }
 }
-
-const PYMALLOC_FUNCTIONS: [PyAllocFunction; 12] = [
-    pyalloc(
-        "PyObject_Malloc",
-        "malloc_entry",
-        func::PYOBJECT_MALLOC,
-        1,
-        false,
-    ),
-    pyalloc(
-        "PyObject_Calloc",
-        "calloc_entry",
-        func::PYOBJECT_CALLOC,
-        2,
-        false,
-    ),
-    pyalloc(
-        "PyObject_Realloc",
-        "realloc_entry",
-        func::PYOBJECT_REALLOC,
-        2,
-        false,
-    ),
-    pyalloc("PyObject_Free", "free_entry", 0, 1, false),
-    pyalloc("PyMem_Malloc", "malloc_entry", func::PYMEM_MALLOC, 1, false),
-    pyalloc("PyMem_Calloc", "calloc_entry", func::PYMEM_CALLOC, 2, false),
-    pyalloc(
-        "PyMem_Realloc",
-        "realloc_entry",
-        func::PYMEM_REALLOC,
-        2,
-        false,
-    ),
-    pyalloc("PyMem_Free", "free_entry", 0, 1, false),
-    pyalloc(
-        "_PyObject_Malloc",
-        "malloc_entry",
-        func::PYOBJECT_MALLOC,
-        1,
-        true,
-    ),
-    pyalloc(
-        "_PyObject_Calloc",
-        "calloc_entry",
-        func::PYOBJECT_CALLOC,
-        2,
-        true,
-    ),
-    pyalloc(
-        "_PyObject_Realloc",
-        "realloc_entry",
-        func::PYOBJECT_REALLOC,
-        2,
-        true,
-    ),
-    pyalloc("_PyObject_Free", "free_entry", 0, 1, true),
-];
 
 /// Whether `name` is `symbol` or an LTO-privatised copy of it (`symbol.lto_priv.N`).
 fn is_symbol_or_lto_copy(name: &str, symbol: &str) -> bool {
@@ -365,14 +235,16 @@ fn pymalloc_functions(
     let debug = crate::elf::debug_file(pid, elf, mapping);
     let mut probed_addresses = Vec::new();
     let mut single_stepped = Vec::new();
-    for f in &PYMALLOC_FUNCTIONS {
+    for f in &FUNCTIONS {
+        let Family::Pymalloc { context_first } = f.family else {
+            continue;
+        };
         // Without LTO every call of the internal functions comes through the
         // exported ones, and probing both would report each free twice
         // (frees have no return probe to tell nesting): only LTO copies,
         // which inlined callers reach directly, are probed.
         let matches = |name: &str| {
-            is_symbol_or_lto_copy(name, f.symbol)
-                && (!f.context_first || name.contains(".lto_priv."))
+            is_symbol_or_lto_copy(name, f.symbol) && (!context_first || name.contains(".lto_priv."))
         };
         let own = elf.find_function(matches);
         let from_debug = own.is_none();
@@ -405,14 +277,15 @@ fn pymalloc_functions(
             continue;
         }
         probed_addresses.push(found.address);
-        let returns = f.program != "free_entry";
-        let place = placement::choose(elf.bytes_at(file_offset, placement::DECODED_BYTES), f.args);
-        let cookie = u64::from(f.func) | u64::from(f.context_first) << 32;
+        let place = placement::choose(
+            elf.bytes_at(file_offset, placement::DECODED_BYTES),
+            arguments(f),
+        );
         points.extend(call_points(
             f.program,
             file_offset + place.offset,
-            cookie,
-            returns,
+            f.cookie(),
+            f.returns(),
         ));
         if place.how == How::SingleStepped {
             single_stepped.push(format!("{name} ({})", place.instruction));
@@ -460,7 +333,10 @@ fn allocators(
     // glibc gives aligned_alloc and memalign one address: probe it once.
     let mut by_address: HashMap<u64, &'static str> = HashMap::new();
     let mut single_stepped_hot = Vec::new();
-    for f in &ALLOC_FUNCTIONS {
+    for f in &FUNCTIONS {
+        let Family::Libc { hot } = f.family else {
+            continue;
+        };
         let Some(func) = starts.function(f.symbol) else {
             debug!("{}: no {}", elf.path(), f.symbol);
             continue;
@@ -470,14 +346,14 @@ fn allocators(
             continue;
         }
         let code = elf.bytes_at(func.file_offset, placement::DECODED_BYTES);
-        let place = placement::choose(code, f.args);
+        let place = placement::choose(code, arguments(f));
         points.extend(call_points(
             f.program,
             func.file_offset + place.offset,
-            0,
-            f.returns,
+            f.cookie(),
+            f.returns(),
         ));
-        if f.hot && place.how == How::SingleStepped {
+        if hot && place.how == How::SingleStepped {
             single_stepped_hot.push(format!("{} ({})", f.symbol, place.instruction));
         }
         done.allocators.push(Probed {
@@ -547,7 +423,11 @@ mod tests {
         // libc in a container (not root's own file on the host).
         let elf = ElfFile::open(std::path::Path::new("/lib/x86_64-linux-gnu/libc.so.6"))
             .expect("system libc");
-        let names = ALLOC_FUNCTIONS.iter().map(|f| f.symbol).chain(["exit"]);
+        let names = FUNCTIONS
+            .iter()
+            .filter(|f| matches!(f.family, Family::Libc { .. }))
+            .map(|f| f.symbol)
+            .chain(["exit"]);
         for name in names {
             let Some(f) = elf.function(name) else {
                 continue;

@@ -485,3 +485,62 @@ impl Probes {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
+    use tracer_common::func::{FUNCTIONS, Family};
+
+    use super::{EBPF_OBJECT, RETURN_PROGRAM, TRACEPOINTS};
+
+    /// The programs of the embedded eBPF object, and their sections
+    /// (`uprobe`, `uretprobe`, `tracepoint`, ...).
+    fn programs() -> Vec<(String, String)> {
+        let object = object::File::parse(EBPF_OBJECT).expect("the eBPF object");
+        object
+            .symbols()
+            .filter(|s| s.is_global() && s.kind() == object::SymbolKind::Text)
+            .filter_map(|s| {
+                let section = object.section_by_index(s.section_index()?).ok()?;
+                Some((s.name().ok()?.to_owned(), section.name().ok()?.to_owned()))
+            })
+            .filter(|(_, section)| section != ".text")
+            .collect()
+    }
+
+    #[test]
+    fn every_allocation_function_s_program_is_in_the_object_and_back() {
+        let programs = programs();
+        let section_of = |program: &str| {
+            programs
+                .iter()
+                .find(|(name, _)| name == program)
+                .map(|(_, section)| section.as_str())
+        };
+        for f in &FUNCTIONS {
+            let section = match f.family {
+                Family::Syscall => "tracepoint",
+                Family::Libc { .. } | Family::Pymalloc { .. } => "uprobe",
+            };
+            assert_eq!(section_of(f.program), Some(section), "{}", f.symbol);
+        }
+        // The uprobe programs that are no allocation function's: the markers
+        // (attach.rs).
+        let markers = ["exit_entry", "py_finalize_entry"];
+        for (name, section) in &programs {
+            match section.as_str() {
+                "uprobe" => assert!(
+                    FUNCTIONS.iter().any(|f| f.program == name) || markers.contains(&name.as_str()),
+                    "{name}: a uprobe program in no row of func::FUNCTIONS"
+                ),
+                "uretprobe" => assert_eq!(name, RETURN_PROGRAM),
+                "tracepoint" => assert!(
+                    TRACEPOINTS.iter().any(|(program, ..)| program == name),
+                    "{name}: a tracepoint program not attached"
+                ),
+                _ => {}
+            }
+        }
+        assert!(section_of("exit_entry").is_some() && section_of("py_finalize_entry").is_some());
+    }
+}
